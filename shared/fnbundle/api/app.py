@@ -1,0 +1,84 @@
+"""The app factory: one FastAPI app for the local gateway and for Modal's ``asgi_app``.
+
+Key rule: routes are thin (parse, call the task service, return); everything they need
+hangs off ``app.state``, built here once per process. Models in ``FNB_PRELOAD`` load in a
+background thread at start-up; ``/readyz`` answers 503 until they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from fnbundle import __version__
+from fnbundle.api import classify, health, models
+from fnbundle.api.errors import install_error_handlers
+from fnbundle.api.middleware import GuardMiddleware
+from fnbundle.settings import Settings, get_settings
+from fnbundle.tasks.classify import ClassifyService
+
+log = logging.getLogger("fnbundle.api")
+
+
+class Readiness:
+    """What ``/readyz`` reports: preloads still running, or each preload's outcome."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.models: dict[str, str] = {}
+
+    @property
+    def ready(self) -> bool:
+        if not self.done:
+            return False
+        return not self.models or any(v == "ready" for v in self.models.values())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    service = ClassifyService(settings)
+    readiness = Readiness()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def preload() -> None:
+            readiness.models = {ref: "loading" for ref in service.preload_refs()}
+            readiness.models = await asyncio.to_thread(service.preload)
+            readiness.done = True
+            log.info("models ready: %s", readiness.models or "(store is empty)")
+
+        task = asyncio.create_task(preload())
+        yield
+        task.cancel()
+        await service.close()
+
+    app = FastAPI(
+        title="fnbundle",
+        version=__version__,
+        summary="Train and serve custom ML models: the local gateway.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.classify = service
+    app.state.readiness = readiness
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(classify.router)
+    app.add_middleware(
+        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,  # seconds a browser may cache the preflight answer
+        )
+    return app

@@ -1,0 +1,80 @@
+"""The one place where exceptions become HTTP responses.
+
+Key rule: every error leaves as ``{"error": {"type", "message", "field"?}}`` with the
+status of its :class:`~fnbundle.errors.FnbError` type; malformed JSON is a 400, a schema
+violation a 422 naming the field path, and an unexpected exception a 500 whose traceback
+goes to the log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fnbundle.errors import FnbError, error_body, internal_error_body
+
+log = logging.getLogger("fnbundle.api")
+
+_STATUS_TYPES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, body: dict[str, Any], retry_after: float | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: Any) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """422 naming the first offending field, or 400 when the body is not JSON at all."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, error_body("invalid_json", "Request body is not valid JSON."))
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request."}
+    path = field_path(first.get("loc", ()))
+    message = f"{path}: {first.get('msg')}" if path else str(first.get("msg"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return error_response(422, error_body("validation_error", message, path or None))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FnbError)
+    async def _fnb(_: Request, exc: FnbError) -> JSONResponse:
+        return error_response(exc.status, exc.to_body(), exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error_response(list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = _STATUS_TYPES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        return error_response(exc.status_code, error_body(type_, message))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, internal_error_body())

@@ -1,0 +1,98 @@
+"""Dynamic batching: concurrent requests to one model share a forward pass.
+
+Key rule: a lone request never waits. A batch is dispatched as soon as the model is free;
+only while requests are arriving concurrently (the previous batch held more than one
+request) does a small batch wait up to ``max_wait_s`` for company. Under load the queue
+fills while the model is busy, so batches form by themselves; at one client the latency
+is one forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BatchFn = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class _Pending:
+    texts: Sequence[str]
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+class DynamicBatcher:
+    """Runs ``fn(texts) -> rows`` on gathered batches in one worker thread."""
+
+    def __init__(self, fn: BatchFn, *, max_size: int = 64, max_wait_s: float = 0.001):
+        self._fn = fn
+        self._max_size = max_size
+        self._max_wait_s = max_wait_s
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fnb-batch")
+        self._worker: asyncio.Task[None] | None = None
+        self._busy = False  # did the last batch hold more than one request?
+        self.batches = 0  # forward passes run (for tests and metrics)
+        self.largest_batch = 0
+
+    async def submit(self, texts: Sequence[str]) -> np.ndarray:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._loop())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(texts, future))
+        return await future
+
+    async def _gather(self) -> list[_Pending]:
+        batch = [await self._queue.get()]
+        size = len(batch[0].texts)
+        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        while size < self._max_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if not self._busy or remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [p for p in await self._gather() if not p.future.done()]
+            if not batch:
+                continue
+            self._busy = len(batch) > 1
+            texts = [t for p in batch for t in p.texts]
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(texts))
+            try:
+                rows = await loop.run_in_executor(self._executor, self._fn, texts)
+            except Exception as exc:  # a bug in the model code: fail these requests only
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            start = 0
+            for p in batch:
+                end = start + len(p.texts)
+                if not p.future.done():
+                    p.future.set_result(rows[start:end])
+                start = end
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._executor.shutdown(wait=False, cancel_futures=True)

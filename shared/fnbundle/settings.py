@@ -1,0 +1,89 @@
+"""One settings object for every runtime, read from the environment (prefix ``FNB_``).
+
+Key rule: nothing else in the package reads ``os.environ`` for configuration; code asks
+:func:`get_settings` (or receives a :class:`Settings`), so tests and runtimes can pass
+their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KIB = 1024  # bytes
+MIB = 1024 * KIB  # bytes
+
+Backend = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` from the environment as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FNB_", env_file=None, extra="ignore")
+
+    # --- storage -----------------------------------------------------------------
+    store: Path = Field(Path(".fnbundle/store"), description="Model store root.")
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path.cwd()],
+        description="Folders that local dataset and model paths must stay inside.",
+    )
+    hf_cache: Path | None = Field(None, description="Cache folder for hf: downloads.")
+
+    # --- network -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- request limits ------------------------------------------------------------
+    max_body_bytes: int = Field(1 * MIB, gt=0, description="Larger bodies get 413.")
+    max_texts: int = Field(64, gt=0, description="Texts per classify request.")
+    max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
+    max_tokens: int = Field(128, gt=0, le=4096, description="Tokens kept per text.")
+
+    # --- serving -------------------------------------------------------------------
+    backend: Backend = "auto"
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Models loaded at start-up ('*' = every model in the store).",
+    )
+    batch_max_size: int = Field(64, gt=0, description="Texts per forward pass.")
+    batch_max_wait_ms: float = Field(
+        1.0, ge=0, description="How long a small batch waits for company (milliseconds)."
+    )
+    load_wait_s: float = Field(
+        30.0, ge=0, description="How long a request waits for a model still loading."
+    )
+    threads: int | None = Field(None, gt=0, description="Inference threads (default: cores).")
+    allow_insecure_bind: bool = Field(
+        False, description="Allow a non-loopback bind without API keys."
+    )
+
+    @field_validator("data_roots", "api_keys", "cors_origins", "preload", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("data_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        return [Path(r).expanduser().resolve() for r in roots]
+
+    @property
+    def store_root(self) -> Path:
+        return Path(self.store).expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Training loops, datasets, metrics and exports. Imports torch lazily (inside functions)."""

@@ -1,0 +1,320 @@
+"""Fine-tune a transformers encoder into a text classifier, export it, publish it.
+
+Key rules: deterministic for a given seed (seeded shuffles, deterministic kernels); the
+reported metrics come from rows the model never trained or early-stopped on; a NaN or
+infinite loss stops training as ``diverged``; nothing reaches the store until the whole
+artifact (weights, ONNX exports with parity, metrics, curves, manifest) is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fnbundle.classifier import encode, load_tokenizer
+from fnbundle.errors import TrainingFailed
+from fnbundle.loading import resolve_model_dir
+from fnbundle.settings import Settings
+from fnbundle.store import Store, validate_name
+from fnbundle.training.data import TextDataset, load_text_dataset, make_splits
+from fnbundle.training.export import default_backend, export_with_parity
+from fnbundle.training.metrics import classification_metrics, plot_training_curves
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+OnEvent = Callable[[Event], None]
+TASK = "classify"
+
+
+class TrainClassifierParams(BaseModel):
+    """The options of ``fnbundle train classifier`` (and of a training job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="CSV or JSONL file with text and label columns.")
+    name: str = Field(description="Store name to publish under.")
+    base: str = Field("builtin:minilm", description="Base encoder (any model reference).")
+    epochs: int = Field(4, ge=1, le=100)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, le=1024)
+    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
+    eval_split: float = Field(0.15, gt=0, lt=0.9, description="Fraction held out for validation.")
+    seed: int = 42
+    patience: int = Field(2, ge=0, description="Epochs without a better eval loss (0 = off).")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    text_column: str = "text"
+    label_column: str = "label"
+    export_onnx: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value, field="name")
+
+
+class TrainResult(BaseModel):
+    model_id: str
+    name: str
+    metrics: dict[str, Any]
+    default_backend: str
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class _Trainer:
+    def __init__(self, params: TrainClassifierParams, settings: Settings, on_event: OnEvent):
+        self.p, self.settings, self.emit = params, settings, on_event
+        self.history: list[Event] = []
+
+    def _event(self, event: Event) -> None:
+        if event["type"] in {"step", "eval"}:
+            self.history.append(event)
+        self.emit(event)
+
+    def _batches(
+        self,
+        indices: list[int],
+        ds: TextDataset,
+        label_ids: dict[str, int],
+        shuffle: bool,
+        epoch: int,
+    ):
+        import torch
+
+        order = list(indices)
+        if shuffle:
+            random.Random(self.p.seed * 1000 + epoch).shuffle(order)
+        for i in range(0, len(order), self.p.batch_size):
+            chunk = order[i : i + self.p.batch_size]
+            enc = self.tokenizer(
+                [ds.texts[j] for j in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.p.max_length,
+                return_tensors="pt",
+            )
+            enc["labels"] = torch.tensor([label_ids[ds.labels[j]] for j in chunk])
+            yield enc
+
+    def _evaluate(
+        self, model: Any, indices: list[int], ds: TextDataset, label_ids: dict[str, int]
+    ) -> tuple[float, list[int]]:
+        import torch
+
+        model.eval()
+        losses, preds = [], []
+        with torch.inference_mode():
+            for batch in self._batches(indices, ds, label_ids, False, 0):
+                out = model(**batch)
+                losses.append(float(out.loss) * len(batch["labels"]))
+                preds += out.logits.argmax(-1).tolist()
+        model.train()
+        return sum(losses) / len(indices), preds
+
+    def run(self) -> TrainResult:
+        import torch
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+            get_linear_schedule_with_warmup,
+        )
+
+        p = self.p
+        started = time.monotonic()
+        ds = load_text_dataset(
+            p.data, self.settings.data_roots, text_column=p.text_column, label_column=p.label_column
+        )
+        splits = make_splits(ds, p.eval_split, p.seed)
+        labels = ds.label_names
+        label_ids = {label: i for i, label in enumerate(labels)}
+        base_dir = resolve_model_dir(p.base, self.settings, field="base")
+        _seed_everything(p.seed)
+        torch.set_num_threads(self.settings.threads or len(__import__("os").sched_getaffinity(0)))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            base_dir, use_fast=True, trust_remote_code=False
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label_ids,
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+        model.train()
+        steps_per_epoch = math.ceil(len(splits.train) / p.batch_size)
+        total = steps_per_epoch * p.epochs
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
+        )
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(total * p.warmup_ratio), total)
+        self._event(
+            {
+                "type": "start",
+                "total_steps": total,
+                "epochs": p.epochs,
+                "labels": labels,
+                "train_examples": len(splits.train),
+                "eval_examples": len(splits.validation),
+            }
+        )
+        best_loss, best_state, bad_epochs, step, epochs_run = math.inf, None, 0, 0, 0
+        for epoch in range(1, p.epochs + 1):
+            epochs_run = epoch
+            for batch in self._batches(splits.train, ds, label_ids, True, epoch):
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingFailed(
+                        f"diverged: loss is {float(loss)} at step {step + 1}; lower the learning rate."
+                    )
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                elapsed = time.monotonic() - started
+                self._event(
+                    {
+                        "type": "step",
+                        "step": step,
+                        "total_steps": total,
+                        "epoch": epoch,
+                        "loss": round(float(loss), 5),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "eta_s": round(elapsed / step * (total - step), 1),
+                    }
+                )
+            eval_loss, preds = self._evaluate(model, splits.validation, ds, label_ids)
+            scores = classification_metrics(
+                [label_ids[ds.labels[i]] for i in splits.validation], preds, labels
+            )
+            self._event(
+                {
+                    "type": "eval",
+                    "epoch": epoch,
+                    "step": step,
+                    "eval_loss": round(eval_loss, 5),
+                    "accuracy": scores["accuracy"],
+                    "macro_f1": scores["macro_f1"],
+                }
+            )
+            if eval_loss < best_loss - 1e-4:
+                best_loss, bad_epochs = eval_loss, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if p.patience and bad_epochs >= p.patience:
+                    self._event(
+                        {
+                            "type": "log",
+                            "message": f"early stop after epoch {epoch}: eval loss did not improve",
+                        }
+                    )
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        test_loss, preds = self._evaluate(model, splits.test, ds, label_ids)
+        metrics = classification_metrics(
+            [label_ids[ds.labels[i]] for i in splits.test], preds, labels
+        )
+        metrics["eval_loss"] = round(test_loss, 5)
+        return self._publish(model, ds, splits.test, labels, metrics, epochs_run, started, step)
+
+    def _publish(
+        self,
+        model: Any,
+        ds: TextDataset,
+        test: list[int],
+        labels: list[str],
+        metrics: dict[str, Any],
+        epochs_run: int,
+        started: float,
+        steps: int,
+    ) -> TrainResult:
+        p = self.p
+        store = Store(self.settings.store_root)
+        with store.staging(p.name) as staged:
+            model.save_pretrained(staged, safe_serialization=True)
+            self.tokenizer.save_pretrained(staged)
+            tok_meta = {
+                "max_length": p.max_length,
+                "pad_token": self.tokenizer.pad_token,
+                "pad_token_id": self.tokenizer.pad_token_id,
+            }
+            exports: dict[str, Any] = {}
+            if p.export_onnx:
+                self._event(
+                    {"type": "log", "message": "exporting ONNX (fp32, int8) and checking parity"}
+                )
+                serving_tok = load_tokenizer(staged / "tokenizer.json", tok_meta, p.max_length)
+                exports = export_with_parity(
+                    model,
+                    lambda texts: encode(serving_tok, texts),
+                    [ds.texts[i] for i in test],
+                    staged,
+                )
+            (staged / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            plot_training_curves(
+                self.history, staged / "training_curves.png", f"{p.name} ({p.base})"
+            )
+            backends = ["torch", *[b for b in ("onnx-fp32", "onnx-int8") if b in exports]]
+            chosen = default_backend(exports)
+            train_seconds = round(time.monotonic() - started, 1)
+            manifest: dict[str, Any] = {
+                "name": p.name,
+                "task": TASK,
+                "base_model": p.base,
+                "labels": labels,
+                "metrics": {
+                    k: metrics[k] for k in ("accuracy", "macro_f1", "eval_loss", "eval_examples")
+                },
+                "training": {
+                    **p.model_dump(),
+                    "epochs_run": epochs_run,
+                    "steps": steps,
+                    "train_seconds": train_seconds,
+                },
+                "tokenizer": tok_meta,
+                "export": exports,
+                "backends": backends,
+                "default_backend": chosen,
+            }
+            artifact = store.publish(staged, manifest)
+        self._event({"type": "published", "model_id": artifact.id})
+        return TrainResult(
+            model_id=artifact.id,
+            name=p.name,
+            metrics=metrics,
+            default_backend=chosen,
+            epochs_run=epochs_run,
+            stopped_early=epochs_run < p.epochs,
+            train_seconds=train_seconds,
+        )
+
+
+def train_classifier(
+    params: TrainClassifierParams, settings: Settings, on_event: OnEvent | None = None
+) -> TrainResult:
+    """Train, evaluate, export and publish; return the new model id and its metrics."""
+    return _Trainer(params, settings, on_event or (lambda _event: None)).run()

@@ -39,9 +39,13 @@ class Readiness:
         return not self.models or any(v == "ready" for v in self.models.values())
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, classify_service: ClassifyService | None = None
+) -> FastAPI:
+    """The gateway app. Runtimes that load models themselves (Modal's ``@modal.enter``)
+    pass their ``classify_service``; its already-loaded models count as preloaded."""
     settings = settings or get_settings()
-    service = ClassifyService(settings)
+    service = classify_service or ClassifyService(settings)
     readiness = Readiness()
 
     @asynccontextmanager

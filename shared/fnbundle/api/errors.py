@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fnbundle.contract import validation_failure
 from fnbundle.errors import FnbError, error_body, internal_error_body
 
 log = logging.getLogger("fnbundle.api")
@@ -40,23 +41,9 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def field_path(loc: Any) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in {"body", "query", "path", "header"}:
-        parts = parts[1:]
-    return ".".join(parts)
-
-
-def validation_error_response(errors: list[dict[str, Any]]) -> JSONResponse:
-    """422 naming the first offending field, or 400 when the body is not JSON at all."""
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return error_response(400, error_body("invalid_json", "Request body is not valid JSON."))
-    first = errors[0] if errors else {"loc": (), "msg": "Invalid request."}
-    path = field_path(first.get("loc", ()))
-    message = f"{path}: {first.get('msg')}" if path else str(first.get("msg"))
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_response(422, error_body("validation_error", message, path or None))
+def validation_error_response(errors: list[Any]) -> JSONResponse:
+    exc = validation_failure(errors)
+    return error_response(exc.status, exc.to_body())
 
 
 def install_error_handlers(app: FastAPI) -> None:

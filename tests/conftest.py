@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models trained once per session, stores in temp folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REVIEWS = REPO / "data" / "reviews.csv"
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random-init BERT with a tokenizer trained on the shipped reviews."""
+    from tests.tiny import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("bases") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
+    """A store holding one tiny sentiment classifier trained on data/reviews.csv.
+
+    Returns (settings, TrainResult). Tests that modify the store copy it first.
+    """
+    from fnbundle.settings import Settings
+    from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+
+    store = tmp_path_factory.mktemp("store")
+    settings = Settings(store=store, data_roots=[REPO, tiny_base.parent])
+    params = TrainClassifierParams(
+        data=str(REVIEWS), name="tiny", base=str(tiny_base), epochs=3, learning_rate=3e-3
+    )
+    return settings, train_classifier(params, settings)

@@ -1,0 +1,129 @@
+"""The gateway's guards and error contract, on an app whose store holds no real model."""
+
+import pytest
+from fastapi.testclient import TestClient
+from fnbundle.api import create_app
+from fnbundle.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def client(tmp_path):
+    settings = Settings(store=tmp_path, max_body_bytes=2048, max_texts=4, max_text_chars=50)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    settings = Settings(store=tmp_path, api_keys=["s3cret", "other-key"], max_body_bytes=2048)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def error(response, status, type_):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["type"] == type_
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+def test_probes_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"  # empty store
+    assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/v1/models").json() == {"data": []}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "type_", "field"),
+    [
+        ({"model": "tiny", "texts": []}, 400, "limit_exceeded", "texts"),
+        ({"model": "tiny", "texts": ["a"] * 5}, 400, "limit_exceeded", "texts"),
+        ({"model": "tiny", "texts": ["a" * 51]}, 400, "limit_exceeded", "texts.0"),
+        ({"model": "tiny", "texts": ["  "]}, 400, "invalid_request", "texts.0"),
+        ({"model": "tiny", "texts": "not a list"}, 422, "validation_error", "texts"),
+        ({"model": "tiny", "texts": ["ok", 3]}, 422, "validation_error", "texts.1"),
+        ({"texts": ["ok"]}, 422, "validation_error", "model"),
+        ({"model": "tiny", "texts": ["ok"], "extra": 1}, 422, "validation_error", "extra"),
+        ({"model": "tiny", "texts": ["ok"], "backend": "gpu"}, 422, "validation_error", "backend"),
+        ({"model": "nope", "texts": ["ok"]}, 404, "not_found", "model"),
+        ({"model": "../../etc/passwd", "texts": ["ok"]}, 400, "invalid_request", "model"),
+        ({"model": "/etc/passwd", "texts": ["ok"]}, 400, "invalid_request", "model"),
+        ({"model": "..%2f..%2fetc", "texts": ["ok"]}, 400, "invalid_request", "model"),
+        ({"model": "hf:org/model", "texts": ["ok"]}, 400, "invalid_request", "model"),
+    ],
+)
+def test_bad_requests_get_a_clear_error(client, payload, status, type_, field):
+    err = error(client.post("/v1/classify", json=payload), status, type_)
+    assert err.get("field") == field
+    assert err["message"]
+
+
+def test_limits_are_named_in_the_message(client):
+    err = error(client.post("/v1/classify", json={"model": "m", "texts": ["a"] * 5}), 400, "limit_exceeded")
+    assert "limit of 4" in err["message"]
+
+
+def test_malformed_json_is_400(client):
+    r = client.post("/v1/classify", content=b'{"model": "tiny", "texts": [', headers={"content-type": "application/json"})
+    error(r, 400, "invalid_json")
+
+
+def test_body_over_the_limit_is_413_from_content_length(client):
+    r = client.post("/v1/classify", json={"model": "tiny", "texts": ["x" * 3000]})
+    assert "limit of 2048 bytes" in error(r, 413, "payload_too_large")["message"]
+
+
+def test_streamed_body_over_the_limit_is_413(client):
+    def chunks():
+        yield b'{"model": "tiny", "texts": ["'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"]}'
+
+    r = client.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+    error(r, 413, "payload_too_large")
+
+
+def test_unknown_route_and_method_use_the_error_shape(client):
+    error(client.get("/v1/nothing"), 404, "not_found")
+    error(client.get("/v1/classify"), 405, "method_not_allowed")
+
+
+def test_keys_are_required_on_v1_only(keyed):
+    assert keyed.get("/healthz").status_code == 200
+    error(keyed.get("/v1/models"), 401, "unauthorized")
+    error(keyed.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
+    error(keyed.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401, "unauthorized")
+    assert keyed.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert keyed.get("/v1/models", headers={"Authorization": "bearer other-key"}).status_code == 200
+
+
+def test_auth_is_checked_before_the_body_is_read(keyed):
+    # Without a key, an oversized (or malformed) body is never looked at: 401, not 413/400.
+    r = keyed.post("/v1/classify", content=b"x" * 10_000, headers={"content-type": "application/json"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_cors_preflight_allows_configured_origins(tmp_path):
+    settings = Settings(store=tmp_path, cors_origins=["https://app.example"], api_keys=["k"])
+    with TestClient(create_app(settings)) as c:
+        r = c.options(
+            "/v1/classify",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        other = c.options(
+            "/v1/classify",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in other.headers

@@ -1,0 +1,94 @@
+import json
+import os
+
+import pytest
+from fnbundle.errors import InvalidRequest, NotFound, UnsafeArtifact
+from fnbundle.loading import (
+    ModelCache,
+    builtin_dir,
+    check_safe_model_dir,
+    parse_model_ref,
+    resolve_inside_roots,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "name", "revision"),
+    [
+        ("sentiment", "store", "sentiment", None),
+        ("sentiment-20261123-101500-a1b2c3", "store", "sentiment-20261123-101500-a1b2c3", None),
+        ("builtin:minilm", "builtin", "minilm", None),
+        ("hf:org/name@abc123", "hf", "org/name", "abc123"),
+        ("hf:bert-base-uncased", "hf", "bert-base-uncased", None),
+        ("./models/base", "path", "./models/base", None),
+    ],
+)
+def test_model_references(ref, kind, name, revision):
+    parsed = parse_model_ref(ref)
+    assert (parsed.kind, parsed.name, parsed.revision) == (kind, name, revision)
+
+
+@pytest.mark.parametrize("ref", ["hf:a/b/c", "hf:../x", "hf:", "Bad Name"])
+def test_malformed_references_are_400(ref):
+    with pytest.raises(InvalidRequest):
+        parse_model_ref(ref)
+
+
+def test_paths_stay_inside_their_roots(tmp_path):
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert resolve_inside_roots(root / "data", [root], field="data") == (root / "data").resolve()
+    for bad in [root / ".." / "outside", outside, "/etc/passwd", f"{root}/%2e%2e/outside"]:
+        with pytest.raises(InvalidRequest, match="outside the allowed roots|Invalid path"):
+            resolve_inside_roots(bad, [root], field="data")
+    os.symlink(outside, root / "escape")
+    with pytest.raises(InvalidRequest, match="outside the allowed roots"):
+        resolve_inside_roots(root / "escape", [root], field="data")
+
+
+def test_builtin_minilm_ships_with_its_package():
+    folder = builtin_dir("minilm")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    with pytest.raises(NotFound, match="Unknown builtin"):
+        builtin_dir("gpt5")
+
+
+def test_remote_code_and_pickle_only_models_are_refused(tmp_path):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "x.Model"}}))
+    (remote / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UnsafeArtifact, match="trust_remote_code"):
+        check_safe_model_dir(remote)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(UnsafeArtifact, match="pickle"):
+        check_safe_model_dir(pickled)
+
+
+def test_model_cache_loads_once_and_remembers_failures():
+    cache = ModelCache()
+    calls = []
+
+    def load():
+        calls.append(1)
+        return object()
+
+    first = cache.get_or_load(("m", "b"), load)
+    assert cache.get_or_load(("m", "b"), load) is first and len(calls) == 1
+    assert cache.state(("m", "b")) == "ready"
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("corrupt")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            cache.get_or_load(("bad", "b"), broken)
+    assert cache.state(("bad", "b")) == "failed" and len(calls) == 2

@@ -200,7 +200,7 @@ class _Trainer:
                         "step": step,
                         "total_steps": total,
                         "epoch": epoch,
-                        "loss": round(float(loss), 5),
+                        "loss": round(float(loss.detach()), 5),
                         "learning_rate": scheduler.get_last_lr()[0],
                         "eta_s": round(elapsed / step * (total - step), 1),
                     }

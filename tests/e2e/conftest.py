@@ -1,0 +1,72 @@
+"""A real gateway: `fnbundle serve` in a subprocess on 127.0.0.1, driven with httpx."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port
+
+FNBUNDLE = [sys.executable, "-m", "fnbundle.cli"]
+START_TIMEOUT = 60  # seconds for the gateway to load its models on a busy 2-core machine
+
+
+def fnb_env(store: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
+    env.update({"FNB_STORE": str(store), "FNB_DATA_ROOTS": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def gateway(store: Path, **env: str) -> Iterator[str]:
+    """Start the gateway, wait until /readyz answers (200 or 503), stop it afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*FNBUNDLE, "serve", "--port", str(port)],
+        env=fnb_env(store, **env),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited: {proc.stdout.read().decode() if proc.stdout else ''}"
+                )
+            try:
+                r = httpx.get(f"{url}/readyz", timeout=2)
+                if r.status_code == 200 or r.json().get("status") == "failed":
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateway did not become ready")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_trained) -> Iterator[tuple[str, str]]:
+    """(base url, model id) of a gateway serving the tiny classifier."""
+    settings, result = tiny_trained
+    with gateway(settings.store_root) as url:
+        yield url, result.model_id

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fnbundle.classifier import encode, load_tokenizer
-from fnbundle.errors import TrainingFailed
+from fnbundle.errors import InvalidRequest, TrainingFailed
 from fnbundle.loading import resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store, validate_name
@@ -59,7 +59,10 @@ class TrainClassifierParams(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return validate_name(value, field="name")
+        try:
+            return validate_name(value, field="name")
+        except InvalidRequest as exc:  # a schema error: reported with its field path
+            raise ValueError(exc.message) from None
 
 
 class TrainResult(BaseModel):

@@ -1,0 +1,130 @@
+"""The real `fnbundle` command line, as a user types it."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, REVIEWS
+from tests.e2e.conftest import FNBUNDLE, fnb_env
+
+pytestmark = pytest.mark.e2e
+
+
+def fnb(*args: str, store, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*FNBUNDLE, *args],
+        env=fnb_env(store, **env),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_train_predict_and_list(tiny_base, tmp_path):
+    store = tmp_path / "store"
+    roots = f"{REPO},{tiny_base.parent}"
+    trained = fnb(
+        "train",
+        "classifier",
+        "--data",
+        str(REVIEWS),
+        "--name",
+        "cli-model",
+        "--base",
+        str(tiny_base),
+        "--epochs",
+        "1",
+        "--learning-rate",
+        "0.003",
+        "--json",
+        store=store,
+        FNB_DATA_ROOTS=roots,
+    )
+    assert trained.returncode == 0, trained.stderr
+    result = json.loads(trained.stdout[trained.stdout.index("{") :])
+    assert result["model_id"].startswith("cli-model-") and result["metrics"]["eval_examples"] > 0
+
+    listed = fnb("models", "list", "--json", store=store)
+    assert [m["id"] for m in json.loads(listed.stdout)] == [result["model_id"]]
+
+    predicted = fnb(
+        "predict",
+        "classify",
+        "--model",
+        "cli-model",
+        "--json",
+        "Great value.",
+        "Awful.",
+        store=store,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    body = json.loads(predicted.stdout)
+    assert body["model"] == result["model_id"] and len(body["predictions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("text,label\nonly one,pos\nanother,pos\n", "1 distinct label"),
+        ("body,label\nx,pos\ny,neg\n", "no 'text' column"),
+        ("text,label\nfine,pos\n,neg\n", "empty 'text'"),
+    ],
+)
+def test_bad_datasets_fail_with_one_clear_line(tmp_path, rows, message):
+    data = tmp_path / "data.csv"
+    data.write_text(rows)
+    run = fnb(
+        "train",
+        "classifier",
+        "--data",
+        str(data),
+        "--name",
+        "x",
+        store=tmp_path / "s",
+        FNB_DATA_ROOTS=str(tmp_path),
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "s" / "models").exists()
+
+
+def test_dataset_outside_the_roots_is_refused(tmp_path):
+    run = fnb(
+        "train",
+        "classifier",
+        "--data",
+        "/etc/passwd",
+        "--name",
+        "x",
+        store=tmp_path / "s",
+        timeout=120,
+    )
+    assert run.returncode == 1 and "outside the allowed roots" in run.stderr
+
+
+def test_invalid_option_names_the_option(tmp_path):
+    run = fnb(
+        "train",
+        "classifier",
+        "--data",
+        str(REVIEWS),
+        "--name",
+        "Bad Name",
+        store=tmp_path,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "--name" in run.stderr
+
+
+def test_unknown_model_in_predict(tmp_path):
+    run = fnb("predict", "classify", "--model", "nope", "hello", store=tmp_path, timeout=120)
+    assert run.returncode == 1 and "not found" in run.stderr
+
+
+def test_no_keys_means_loopback_only(tmp_path):
+    run = fnb("serve", "--host", "0.0.0.0", "--port", "8765", store=tmp_path, timeout=60)
+    assert run.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in " ".join(run.stderr.split())

@@ -294,7 +294,8 @@ def models_list(json_out: Annotated[bool, typer.Option("--json")] = False) -> No
         )
         return
     table = Table(title=str(store.root))
-    for col in ("id", "task", "labels", "accuracy", "backend", "latest"):
+    table.add_column("id", no_wrap=True)
+    for col in ("task", "labels", "accuracy", "backend", "latest"):
         table.add_column(col)
     for r in rows:
         table.add_row(

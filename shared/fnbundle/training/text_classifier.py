@@ -75,6 +75,15 @@ class TrainResult(BaseModel):
     train_seconds: float
 
 
+def quiet_transformers() -> None:
+    """Our own progress events replace transformers' bars and its expected notice that
+    the new classification head is freshly initialised."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -152,6 +161,7 @@ class _Trainer:
         label_ids = {label: i for i, label in enumerate(labels)}
         base_dir = resolve_model_dir(p.base, self.settings, field="base")
         _seed_everything(p.seed)
+        quiet_transformers()
         torch.set_num_threads(self.settings.threads or len(__import__("os").sched_getaffinity(0)))
         self.tokenizer = AutoTokenizer.from_pretrained(
             base_dir, use_fast=True, trust_remote_code=False

@@ -180,20 +180,32 @@ def _progress_printer() -> tuple[Any, Any]:
     return progress, on_event
 
 
+def _opt(field: str) -> str:
+    """Help text from the training schema, so defaults are written once."""
+    from fnbundle.training.text_classifier import TrainClassifierParams
+
+    info = TrainClassifierParams.model_fields[field]
+    return f"{info.description or field.replace('_', ' ').capitalize()} (default: {info.default})"
+
+
 @train_app.command("classifier")
 def train_classifier_cmd(
     data: Annotated[str, typer.Option(help="CSV or JSONL with text and label columns.")],
     name: Annotated[str, typer.Option(help="Store name to publish under.")],
-    base: Annotated[str, typer.Option(help="Base model reference.")] = "builtin:minilm",
-    epochs: int = 4,
-    learning_rate: float = 5e-5,
-    batch_size: int = 16,
-    max_length: int = 128,
-    eval_split: float = 0.15,
-    seed: int = 42,
-    patience: int = 2,
-    text_column: str = "text",
-    label_column: str = "label",
+    base: Annotated[str | None, typer.Option(help=_opt("base"))] = None,
+    epochs: Annotated[int | None, typer.Option(help=_opt("epochs"))] = None,
+    learning_rate: Annotated[float | None, typer.Option(help=_opt("learning_rate"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_opt("batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=_opt("max_length"))] = None,
+    eval_split: Annotated[float | None, typer.Option(help=_opt("eval_split"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_opt("seed"))] = None,
+    patience: Annotated[int | None, typer.Option(help=_opt("patience"))] = None,
+    text_column: Annotated[str | None, typer.Option(help=_opt("text_column"))] = None,
+    label_column: Annotated[str | None, typer.Option(help=_opt("label_column"))] = None,
+    freeze_embeddings: Annotated[
+        bool | None,
+        typer.Option("--freeze-embeddings/--train-embeddings", help=_opt("freeze_embeddings")),
+    ] = None,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX exports.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -203,27 +215,23 @@ def train_classifier_cmd(
     _setup_logging()
     from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
+    given = {
+        "base": base, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+        "max_length": max_length, "eval_split": eval_split, "seed": seed, "patience": patience,
+        "text_column": text_column, "label_column": label_column,
+        "freeze_embeddings": freeze_embeddings,
+    }  # fmt: skip
     try:
         params = TrainClassifierParams(
             data=data,
             name=name,
-            base=base,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            max_length=max_length,
-            eval_split=eval_split,
-            seed=seed,
-            patience=patience,
-            text_column=text_column,
-            label_column=label_column,
             export_onnx=not no_onnx,
+            **{k: v for k, v in given.items() if v is not None},
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise _fail(
-            f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}", 2
-        ) from None
+        option = "-".join(map(str, first["loc"])).replace("_", "-")
+        raise _fail(f"--{option}: {first['msg']}", 2) from None
     progress, on_event = _progress_printer()
     try:
         with progress:

@@ -1,9 +1,11 @@
 """ONNX export of a trained classifier, int8 quantization, and the parity check.
 
 Key rule: an export is served by default only if it agrees with the PyTorch model on the
-evaluation texts, tokenized exactly as the server tokenizes them: every argmax equal for
-fp32 (and probabilities within 1e-3), at least 98% equal for int8 (within 0.15). The
-numbers are recorded in the manifest either way.
+evaluation texts, tokenized exactly as the server tokenizes them: for fp32 every argmax
+equal and every probability within 1e-3; for int8 at least 98% of argmaxes equal and a
+mean probability difference under 0.02 (the maximum is recorded, not judged: one review
+on the decision boundary can move 0.15 while the answers agree). The numbers are
+recorded in the manifest either way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 PARITY_RULES = {
     "onnx-fp32": {"min_agreement": 1.0, "max_prob_diff": 1e-3},
-    "onnx-int8": {"min_agreement": 0.98, "max_prob_diff": 0.15},
+    "onnx-int8": {"min_agreement": 0.98, "mean_prob_diff": 0.02},
 }
 ONNX_OPSET = 17
 PARITY_BATCH = 32  # texts per forward pass while checking
@@ -81,12 +83,17 @@ def _onnx_probs(path: Path, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 def parity(reference: np.ndarray, candidate: np.ndarray, backend: str) -> dict[str, Any]:
     agreement = float((reference.argmax(1) == candidate.argmax(1)).mean())
-    diff = float(np.abs(reference - candidate).max())
+    diffs = np.abs(reference - candidate).max(axis=1)
+    max_diff, mean_diff = float(diffs.max()), float(diffs.mean())
     rules = PARITY_RULES[backend]
+    passed = agreement >= rules["min_agreement"]
+    passed &= max_diff <= rules.get("max_prob_diff", 1.0)
+    passed &= mean_diff <= rules.get("mean_prob_diff", 1.0)
     return {
         "agreement": round(agreement, 4),
-        "max_prob_diff": round(diff, 6),
-        "passed": agreement >= rules["min_agreement"] and diff <= rules["max_prob_diff"],
+        "max_prob_diff": round(max_diff, 6),
+        "mean_prob_diff": round(mean_diff, 6),
+        "passed": bool(passed),
         "rules": rules,
         "examples": len(reference),
     }

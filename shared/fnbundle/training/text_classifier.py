@@ -43,17 +43,20 @@ class TrainClassifierParams(BaseModel):
     data: str = Field(description="CSV or JSONL file with text and label columns.")
     name: str = Field(description="Store name to publish under.")
     base: str = Field("builtin:minilm", description="Base encoder (any model reference).")
-    epochs: int = Field(4, ge=1, le=100)
-    learning_rate: float = Field(5e-5, gt=0, le=1)
-    batch_size: int = Field(16, ge=1, le=1024)
+    epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Examples per step.")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
     eval_split: float = Field(0.15, gt=0, lt=0.9, description="Fraction held out for validation.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")
     patience: int = Field(2, ge=0, description="Epochs without a better eval loss (0 = off).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field("text", description="Column holding the text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    freeze_embeddings: bool = Field(
+        True, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
+    )
     export_onnx: bool = True
 
     @field_validator("name")
@@ -174,12 +177,15 @@ class _Trainer:
             use_safetensors=True,
             trust_remote_code=False,
         )
+        if p.freeze_embeddings:
+            # Rare words seen a few times in a small dataset would drag their vectors
+            # around; fixing them also halves the weights the optimizer updates per step.
+            model.get_input_embeddings().weight.requires_grad_(False)
         model.train()
         steps_per_epoch = math.ceil(len(splits.train) / p.batch_size)
         total = steps_per_epoch * p.epochs
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
-        )
+        trainable = [w for w in model.parameters() if w.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(total * p.warmup_ratio), total)
         self._event(
             {

@@ -64,12 +64,18 @@ def test_bad_requests_get_a_clear_error(client, payload, status, type_, field):
 
 
 def test_limits_are_named_in_the_message(client):
-    err = error(client.post("/v1/classify", json={"model": "m", "texts": ["a"] * 5}), 400, "limit_exceeded")
+    err = error(
+        client.post("/v1/classify", json={"model": "m", "texts": ["a"] * 5}), 400, "limit_exceeded"
+    )
     assert "limit of 4" in err["message"]
 
 
 def test_malformed_json_is_400(client):
-    r = client.post("/v1/classify", content=b'{"model": "tiny", "texts": [', headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/classify",
+        content=b'{"model": "tiny", "texts": [',
+        headers={"content-type": "application/json"},
+    )
     error(r, 400, "invalid_json")
 
 
@@ -105,7 +111,9 @@ def test_keys_are_required_on_v1_only(keyed):
 
 def test_auth_is_checked_before_the_body_is_read(keyed):
     # Without a key, an oversized (or malformed) body is never looked at: 401, not 413/400.
-    r = keyed.post("/v1/classify", content=b"x" * 10_000, headers={"content-type": "application/json"})
+    r = keyed.post(
+        "/v1/classify", content=b"x" * 10_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
 
 

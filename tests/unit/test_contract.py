@@ -49,5 +49,8 @@ def test_bugs_become_a_500_without_details():
     status, body = run_task(Req, {"texts": ["bug"]}, count)
     assert status == 500
     assert body == {
-        "error": {"type": "internal_error", "message": "Internal error; the server log has the details."}
+        "error": {
+            "type": "internal_error",
+            "message": "Internal error; the server log has the details.",
+        }
     }

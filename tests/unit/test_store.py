@@ -12,7 +12,9 @@ def publish(store: Store, name: str, files: dict[str, bytes], **extra):
     with store.staging(name) as staged:
         for rel, data in files.items():
             (staged / rel).write_bytes(data)
-        return store.publish(staged, {"name": name, "task": "classify", "labels": ["a", "b"], **extra})
+        return store.publish(
+            staged, {"name": name, "task": "classify", "labels": ["a", "b"], **extra}
+        )
 
 
 def test_publish_writes_manifest_with_hashes_and_points_the_name(tmp_path):
@@ -52,7 +54,18 @@ def test_failure_while_writing_leaves_nothing_visible(tmp_path):
 
 @pytest.mark.parametrize(
     "ref",
-    ["../etc", "..", "a/b", "/etc/passwd", "%2e%2e%2fsecrets", "..%2f", "Demo", "", "a" * 81, "x\x00y"],
+    [
+        "../etc",
+        "..",
+        "a/b",
+        "/etc/passwd",
+        "%2e%2e%2fsecrets",
+        "..%2f",
+        "Demo",
+        "",
+        "a" * 81,
+        "x\x00y",
+    ],
 )
 def test_names_cannot_leave_the_store(tmp_path, ref):
     with pytest.raises(InvalidRequest) as exc:

@@ -1,30 +1,90 @@
 """The one declaration of every deployed endpoint: ``deploy/endpoints.toml``.
 
-Modal apps read their decorator settings from it at import time, the RunPod deploy reads
-its template and endpoint settings from it, and ``deploy/deploy.py`` publishes it. Key
-rule: no scaling number is written anywhere else; a value outside what the platform
-accepts is an error here, before anything is published.
+Modal apps read their decorator settings from it at import time, RunPod handlers read
+their concurrency from it, and ``deploy/deploy.py`` publishes it. Key rule: no scaling
+number is written anywhere else, and a value the platform would refuse (an unknown GPU,
+a scale-down window outside its range) is an error here, before anything is published.
+
+The ranges below are the platforms' own: Modal 1.6 refuses a ``scaledown_window``
+outside 2..3600 s and more than 8 GPUs per container (4 for A10); RunPod serverless
+takes GPU *pool* ids (not GPU type names), CPU instance ids such as ``cpu3c-2-4``, an
+idle timeout of 1 s to 1 h and an execution timeout of at most 24 h.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from fnbundle.errors import InvalidRequest, NotFound
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "deploy" / "endpoints.toml"
-# Inside a Modal container or a RunPod image the declaration is copied next to the code.
+# Inside a Modal container or a RunPod image the declaration is copied next to the code:
+# Modal images put local files under /root, the RunPod Dockerfile works in /app.
 CONTAINER_PATHS = (Path("/root/deploy/endpoints.toml"), Path("/app/deploy/endpoints.toml"))
 
-MODAL_GPUS = frozenset(
-    {"T4", "L4", "A10G", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200"}
-)
 MINUTES = 60  # seconds
+HOURS = 60 * MINUTES  # seconds
+
+# Modal GPU types (matched case-insensitively, as Modal does). "H100!" pins an H100
+# (no silent upgrade to H200); "B200+" accepts a B300 at B200 price.
+MODAL_GPUS = frozenset(
+    {
+        "T4",
+        "L4",
+        "A10",
+        "A10G",
+        "L40S",
+        "A100",
+        "A100-40GB",
+        "A100-80GB",
+        "RTX-PRO-6000",
+        "H100",
+        "H100!",
+        "H200",
+        "B200",
+        "B200+",
+    }
+)
+MODAL_MAX_GPUS = 8  # per container
+MODAL_MAX_GPUS_A10 = 4  # per container: A10 hosts are smaller
+
+# RunPod serverless GPU pools: an endpoint lists pools in order of preference.
+RUNPOD_GPU_POOLS: dict[str, str] = {
+    "AMPERE_16": "16 GB: RTX A4000, A4500, RTX 4000/2000 Ada",
+    "AMPERE_24": "24 GB: RTX A5000, L4, RTX 3090",
+    "ADA_24": "24 GB: L4, RTX 4090",
+    "ADA_32_PRO": "32 GB: RTX 5090",
+    "AMPERE_48": "48 GB: A40, RTX A6000",
+    "ADA_48_PRO": "48 GB: L40, L40S, RTX 6000 Ada",
+    "AMPERE_80": "80 GB: A100 PCIe / SXM",
+    "ADA_80_PRO": "80 GB: H100 PCIe / SXM / NVL",
+    "HOPPER_141": "141 GB: H200",
+}
+# RunPod CPU instance ids: <flavor>-<vCPUs>-<GB of RAM>; flavor = generation 3 or 5 and
+# c (compute-optimised), g (general purpose) or m (memory-optimised).
+RUNPOD_CPU_INSTANCE = re.compile(r"^cpu[35][cgm]-[1-9][0-9]*-[1-9][0-9]*$")
+
+ENDPOINT_NAME = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+# A repository path (no tag, no registry): lower-case components split by / . _ -
+IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _entry_file(value: str, folder: str) -> str:
+    """A path like ``functions/classify.py``: relative, inside ``folder``, a Python file."""
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts or len(path.parts) != 2:
+        raise ValueError(f"must be {folder}/<name>.py, got {value!r}")
+    if path.parts[0] != folder or path.suffix != ".py":
+        raise ValueError(f"must be {folder}/<name>.py, got {value!r}")
+    return value
 
 
 class _Spec(BaseModel):
@@ -32,46 +92,128 @@ class _Spec(BaseModel):
 
 
 class ModalSpec(_Spec):
-    app: str
-    file: str
-    gpu: str | None = Field(None, description="Modal GPU type; None runs on CPU.")
-    cpu: float = Field(1.0, gt=0, le=64)
-    memory_mib: int = Field(2048, ge=128)
-    min_containers: int = Field(0, ge=0)
+    app: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Modal app name.")
+    file: str = Field(description="The app's file, relative to the repository root.")
+    gpu: str | None = Field(None, description="Modal GPU type, e.g. 'L4' or 'H100:2'; None = CPU.")
+    cpu: float = Field(1.0, gt=0, le=64, description="Physical cores reserved per container.")
+    memory_mib: int = Field(2048, ge=128, description="Memory reserved per container (MiB).")
+    min_containers: int = Field(0, ge=0, description="Warm containers kept when idle.")
     max_containers: int = Field(10, ge=1)
-    buffer_containers: int = Field(0, ge=0)
-    # Modal accepts 2 s to 20 min of idle time before a container scales down.
-    scaledown_window_s: int = Field(5 * MINUTES, ge=2, le=20 * MINUTES)
+    buffer_containers: int = Field(0, ge=0, description="Spare containers while active.")
+    # Modal 1.6 accepts 2 s to 1 h of idle time before a container scales down.
+    scaledown_window_s: int = Field(5 * MINUTES, ge=2, le=1 * HOURS)
     max_inputs: int = Field(1, ge=1, le=1000, description="Concurrent inputs per container.")
-    target_inputs: int | None = Field(None, ge=1)
-    timeout_s: int = Field(60, ge=10, le=24 * 60 * MINUTES)
+    target_inputs: int | None = Field(None, ge=1, description="Autoscaler's target per container.")
+    # At least 10 s: a request has to survive a container start; Modal's ceiling is 24 h.
+    timeout_s: int = Field(60, ge=10, le=24 * HOURS)
     retries: int = Field(0, ge=0, le=10)
     enable_memory_snapshot: bool = False
 
-    def model_post_init(self, _: object) -> None:
-        if self.gpu is not None and self.gpu.split(":")[0] not in MODAL_GPUS:
-            raise ValueError(
-                f"unknown Modal GPU {self.gpu!r}; known: {', '.join(sorted(MODAL_GPUS))}"
-            )
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        return _entry_file(value, "functions")
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        kind, _, count_text = value.partition(":")
+        if kind.upper() not in MODAL_GPUS:
+            raise ValueError(f"unknown Modal GPU {kind!r}; known: {', '.join(sorted(MODAL_GPUS))}")
+        if count_text:
+            most = MODAL_MAX_GPUS_A10 if kind.upper() in {"A10", "A10G"} else MODAL_MAX_GPUS
+            if not count_text.isdigit() or not 1 <= int(count_text) <= most:
+                raise ValueError(f"GPU count in {value!r} must be 1..{most}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModalSpec:
+        if self.min_containers > self.max_containers:
+            raise ValueError("min_containers is above max_containers")
+        if self.target_inputs is not None and self.target_inputs > self.max_inputs:
+            raise ValueError("target_inputs is above max_inputs (Modal refuses it)")
+        return self
 
 
 class RunPodSpec(_Spec):
-    handler: str
-    image: str
+    handler: str = Field(description="The handler's file, relative to the repository root.")
+    image: str = Field(description="Image repository name; deploy adds registry and tag.")
     compute: Literal["GPU", "CPU"] = "GPU"
-    gpu_ids: list[str] = Field(default_factory=list, description="RunPod GPU pool ids.")
-    cpu_flavor_ids: list[str] = Field(default_factory=list)
-    workers_min: int = Field(0, ge=0)
+    gpu_ids: list[str] = Field(default_factory=list, description="GPU pools, preferred first.")
+    cpu_flavor_ids: list[str] = Field(
+        default_factory=list, description="CPU instance ids such as cpu3c-2-4 (CPU endpoints)."
+    )
+    workers_min: int = Field(0, ge=0, description="Always-on workers (billed while idle).")
     workers_max: int = Field(3, ge=1)
     # RunPod keeps an idle worker between 1 s and 1 h before scaling it down.
-    idle_timeout_s: int = Field(5, ge=1, le=60 * MINUTES)
-    execution_timeout_s: int = Field(600, ge=5, le=7 * 24 * 60 * MINUTES)
+    idle_timeout_s: int = Field(5, ge=1, le=1 * HOURS)
+    # RunPod's execution timeout tops out at 24 h.
+    execution_timeout_s: int = Field(600, ge=5, le=24 * HOURS)
     flashboot: bool = True
     scaler_type: Literal["QUEUE_DELAY", "REQUEST_COUNT"] = "QUEUE_DELAY"
-    scaler_value: int = Field(4, ge=1)
+    scaler_value: int = Field(
+        4, ge=1, description="Seconds of queue delay, or queued requests per worker."
+    )
     concurrency: int = Field(1, ge=1, le=1000, description="Jobs one worker runs at once.")
-    container_disk_gb: int = Field(10, ge=5)
-    network_volume_gb: int = Field(20, ge=0)
+    container_disk_gb: int = Field(10, ge=5, le=1000)
+    network_volume_gb: int = Field(20, ge=0, description="Size of the network volume to attach.")
+    env: dict[str, str] = Field(default_factory=dict, description="Worker environment.")
+
+    @field_validator("handler")
+    @classmethod
+    def _handler(cls, value: str) -> str:
+        return _entry_file(value, "handlers")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not IMAGE_NAME.match(value):
+            raise ValueError(
+                f"image {value!r} must be a lower-case repository name without registry or tag"
+            )
+        return value
+
+    @field_validator("gpu_ids")
+    @classmethod
+    def _gpu_ids(cls, value: list[str]) -> list[str]:
+        unknown = [pool for pool in value if pool not in RUNPOD_GPU_POOLS]
+        if unknown:
+            raise ValueError(
+                f"unknown RunPod GPU pool {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(RUNPOD_GPU_POOLS)}"
+            )
+        return value
+
+    @field_validator("cpu_flavor_ids")
+    @classmethod
+    def _cpu_ids(cls, value: list[str]) -> list[str]:
+        bad = [cpu for cpu in value if not RUNPOD_CPU_INSTANCE.match(cpu)]
+        if bad:
+            raise ValueError(
+                f"unknown RunPod CPU instance {', '.join(map(repr, bad))}; "
+                "expected <flavor>-<vCPUs>-<GB> such as cpu3c-2-4 or cpu5g-4-16"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [key for key in value if not ENV_NAME.match(key)]
+        if bad:
+            raise ValueError(f"environment variable names must be UPPER_CASE: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunPodSpec:
+        if self.compute == "GPU" and (not self.gpu_ids or self.cpu_flavor_ids):
+            raise ValueError("a GPU endpoint needs gpu_ids and no cpu_flavor_ids")
+        if self.compute == "CPU" and (not self.cpu_flavor_ids or self.gpu_ids):
+            raise ValueError("a CPU endpoint needs cpu_flavor_ids and no gpu_ids")
+        if self.workers_min > self.workers_max:
+            raise ValueError("workers_min is above workers_max")
+        return self
 
 
 class Endpoint(_Spec):
@@ -84,6 +226,13 @@ class Endpoint(_Spec):
     modal: ModalSpec
     runpod: RunPodSpec
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not ENDPOINT_NAME.match(value):
+            raise ValueError(f"endpoint name {value!r} must be lower_snake_case")
+        return value
+
 
 def endpoints_path() -> Path:
     for path in (DEFAULT_PATH, *CONTAINER_PATHS):
@@ -92,10 +241,28 @@ def endpoints_path() -> Path:
     return DEFAULT_PATH
 
 
-@lru_cache(maxsize=4)
+def _describe(errors: list[ErrorDetails], path: Path, name: str) -> str:
+    """Every problem of one endpoint table, each with its dotted key."""
+    lines = []
+    for error in errors:
+        where = ".".join(["endpoints", name, *(str(part) for part in error["loc"])])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return f"{path}: " + "; ".join(lines)
+
+
 def load_endpoints(path: Path | None = None) -> dict[str, Endpoint]:
-    """Every endpoint in the declaration, validated."""
+    """Every endpoint in the declaration, validated; re-read only when the file changes."""
     path = path or endpoints_path()
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise NotFound(f"Endpoint declaration {path} not found.") from None
+    return _load(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _load(path: Path, _mtime_ns: int, _size: int) -> dict[str, Endpoint]:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -107,9 +274,9 @@ def load_endpoints(path: Path | None = None) -> dict[str, Endpoint]:
         try:
             endpoints[name] = Endpoint(name=name, **table)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidRequest(f"{path}: endpoints.{name}.{where}: {first['msg']}") from None
+            raise InvalidRequest(_describe(exc.errors(), path, name)) from None
+        except TypeError as exc:  # a table key that collides with ``name``
+            raise InvalidRequest(f"{path}: endpoints.{name}: {exc}") from None
     return endpoints
 
 

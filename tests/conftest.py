@@ -42,6 +42,11 @@ def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
     store = tmp_path_factory.mktemp("store")
     settings = Settings(store=store, data_roots=[REPO, tiny_base.parent])
     params = TrainClassifierParams(
-        data=str(REVIEWS), name="tiny", base=str(tiny_base), epochs=3, learning_rate=3e-3
+        data=str(REVIEWS),
+        name="tiny",
+        base=str(tiny_base),
+        epochs=8,
+        learning_rate=1e-3,
+        freeze_embeddings=False,  # random-init vectors have to learn too
     )
     return settings, train_classifier(params, settings)

@@ -16,7 +16,7 @@ def corpus() -> list[str]:
 
 
 def build_tiny_bert(
-    folder: Path, *, vocab_size: int = 800, hidden: int = 32, seed: int = 0
+    folder: Path, *, vocab_size: int = 1500, hidden: int = 32, seed: int = 0
 ) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors

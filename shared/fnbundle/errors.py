@@ -81,6 +81,31 @@ class TrainingFailed(FnbError):
     status, type = 500, "training_failed"
 
 
+class TrainingStopped(FnbError):
+    """Training stopped on request (cancel, budget, time limit), after a checkpoint.
+
+    ``reason`` is what the stop request said, ``step`` the last completed optimizer step,
+    ``metrics`` those of the last completed evaluation (``{}`` before the first one).
+    """
+
+    status, type = 409, "training_stopped"
+
+    def __init__(self, message: str, *, reason: str, step: int, metrics: dict[str, Any] | None):
+        super().__init__(message)
+        self.reason = reason
+        self.step = step
+        self.metrics = metrics or {}
+
+
+class QueueFull(FnbError):
+    """Too many jobs are waiting; ``retry_after`` (seconds) becomes the Retry-After header."""
+
+    status, type = 429, "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message, retry_after=max(1.0, retry_after))
+
+
 def error_body(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"type": type_, "message": message}
     if field is not None:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KIB = 1024  # bytes
 MIB = 1024 * KIB  # bytes
+HOURS = 3600  # seconds
 
 Backend = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
 
@@ -68,7 +69,46 @@ class Settings(BaseSettings):
         False, description="Allow a non-loopback bind without API keys."
     )
 
-    @field_validator("data_roots", "api_keys", "cors_origins", "preload", mode="before")
+    # --- jobs (training jobs and their webhooks) ---------------------------------------
+    jobs_dir: Path = Field(
+        Path(".fnbundle/jobs"),
+        description="Job database (jobs.sqlite3) and one folder per job with its checkpoints.",
+    )
+    jobs_max_running: int = Field(1, ge=1, description="Worker processes training at once.")
+    jobs_max_queued: int = Field(
+        16, ge=0, description="Queued jobs beyond which a submit gets 429 with Retry-After."
+    )
+    jobs_checkpoint_every: int = Field(50, ge=1, description="Optimizer steps per checkpoint.")
+    jobs_timeout_s: float = Field(
+        2 * HOURS, gt=0, description="Default execution time limit of a job (seconds)."
+    )
+    jobs_cancel_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a worker gets to stop by itself (cancel, timeout) before "
+        "SIGTERM; as long again before SIGKILL.",
+    )
+    jobs_max_attempts: int = Field(
+        20,
+        ge=1,
+        description="Worker starts per job (resumes after a dead worker included) before "
+        "the job fails; a retry starts a new count.",
+    )
+    webhook_secret: str = Field(
+        "", description="HMAC secret that signs webhooks; a job with a webhook_url needs it."
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Let webhooks reach private/loopback addresses (development only)."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names a webhook may reach even if they resolve to private addresses.",
+    )
+    # --- end of jobs ---------------------------------------------------------------------
+
+    @field_validator(
+        "data_roots", "api_keys", "cors_origins", "preload", "webhook_allowed_hosts", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -81,6 +121,10 @@ class Settings(BaseSettings):
     @property
     def store_root(self) -> Path:
         return Path(self.store).expanduser().resolve()
+
+    @property
+    def jobs_root(self) -> Path:
+        return Path(self.jobs_dir).expanduser().resolve()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,227 @@
+"""Training jobs over HTTP: submit, read, follow live, cancel, retry, list.
+
+Key rules: routes only parse, call the job manager on ``app.state.jobs`` and format; a job
+id is checked against :data:`JOB_ID` before it reaches the manager, so raw input never
+touches the job database; every failure leaves in the one error shape of ``api/errors.py``
+(a full queue is a 429 with ``Retry-After``). ``GET /v1/jobs/{id}/events`` is a
+server-sent event stream (``id: <seq>``, ``event: <type>``, ``data: <JobEvent JSON>``):
+it replays from the start, or after ``?after=N`` / ``Last-Event-ID`` (the header wins, so a
+reconnecting browser ``EventSource`` resumes where it stopped), and ends after the
+terminal ``state`` event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from fnbundle.errors import InvalidRequest, NotFound
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit, Task
+
+if TYPE_CHECKING:
+    from fnbundle.jobs.manager import JobManager
+
+# The shape of the ids the manager hands out (``job-<UTC stamp>-<8 hex>``); anything else
+# is a 404 (a 400 for ``before``) without a lookup.
+JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
+PING_S = 15  # seconds between keep-alive comments, under the usual proxy idle timeouts
+MAX_LIST = 200  # jobs per page of GET /v1/jobs
+
+router = APIRouter(tags=["jobs"])
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every route."""
+
+    error: ErrorDetail
+
+
+class JobAccepted(BaseModel):
+    """``POST /v1/jobs`` answer; ``GET`` the ``Location`` header for the whole job."""
+
+    id: str
+    status: JobStatus
+    estimate: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+def _errors(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a JSON route: the error body for each code, and the 200 when
+    it differs from the route's own."""
+    responses: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in codes}
+    if ok is not None:
+        responses[200] = ok
+    return responses
+
+
+class JobEventStream(EventSourceResponse):
+    """sse-starlette's response, with its media type on the class so OpenAPI lists the
+    stream as ``text/event-stream`` (each event's ``data`` is a :class:`JobEvent`)."""
+
+    media_type = "text/event-stream"
+
+
+def _stream_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Errors of the event stream: a ``model`` would be documented in the route's media type,
+    so these name the JSON schema the other routes register."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    return {code: {"content": {"application/json": {"schema": ref}}} for code in codes}
+
+
+def _manager(request: Request) -> JobManager:
+    manager: JobManager = request.app.state.jobs
+    return manager
+
+
+def _checked_id(job_id: str) -> str:
+    if not JOB_ID.fullmatch(job_id):
+        raise NotFound(f"No job {job_id[:80]!r}.", field="id")
+    return job_id
+
+
+def _location(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def _parse_statuses(values: list[str] | None) -> list[JobStatus] | None:
+    """``?status=running,queued`` and ``?status=running&status=queued`` both work."""
+    names = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    if not names:
+        return None
+    allowed = [s.value for s in JobStatus]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise InvalidRequest(
+            f"Unknown status {bad[0][:40]!r}; one of: {', '.join(allowed)}.", field="status"
+        )
+    return [JobStatus(n) for n in names]
+
+
+def _resume_point(after: int | None, last_event_id: str | None) -> int:
+    if last_event_id is not None and last_event_id.strip():
+        value = last_event_id.strip()
+        if not value.isdigit() or len(value) > 18:
+            raise InvalidRequest(
+                "Last-Event-ID must be the seq of an event (an integer >= 0).",
+                field="Last-Event-ID",
+            )
+        return int(value)
+    return after or 0
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_errors(
+        400,
+        401,
+        413,
+        422,
+        429,
+        ok={"model": JobAccepted, "description": "The job this idempotency key created"},
+    ),
+)
+def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAccepted:
+    """Queue a training job. 202 with a ``Location`` header; the same ``idempotency_key``
+    again answers 200 with the job it created. 429 with ``Retry-After`` when the queue is full.
+    """
+    job, created = _manager(request).submit(body)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = _location(job.id)
+    return JobAccepted(id=job.id, status=job.status, estimate=job.estimate)
+
+
+@router.get("/v1/jobs", response_model=JobList, responses=_errors(400, 401, 422))
+def list_jobs(
+    request: Request,
+    status: Annotated[
+        list[str] | None, Query(description="Comma-separated statuses, e.g. running,queued.")
+    ] = None,
+    task: Annotated[Task | None, Query(description="Only jobs of this task.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Jobs per page.")] = 50,
+    before: Annotated[
+        str | None, Query(description="A job id: the page of jobs older than it.")
+    ] = None,
+) -> JobList:
+    """Jobs, newest first; page with ``before=<last id of the previous page>``."""
+    if before is not None and not JOB_ID.fullmatch(before):
+        raise InvalidRequest("'before' is not a job id.", field="before")
+    jobs = _manager(request).list(
+        status=_parse_statuses(status), task=task, limit=limit, before=before
+    )
+    return JobList(jobs=jobs)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=Job, responses=_errors(401, 404, 422))
+def get_job(job_id: str, request: Request) -> Job:
+    """One job: status, progress, metrics, cost, the published model id or the error."""
+    return _manager(request).get(_checked_id(job_id))
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses=_errors(401, 404, 409, 422))
+def cancel_job(job_id: str, request: Request) -> Job:
+    """Stop a queued or running job (a running one keeps its last checkpoint). Cancelling a
+    cancelled job answers it again; any other finished job is a 409."""
+    return _manager(request).cancel(_checked_id(job_id))
+
+
+@router.post(
+    "/v1/jobs/{job_id}/retry",
+    status_code=202,
+    response_model=Job,
+    responses=_errors(401, 404, 409, 422, 429),
+)
+def retry_job(job_id: str, request: Request, response: Response) -> Job:
+    """Queue a failed or timed-out job again; it resumes from its last checkpoint."""
+    job = _manager(request).retry(_checked_id(job_id))
+    response.headers["Location"] = _location(job.id)
+    return job
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_class=JobEventStream,
+    responses={
+        **_stream_errors(400, 401, 404, 422),
+        200: {
+            "model": JobEvent,
+            "description": "Server-sent events: `id: <seq>`, `event: <type>`, "
+            "`data: <JobEvent JSON>`; the stream ends after the terminal `state` event.",
+        },
+    },
+)
+def job_events(
+    job_id: str,
+    request: Request,
+    after: Annotated[
+        int | None, Query(ge=0, description="Replay the events after this seq.")
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Set by a reconnecting EventSource; wins over 'after'.")
+    ] = None,
+) -> JobEventStream:
+    """Follow a job live: every event since ``after`` (default: the start), then new ones."""
+    start = _resume_point(after, last_event_id)
+    manager = _manager(request)
+    manager.get(_checked_id(job_id))  # a 404 before the stream starts, not inside it
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for event in manager.follow(job_id, after=start):
+            yield ServerSentEvent(data=event.model_dump_json(), event=event.type, id=str(event.seq))
+
+    return JobEventStream(stream(), ping=PING_S)

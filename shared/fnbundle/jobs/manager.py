@@ -1,0 +1,443 @@
+"""The local job runtime: submit, watch, cancel, retry, and a scheduler that runs each job
+in its own worker process (:mod:`fnbundle.jobs.worker`) with state in SQLite
+(:mod:`fnbundle.jobs.db`). The HTTP routes, SSE and the CLI sit on :class:`JobManager`.
+
+Key rules:
+
+* Jobs start oldest first, at most ``max_running`` at once. The scheduler thread claims a
+  job (queued -> running, attempt + 1) before it starts the process, so a job never runs
+  twice and a cancelled queued job never starts.
+* A worker that exits without writing an outcome (killed, out of memory, crashed) sends
+  its job back to ``queued`` with a log event, and it resumes from its newest complete
+  checkpoint, up to ``jobs_max_attempts`` worker starts; then it fails. If a cancel was
+  requested or the deadline passed, the job ends ``cancelled`` / ``timed_out`` instead.
+* Cancel and the time limit are cooperative first (the worker polls its row), then
+  SIGTERM after ``jobs_cancel_grace_s``, then SIGKILL after as long again.
+* ``stop()`` ends this process's workers; their jobs stay ``running`` in the database and
+  ``start()`` (this manager or a new one on the same ``jobs_dir``) resumes them. One manager
+  per ``jobs_dir``: ``start()`` ends any worker of the folder it finds still alive.
+* Submitting validates the params with the task's schema (a 422 naming ``params.<field>``),
+  estimates the cost (an unreadable dataset or unknown base fails here, not in a worker),
+  and refuses a webhook target the webhooks module would refuse, or any webhook when no
+  ``FNB_WEBHOOK_SECRET`` is set. The same idempotency key returns the same job (with
+  ``created=False``), whatever the rest of the request says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from fnbundle.contract import validation_failure
+from fnbundle.errors import Conflict, InvalidRequest, QueueFull
+from fnbundle.jobs.db import JobDB, JobRow, new_job_id
+from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.worker import deliver_webhook, job_dir, settings_env
+from fnbundle.settings import Settings
+
+log = logging.getLogger("fnbundle.jobs")
+
+TICK_S = 0.2  # seconds between scheduler passes (also woken at once by submit and cancel)
+STOP_WAIT_S = 5.0  # seconds stop() waits after SIGTERM before SIGKILL
+WORKER_MODULE = "fnbundle.jobs.worker"
+
+
+def task_params(task: str) -> type[BaseModel]:
+    """The params schema of ``task`` (imported lazily: no torch at gateway start)."""
+    if task == "train_classifier":
+        from fnbundle.training.text_classifier import TrainClassifierParams
+
+        return TrainClassifierParams
+    raise InvalidRequest(f"Unknown task {task!r}.", field="task")
+
+
+@dataclass
+class _Worker:
+    job_id: str
+    proc: subprocess.Popen[bytes]
+    started: float  # monotonic
+    sigterm_at: float | None = None  # monotonic time SIGTERM was sent
+    sigkill_at: float | None = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_worker_of(pid: int, job_id: str) -> bool:
+    """Whether ``pid`` is a live worker process for ``job_id`` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _alive(pid) and sys.platform != "linux"
+    return WORKER_MODULE.encode() in cmdline and job_id.encode() in cmdline
+
+
+class JobManager:
+    """Training jobs on this machine. Cheap to construct; ``start()`` begins the work."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_running: int | None = None,
+        max_queued: int | None = None,
+    ):
+        self.settings = settings
+        self.max_running = max_running or settings.jobs_max_running
+        self.max_queued = settings.jobs_max_queued if max_queued is None else max_queued
+        self.db = JobDB(settings.jobs_root)
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()  # guards _workers
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover jobs left running by an earlier manager, then start scheduling."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._recover()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="fnbundle-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scheduling and end this process's workers; their jobs stay ``running``
+        and the next ``start()`` resumes them from their checkpoints."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        if workers:
+            log.info("stopped %d worker(s); their jobs resume at the next start", len(workers))
+        self.db.close()
+
+    def _recover(self) -> None:
+        """Jobs ``running`` without a live worker of ours go back to the queue."""
+        for job in self.db.find(status=[JobStatus.running], limit=1_000_000):
+            with self._lock:
+                if job.id in self._workers:
+                    continue
+            pid = job.worker_pid
+            if pid is not None and _is_worker_of(pid, job.id):
+                log.warning("ending worker %d of job %s left by an earlier manager", pid, job.id)
+                self._kill_foreign(pid)
+            self._requeue(job, "the gateway restarted")
+
+    @staticmethod
+    def _kill_foreign(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_WAIT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # --- API -----------------------------------------------------------------------
+
+    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
+        """Queue a job: ``(job, True)``, or ``(the key's job, False)`` for a known key."""
+        if req.idempotency_key is not None:
+            existing = self.db.find_by_key(req.idempotency_key)
+            if existing is not None:
+                return existing.public(), False
+        schema = task_params(req.task)
+        try:
+            params = schema.model_validate(req.params)
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("params", *e["loc"])} for e in exc.errors()]
+            raise validation_failure(errors) from None
+        webhook = str(req.webhook_url) if req.webhook_url is not None else None
+        if webhook is not None:
+            if not self.settings.webhook_secret:
+                raise InvalidRequest(
+                    "Webhooks are signed, and this server has no FNB_WEBHOOK_SECRET; set it "
+                    "or submit without webhook_url.",
+                    field="webhook_url",
+                )
+            from fnbundle.webhooks import check_target
+
+            check_target(
+                webhook, self.settings.webhook_allow_private, self.settings.webhook_allowed_hosts
+            )
+        from fnbundle.costs import estimate_job
+
+        params_json = params.model_dump(mode="json")
+        estimate = estimate_job(req.task, params_json, self.settings, gpu=req.gpu)
+        job = Job(
+            id=new_job_id(),
+            task=req.task,
+            status=JobStatus.queued,
+            params=params_json,
+            idempotency_key=req.idempotency_key,
+            budget_usd=req.budget_usd,
+            gpu=req.gpu or estimate.gpu,
+            webhook_url=webhook,
+            timeout_s=req.timeout_s or self.settings.jobs_timeout_s,
+            estimate=estimate.model_dump(mode="json"),
+            created_at=datetime.now(UTC),
+        )
+        row, created = self.db.create(job, max_queued=self.max_queued)
+        if created:
+            self._wake.set()
+        return row.public(), created
+
+    def get(self, job_id: str) -> Job:
+        return self.db.get(job_id).public()
+
+    def list(
+        self,
+        *,
+        status: builtins.list[JobStatus] | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        """Newest first; ``before`` (a job id) pages to older jobs."""
+        rows = self.db.find(status=status, task=task, limit=limit, before=before)
+        return [row.public() for row in rows]
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued: cancelled at once. Running: asked to stop; it ends ``cancelled`` within
+        seconds (cooperatively, else by signal). Cancelled: returned as is. Other finished
+        states: Conflict."""
+        for _ in range(5):  # the job may move between our read and our write
+            job = self.db.get(job_id)
+            if job.status == JobStatus.queued:
+                try:
+                    done = self.db.transition(
+                        job_id, JobStatus.cancelled, from_=[JobStatus.queued], reason="cancelled"
+                    )
+                except Conflict:
+                    continue
+                self._notify(done)
+                return done.public()
+            if job.status == JobStatus.running:
+                if not self.db.request_cancel(job_id):
+                    continue
+                self._wake.set()
+                return self.get(job_id)
+            if job.status == JobStatus.cancelled:
+                return job.public()
+            raise Conflict(
+                f"Job {job_id} already ended {job.status.value}; only a queued or running job "
+                "can be cancelled.",
+                field="status",
+            )
+        raise Conflict(f"Job {job_id} keeps changing state; try again.", field="status")
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or timed-out job again; it resumes from its newest checkpoint."""
+        job = self.db.get(job_id)
+        if job.status not in RETRYABLE:
+            raise Conflict(
+                f"Job {job_id} is {job.status.value}; only a failed or timed-out job can be "
+                "retried.",
+                field="status",
+            )
+        if self.db.count(JobStatus.queued) >= self.max_queued:
+            raise QueueFull(
+                f"{self.max_queued} jobs are already queued; try again later.",
+                retry_after=self.db.queue_wait_s(),
+            )
+        row = self.db.transition(
+            job_id,
+            JobStatus.queued,
+            from_=RETRYABLE,
+            reason="retry",
+            error=None,
+            run_s=0.0,  # a fresh time allowance; the cost keeps adding up
+            retry_base=job.attempts,
+        )
+        self._wake.set()
+        return row.public()
+
+    def events(
+        self, job_id: str, after: int = 0, limit: int | None = None
+    ) -> builtins.list[JobEvent]:
+        self.db.get(job_id)  # NotFound for an unknown job
+        return self.db.events(job_id, after, limit)
+
+    async def follow(
+        self, job_id: str, after: int = 0, poll_s: float = 0.2
+    ) -> AsyncIterator[JobEvent]:
+        """Every event after ``after``, then new ones as they come, until the job is in a
+        terminal state and all its events have been yielded."""
+        self.db.get(job_id)
+        while True:
+            # Status first: events read afterwards include the terminal state event.
+            job = await asyncio.to_thread(self.db.get, job_id)
+            events = await asyncio.to_thread(self.db.events, job_id, after)
+            for event in events:
+                after = event.seq
+                yield event
+            if job.status in TERMINAL:
+                return
+            await asyncio.sleep(poll_s)
+
+    # --- scheduler -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._tick()
+            except Exception:
+                log.exception("job scheduler pass failed; trying again")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            code = w.proc.poll()
+            if code is None:
+                self._enforce(w)
+            else:
+                with self._lock:
+                    self._workers.pop(w.job_id, None)
+                self._after_exit(w, code)
+        while not self._stopping.is_set():
+            with self._lock:
+                if len(self._workers) >= self.max_running:
+                    return
+            job = self.db.claim_next()
+            if job is None:
+                return
+            self._spawn(job)
+
+    def _spawn(self, job: JobRow) -> None:
+        folder = job_dir(self.settings, job.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with (folder / "worker.log").open("ab") as logf:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", WORKER_MODULE, "--job", job.id],
+                    env=settings_env(self.settings),
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C of the gateway reaches it through stop()
+                )
+        except OSError as exc:
+            log.error("cannot start a worker for job %s: %s", job.id, exc)
+            self._requeue(job, f"the worker could not start ({exc})")
+            return
+        self.db.own(job.id, proc.pid)
+        with self._lock:
+            self._workers[job.id] = _Worker(job.id, proc, time.monotonic())
+        log.info("job %s: attempt %d in worker %d", job.id, job.attempts, proc.pid)
+
+    def _enforce(self, w: _Worker) -> None:
+        """Signal a worker that ignores a cancel or its deadline for too long."""
+        job = self.db.get(w.job_id)
+        if job.status != JobStatus.running:
+            return  # its outcome is written; the process is on its way out
+        now = time.time()
+        due = [t for t in (job.cancel_requested_at, job.deadline) if t is not None and t <= now]
+        if not due:
+            return
+        overdue = now - min(due)
+        grace = self.settings.jobs_cancel_grace_s
+        mono = time.monotonic()
+        if overdue >= 2 * grace and w.sigkill_at is None:
+            log.warning("job %s: worker %d did not stop; SIGKILL", job.id, w.proc.pid)
+            w.proc.kill()
+            w.sigkill_at = mono
+        elif overdue >= grace and w.sigterm_at is None:
+            log.warning("job %s: worker %d did not stop; SIGTERM", job.id, w.proc.pid)
+            w.proc.terminate()
+            w.sigterm_at = mono
+
+    def _after_exit(self, w: _Worker, code: int) -> None:
+        job = self.db.get(w.job_id)
+        if job.status != JobStatus.running or job.worker_pid not in (None, w.proc.pid):
+            return  # the worker wrote its outcome (or the job is someone else's now)
+        how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        if job.cancel_requested:
+            self._end(job, JobStatus.cancelled, "cancelled", None)
+        elif job.deadline is not None and time.time() >= job.deadline:
+            message = f"The job ran past its time limit of {job.timeout_s:g} s."
+            self._end(
+                job, JobStatus.timed_out, "timed_out", {"type": "timed_out", "message": message}
+            )
+        elif job.attempts - job.retry_base >= self.settings.jobs_max_attempts:
+            message = (
+                f"The worker died {job.attempts - job.retry_base} times (last: {how}); "
+                "the job's worker.log has the details."
+            )
+            self._end(
+                job, JobStatus.failed, "worker_died", {"type": "worker_died", "message": message}
+            )
+        else:
+            self._requeue(job, f"worker died ({how})")
+
+    def _requeue(self, job: JobRow, why: str) -> None:
+        step = job.last_checkpoint_step
+        where = f"resuming from step {step}" if step else "starting again from the beginning"
+        try:
+            self.db.transition(
+                job.id,
+                JobStatus.queued,
+                from_=[JobStatus.running],
+                reason="resume",
+                log=f"{why}; {where}",
+            )
+        except Conflict:
+            return
+        self._wake.set()
+
+    def _end(self, job: JobRow, to: JobStatus, reason: str, error: dict[str, str] | None) -> None:
+        try:
+            done = self.db.transition(
+                job.id, to, from_=[JobStatus.running], reason=reason, error=error
+            )
+        except Conflict:
+            return
+        self._notify(done)
+
+    def _notify(self, job: JobRow) -> None:
+        if job.webhook_url:
+            threading.Thread(
+                target=deliver_webhook,
+                args=(self.settings, job.public()),
+                name=f"webhook-{job.id}",
+                daemon=True,
+            ).start()

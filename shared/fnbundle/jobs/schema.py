@@ -1,0 +1,126 @@
+"""The job vocabulary every runtime shares: what a client submits, what it reads back, and
+the typed events a job streams.
+
+Key rules: a job's ``status`` only moves along :data:`TRANSITIONS`; terminal states never
+change again (a retry is a new attempt of the same job, see :data:`RETRYABLE`); an event's
+``seq`` starts at 1 and grows by one per job, so a client replays from any point with
+``after=<seq>``. The local runtime, Modal and RunPod all answer with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+    stopped_budget = "stopped_budget"
+
+
+TERMINAL = frozenset(
+    {
+        JobStatus.succeeded,
+        JobStatus.failed,
+        JobStatus.cancelled,
+        JobStatus.timed_out,
+        JobStatus.stopped_budget,
+    }
+)
+RETRYABLE = frozenset({JobStatus.failed, JobStatus.timed_out})
+
+# Allowed moves. running -> queued happens when a worker dies and the job waits to resume.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
+    JobStatus.running: frozenset(TERMINAL | {JobStatus.queued}),
+    JobStatus.failed: frozenset({JobStatus.queued}),  # retry
+    JobStatus.timed_out: frozenset({JobStatus.queued}),  # retry
+    JobStatus.succeeded: frozenset(),
+    JobStatus.cancelled: frozenset(),
+    JobStatus.stopped_budget: frozenset(),
+}
+
+TASKS = ("train_classifier",)  # tasks a job can run
+Task = Literal["train_classifier"]
+
+# Event types a job streams (``JobEvent.type``):
+#   state       {"status", "reason"?}                 every status change
+#   step        {"step", "total_steps", "epoch", "loss", "lr", "eta_s", "cost_usd"}
+#   epoch       {"epoch", "step", "eval_loss", "train_loss"}
+#   eval_metric {"epoch", "step", "name", "value"}    one per metric (accuracy, macro_f1)
+#   checkpoint  {"step", "epoch"}                      a complete checkpoint is on disk
+#   cost_usd    {"cost_usd", "budget_usd", "fraction"} budget warnings at 50/75/90/100%
+#   log         {"level", "message"}
+EventType = Literal["state", "step", "epoch", "eval_metric", "checkpoint", "cost_usd", "log"]
+
+
+class JobSubmit(BaseModel):
+    """``POST /v1/jobs`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    params: dict[str, Any] = Field(
+        description="The task's options, as the CLI takes them (data, name, base, epochs, ...)."
+    )
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="Same key, same job."
+    )
+    budget_usd: float | None = Field(
+        None, gt=0, description="Stop (with a checkpoint) when the cost reaches this."
+    )
+    gpu: str | None = Field(None, description="GPU name; default: the cheapest that fits.")
+    webhook_url: HttpUrl | None = Field(None, description="POSTed the job on a terminal state.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="Execution time limit; default from the endpoint declaration."
+    )
+
+
+class JobEvent(BaseModel):
+    seq: int
+    type: EventType
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    fraction: float = 0.0  # step / total_steps
+
+
+class Job(BaseModel):
+    """What ``GET /v1/jobs/{id}`` answers."""
+
+    id: str
+    task: Task
+    status: JobStatus
+    params: dict[str, Any]
+    idempotency_key: str | None = None
+    budget_usd: float | None = None
+    gpu: str | None = None
+    webhook_url: str | None = None
+    timeout_s: float | None = None
+    estimate: dict[str, Any] | None = None
+    progress: Progress = Field(default_factory=Progress)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    cost_usd: float = 0.0
+    model_id: str | None = None
+    error: dict[str, Any] | None = None  # {"type", "message"}; reason "diverged" etc.
+    attempts: int = 0  # worker starts, resumes included
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    last_checkpoint_step: int | None = None
+    cancel_requested: bool = False  # a running job was asked to stop and soon will

@@ -1,0 +1,307 @@
+"""The Modal apps answer like the gateway, import offline, and take their settings from
+deploy/endpoints.toml.
+
+Modal's cloud is the boundary these tests cannot cross: apps are imported with no token and
+an unreachable server, decorators are observed by a spy that calls through to Modal, and the
+code runs in this process through ``.local()``, which runs the ``@modal.enter`` hooks first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from fnbundle.endpoints import get_endpoint
+from fnbundle.store import Store
+
+from tests.contract.cases import CASES, MODEL, Case, check_body, normalize
+
+pytestmark = [
+    pytest.mark.contract,
+    # .local() says the Volume is not mounted here: the tests point FNB_STORE elsewhere.
+    pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+APP_MODULES = sorted(p.stem for p in (REPO / "functions").glob("*.py") if p.stem != "__init__")
+HEAVY = ("torch", "transformers", "onnxruntime", "tokenizers", "onnx", "matplotlib")
+GOOD = next(case for case in CASES if case.status == 200).payload
+
+
+def offline_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment minus Modal credentials, with a Modal server nobody answers at."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODAL_", "FNB_MODAL_"))}
+    env["MODAL_CONFIG_PATH"] = str(tmp_path / "no-modal.toml")  # no profile, no token
+    env["MODAL_SERVER_URL"] = "http://127.0.0.1:9"  # any call to Modal would fail here
+    return {**env, **extra}
+
+
+def run_python(code: str, env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- importing -------------------------------------------------------------------------
+def test_every_app_module_is_checked():
+    assert {"images", "classify", "train_classifier"} <= set(APP_MODULES)
+
+
+@pytest.mark.parametrize("module", APP_MODULES)
+def test_app_module_imports_offline_without_heavy_libraries(module, tmp_path):
+    code = (
+        "import json, sys\n"
+        f"import functions.{module} as m\n"
+        f"print(json.dumps({{'heavy': [h for h in {HEAVY!r} if h in sys.modules],"
+        " 'app': type(getattr(m, 'app', None)).__name__}))\n"
+    )
+    seen = run_python(code, offline_env(tmp_path))
+    assert seen["heavy"] == []
+    if module != "images":
+        assert seen["app"] == "App"
+
+
+@pytest.mark.parametrize(
+    ("module", "options"),
+    [
+        ("classify", ["--text", "--model"]),
+        ("train_classifier", ["--data", "--name", "--base", "--epochs", "--learning-rate"]),
+    ],
+)
+def test_modal_run_reads_the_entrypoint_offline(module, options, tmp_path):
+    """What `modal run functions/<module>.py ...` parses (the CLI's script mode), no token."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modal", "run", f"functions/{module}.py", "--help"],
+        cwd=REPO,
+        env=offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for option in options:
+        assert option in done.stdout
+
+
+# --- decorator settings ------------------------------------------------------------------
+SPY = """
+import json
+import modal
+import functions.images as images
+
+seen = {}
+
+
+def spy(owner, name):
+    original = getattr(owner, name)
+
+    def record(*args, **kwargs):
+        seen.setdefault(name, []).append(kwargs)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, record)
+
+
+for owner, name in [(modal.App, "cls"), (modal.App, "function"), (modal, "concurrent"), (modal, "asgi_app")]:
+    spy(owner, name)
+
+import functions.MODULE
+
+
+def plain(v):
+    for name in ("cpu_image", "gpu_image", "volume"):
+        if v is getattr(images, name):
+            return name
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+
+
+print(json.dumps({name: [plain(kw) for kw in calls] for name, calls in seen.items()}))
+"""
+
+
+def decorators(module: str, env: dict[str, str]) -> dict:
+    return run_python(SPY.replace("MODULE", module), env)
+
+
+def test_classify_decorators_come_from_endpoints_toml(tmp_path):
+    spec = get_endpoint("classify").modal
+    seen = decorators("classify", offline_env(tmp_path))
+    assert seen["cls"] == [
+        {
+            "image": "cpu_image",
+            "volumes": {"/vol": "volume"},
+            "secrets": [],
+            "cpu": spec.cpu,
+            "memory": spec.memory_mib,
+            "min_containers": spec.min_containers,
+            "max_containers": spec.max_containers,
+            "buffer_containers": spec.buffer_containers,
+            "scaledown_window": spec.scaledown_window_s,
+            "timeout": spec.timeout_s,
+            "retries": spec.retries,
+            "enable_memory_snapshot": spec.enable_memory_snapshot,
+        }
+    ]
+    assert seen["concurrent"] == [
+        {"max_inputs": spec.max_inputs, "target_inputs": spec.target_inputs}
+    ]
+    assert seen["asgi_app"] == [{"requires_proxy_auth": False}]
+
+
+def test_classify_deploy_options_add_the_key_secret_and_proxy_auth(tmp_path):
+    env = offline_env(tmp_path, FNB_MODAL_SECRET="fnbundle-api-keys", FNB_MODAL_PROXY_AUTH="1")
+    seen = decorators("classify", env)
+    [secret] = seen["cls"][0]["secrets"]
+    assert "fnbundle-api-keys" in secret
+    assert seen["asgi_app"] == [{"requires_proxy_auth": True}]
+
+
+def test_training_decorators_come_from_endpoints_toml(tmp_path):
+    spec = get_endpoint("train_classifier").modal
+    [train] = decorators("train_classifier", offline_env(tmp_path))["function"]
+    assert train["image"] == "gpu_image" and train["volumes"] == {"/vol": "volume"}
+    assert (train["gpu"], train["cpu"], train["memory"]) == (spec.gpu, spec.cpu, spec.memory_mib)
+    assert (train["timeout"], train["retries"]) == (spec.timeout_s, spec.retries)
+    assert (train["max_containers"], train["scaledown_window"]) == (
+        spec.max_containers,
+        spec.scaledown_window_s,
+    )
+
+
+# --- the classify contract ---------------------------------------------------------------
+@pytest.fixture
+def classifier(store_env):
+    from functions.classify import Classifier
+
+    return Classifier()
+
+
+@pytest.fixture
+def modal_web(classifier):
+    """The class's web endpoint: ``.local()`` runs the enter hooks and returns the app."""
+    with TestClient(classifier.web.local()) as client:
+        yield client
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_modal_method_answers_like_the_gateway(case: Case, gateway, classifier):
+    response = gateway.post("/v1/classify", json=case.payload)
+    assert response.status_code == case.status, response.text
+    check_body(case, response.json())
+
+    body = classifier.classify.local(case.payload)
+
+    check_body(case, body)
+    assert normalize(body) == normalize(response.json())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_modal_web_endpoint_answers_like_the_gateway(case: Case, gateway, modal_web):
+    expected = gateway.post("/v1/classify", json=case.payload)
+
+    response = modal_web.post("/v1/classify", json=case.payload)
+
+    assert response.status_code == expected.status_code == case.status
+    assert normalize(response.json()) == normalize(expected.json())
+
+
+def test_modal_web_endpoint_guards_like_the_gateway(modal_web, gateway):
+    for client in (modal_web, gateway):
+        bad_json = client.post(
+            "/v1/classify", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_json"
+        too_big = client.post("/v1/classify", json={"model": MODEL, "texts": ["x" * 2_000_000]})
+        assert too_big.status_code == 413
+    ready = modal_web.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["models"] == {MODEL: "ready"}
+    names = [m["name"] for m in modal_web.get("/v1/models").json()["data"]]
+    assert names == [MODEL]
+
+
+def test_modal_web_endpoint_takes_the_bearer_key_from_its_secret(store_env, monkeypatch):
+    from functions.classify import Classifier
+
+    monkeypatch.setenv("FNB_API_KEYS", "key-from-secret")  # what the Secret injects
+    with TestClient(Classifier().web.local()) as client:
+        refused = client.post("/v1/classify", json=GOOD)
+        wrong = client.post("/v1/classify", json=GOOD, headers={"Authorization": "Bearer nope"})
+        ok = client.post(
+            "/v1/classify", json=GOOD, headers={"Authorization": "Bearer key-from-secret"}
+        )
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.json()["error"]["type"] == "unauthorized"
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == len(GOOD["texts"])
+
+
+def test_modal_method_preloads_the_endpoint_model_unless_told(store_env, monkeypatch):
+    from functions.classify import container_settings
+
+    assert container_settings().preload == [MODEL]  # FNB_PRELOAD wins
+    monkeypatch.delenv("FNB_PRELOAD")
+    assert container_settings().preload == [get_endpoint("classify").model]
+
+
+# --- training ------------------------------------------------------------------------------
+@pytest.fixture
+def train_env(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty store; datasets resolve under data/ (the first root), as on the Volume."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("FNB_STORE", str(store))
+    monkeypatch.setenv("FNB_DATA_ROOTS", f"{REPO / 'data'},{tiny_base.parent}")
+    return store
+
+
+def test_train_local_publishes_a_model_the_classifier_serves(train_env, tiny_base, monkeypatch):
+    from functions.classify import Classifier
+    from functions.train_classifier import train
+
+    result = train.local(
+        {
+            "data": "reviews.csv",  # relative: under the first data root
+            "name": "modal-tiny",
+            "base": str(tiny_base),
+            "epochs": 1,
+            "learning_rate": 3e-3,
+        }
+    )
+
+    assert "error" not in result, result
+    assert result["name"] == "modal-tiny" and result["epochs_run"] == 1
+    assert Store(train_env).resolve_id("modal-tiny") == result["model_id"]
+    monkeypatch.setenv("FNB_PRELOAD", "modal-tiny")
+    body = Classifier().classify.local({"model": "modal-tiny", "texts": ["Great value."]})
+    assert body["model"] == result["model_id"]
+    assert body["predictions"][0]["label"] in {"positive", "negative"}
+
+
+@pytest.mark.parametrize(
+    ("params", "type_", "field"),
+    [
+        ({"data": "reviews.csv", "name": "Not A Slug"}, "validation_error", "name"),
+        ({"data": "reviews.csv"}, "validation_error", "name"),
+        ({"data": "reviews.csv", "name": "x", "epochs": 0}, "validation_error", "epochs"),
+        ({"data": "reviews.csv", "name": "x", "lr": 1}, "validation_error", "lr"),
+        ({"data": "../../../etc/passwd", "name": "x"}, "invalid_request", "data"),
+        ({"data": "no-such-file.csv", "name": "x"}, "not_found", "data"),
+    ],
+)
+def test_train_local_answers_bad_params_with_an_error_body(train_env, params, type_, field):
+    from functions.train_classifier import train
+
+    body = train.local(params)
+
+    assert set(body) == {"error"}, body
+    assert (body["error"]["type"], body["error"].get("field")) == (type_, field)
+    assert not (train_env / "models").exists()

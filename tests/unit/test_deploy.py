@@ -221,7 +221,7 @@ def test_unknown_endpoint_exits_2_naming_it(tmp_path):
     ("target", "old", "new", "named"),
     [
         ("modal", 'gpu = "L4"', 'gpu = "X100"', "X100"),
-        ("runpod", '["ADA_24", "AMPERE_24"]', '["ADA_24", "RTX_4090"]', "RTX_4090"),
+        ("runpod", '["AMPERE_24", "ADA_24"]', '["AMPERE_24", "RTX_4090"]', "RTX_4090"),
         ("modal", "scaledown_window_s = 300", "scaledown_window_s = 7200", "scaledown_window_s"),
         ("runpod", "idle_timeout_s = 60", "idle_timeout_s = 7200", "idle_timeout_s"),
     ],
@@ -298,7 +298,7 @@ def test_runpod_deploy_creates_then_updates_the_same_endpoints(tmp_path, capsys)
     assert all("id" not in fields for fields in [*created.values(), *templates.values()])
     train = created["fnbundle-train-classifier"]
     assert train["workersMin"] == 0 and train["idleTimeout"] == 5
-    assert train["flashBootType"] == "FLASHBOOT" and train["gpuIds"] == "ADA_24,AMPERE_24"
+    assert train["flashBootType"] == "FLASHBOOT" and train["gpuIds"] == "AMPERE_24,ADA_24"
     assert train["networkVolumeId"] == "vol-1"
     classify = created["fnbundle-classify"]
     assert classify["instanceIds"] == ["cpu3c-2-4"] and "gpuIds" not in classify

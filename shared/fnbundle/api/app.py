@@ -2,7 +2,8 @@
 
 Key rule: routes are thin (parse, call the task service, return); everything they need
 hangs off ``app.state``, built here once per process. Models in ``FNB_PRELOAD`` load in a
-background thread at start-up; ``/readyz`` answers 503 until they have.
+background thread at start-up; ``/readyz`` answers 503 until they have. The job manager
+(``/v1/jobs``) starts with the app and stops with it, so no worker outlives the gateway.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from fnbundle import __version__
 from fnbundle.api import classify, health, models
+from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import GuardMiddleware
 from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks.classify import ClassifyService
+
+if TYPE_CHECKING:
+    from fnbundle.jobs.manager import JobManager
 
 log = logging.getLogger("fnbundle.api")
 
@@ -40,13 +46,25 @@ class Readiness:
 
 
 def create_app(
-    settings: Settings | None = None, classify_service: ClassifyService | None = None
+    settings: Settings | None = None,
+    classify_service: ClassifyService | None = None,
+    job_manager: JobManager | None = None,
+    *,
+    jobs: bool = True,
 ) -> FastAPI:
     """The gateway app. Runtimes that load models themselves (Modal's ``@modal.enter``)
-    pass their ``classify_service``; its already-loaded models count as preloaded."""
+    pass their ``classify_service``; its already-loaded models count as preloaded.
+    ``jobs=False`` leaves out ``/v1/jobs`` (a serving-only deployment)."""
     settings = settings or get_settings()
     service = classify_service or ClassifyService(settings)
     readiness = Readiness()
+    manager: JobManager | None = None
+    if jobs:
+        if job_manager is None:
+            from fnbundle.jobs.manager import JobManager
+
+            job_manager = JobManager(settings)
+        manager = job_manager
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,10 +74,16 @@ def create_app(
             readiness.done = True
             log.info("models ready: %s", readiness.models or "(store is empty)")
 
+        if manager is not None:
+            manager.start()
         task = asyncio.create_task(preload())
-        yield
-        task.cancel()
-        await service.close()
+        try:
+            yield
+        finally:
+            task.cancel()
+            if manager is not None:
+                manager.stop()
+            await service.close()
 
     app = FastAPI(
         title="fnbundle",
@@ -70,10 +94,13 @@ def create_app(
     app.state.settings = settings
     app.state.classify = service
     app.state.readiness = readiness
+    app.state.jobs = manager
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(classify.router)
+    if manager is not None:
+        app.include_router(jobs_api.router)
     app.add_middleware(
         GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
     )

@@ -26,7 +26,7 @@ from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks.classify import ClassifyService
 
 if TYPE_CHECKING:
-    from fnbundle.jobs.manager import JobManager
+    from fnbundle.jobs.backend import JobBackend
 
 log = logging.getLogger("fnbundle.api")
 
@@ -48,7 +48,7 @@ class Readiness:
 def create_app(
     settings: Settings | None = None,
     classify_service: ClassifyService | None = None,
-    job_manager: JobManager | None = None,
+    job_manager: JobBackend | None = None,
     *,
     jobs: bool = True,
 ) -> FastAPI:
@@ -58,7 +58,7 @@ def create_app(
     settings = settings or get_settings()
     service = classify_service or ClassifyService(settings)
     readiness = Readiness()
-    manager: JobManager | None = None
+    manager: JobBackend | None = None
     if jobs:
         if job_manager is None:
             from fnbundle.jobs.manager import JobManager

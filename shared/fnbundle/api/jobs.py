@@ -24,7 +24,7 @@ from fnbundle.errors import InvalidRequest, NotFound
 from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit, Task
 
 if TYPE_CHECKING:
-    from fnbundle.jobs.manager import JobManager
+    from fnbundle.jobs.backend import JobBackend
 
 # The shape of the ids the manager hands out (``job-<UTC stamp>-<8 hex>``); anything else
 # is a 404 (a 400 for ``before``) without a lookup.
@@ -82,8 +82,8 @@ def _stream_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"content": {"application/json": {"schema": ref}}} for code in codes}
 
 
-def _manager(request: Request) -> JobManager:
-    manager: JobManager = request.app.state.jobs
+def _manager(request: Request) -> JobBackend:
+    manager: JobBackend = request.app.state.jobs
     return manager
 
 

@@ -1,0 +1,74 @@
+"""What the ``/v1/jobs`` routes ask of a job runtime: the public methods of
+:class:`~fnbundle.jobs.manager.JobManager`, as a protocol.
+
+Three backends answer it: the local manager (worker processes, SQLite),
+:class:`~fnbundle.jobs.modal_backend.ModalJobs` (a spawned Modal function, state in a
+``modal.Dict``) and :class:`~fnbundle.jobs.runpod_backend.RunPodJobs` (a RunPod endpoint's
+job API). Key rules every backend keeps: job ids come from
+:func:`~fnbundle.jobs.db.new_job_id` (the routes refuse any other shape); failures are
+:class:`~fnbundle.errors.FnbError` subclasses with the manager's status codes (404 unknown
+job, 409 for a move the state machine refuses, 422 naming ``params.<field>``); ``follow``
+ends after the terminal ``state`` event. Importing this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
+
+if TYPE_CHECKING:
+    from fnbundle.jobs.manager import JobManager
+
+
+class JobBackend(Protocol):
+    """Training jobs somewhere: submit, read, follow, cancel, retry."""
+
+    def start(self) -> None:
+        """Begin the work (the app's start-up); cheap and idempotent."""
+        ...
+
+    def stop(self) -> None:
+        """End this process's part of the work (the app's shutdown)."""
+        ...
+
+    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
+        """``(job, True)`` for a new job; ``(the key's job, False)`` for a known key."""
+        ...
+
+    def get(self, job_id: str) -> Job: ...
+
+    def list(
+        self,
+        *,
+        status: builtins.list[JobStatus] | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        """Newest first; ``before`` (a job id) pages to older jobs."""
+        ...
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a queued or running job; a cancelled one is answered as is; 409 otherwise."""
+        ...
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed or timed-out job again (it resumes from its checkpoint); 409 otherwise."""
+        ...
+
+    def events(
+        self, job_id: str, after: int = 0, limit: int | None = None
+    ) -> builtins.list[JobEvent]: ...
+
+    def follow(self, job_id: str, after: int = 0, poll_s: float = 0.2) -> AsyncIterator[JobEvent]:
+        """Every event after ``after``, then new ones, until the terminal state event."""
+        ...
+
+
+if TYPE_CHECKING:  # the local manager is a backend (checked by mypy, costs nothing at run time)
+
+    def _manager_is_a_backend(manager: JobManager) -> JobBackend:
+        return manager

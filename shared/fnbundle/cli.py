@@ -375,7 +375,7 @@ class Gateway:
         from fnbundle.jobs.schema import TERMINAL
 
         timeout = httpx.Timeout(HTTP_TIMEOUT_S, read=STREAM_READ_S)
-        failures = 0
+        failures, connected = 0, False
         while True:
             headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
             try:
@@ -385,6 +385,7 @@ class Gateway:
                     if response.status_code >= 400:
                         response.read()
                         raise _fail(_api_error(response))
+                    connected = True
                     for event in _sse_events(response.iter_lines()):
                         failures = 0
                         after = event["seq"]
@@ -395,7 +396,7 @@ class Gateway:
             except httpx.TransportError as exc:
                 problem = exc
             failures += 1  # a restarting gateway, a dropped connection: resume where it stopped
-            if failures > RECONNECTS:
+            if failures > RECONNECTS or not connected:
                 raise self.unreachable(problem) from None
             time.sleep(2 ** (failures - 1))
 
@@ -568,14 +569,12 @@ def jobs_submit(
     if json_out:
         console.print_json(json.dumps(accepted))
     else:
-        estimate = accepted.get("estimate") or {}
         console.print(f"job {accepted['id']} {accepted['status']}", highlight=False)
-        if estimate:
+        estimate = accepted.get("estimate") or {}
+        if "seconds" in estimate:
             console.print(
-                "estimate: "
-                + ", ".join(
-                    f"{k} {v}" for k, v in estimate.items() if not isinstance(v, dict | list)
-                ),
+                f"estimate: {_duration(estimate['seconds'])} (m:ss), {_money(estimate.get('usd'))}"
+                f" on {estimate.get('gpu', '?')} ({estimate.get('platform', '?')})",
                 highlight=False,
             )
     if watch:
@@ -626,6 +625,8 @@ def _job_action(action: str, job_id: str, url: str, api_key: str | None, json_ou
     job = Gateway(url, api_key).call("POST", f"/v1/jobs/{job_id}/{action}")
     if json_out:
         console.print_json(json.dumps(job))
+    elif action == "cancel" and job["status"] == "running":
+        console.print(f"job {job['id']} is stopping (saving a checkpoint first)", highlight=False)
     else:
         console.print(f"job {job['id']} {job['status']}", highlight=False)
 
@@ -694,7 +695,7 @@ def demo(
     settings = get_settings()
     if retrain or DEMO_NAME not in Store(settings.store_root).latest_ids():
         console.print(
-            f"[bold]training the demo model[/] {DEMO_NAME!r} from {DEMO_DATA} (about a minute on 2 cores)"
+            f"[bold]training the demo model[/] {DEMO_NAME!r} from {DEMO_DATA} (a few minutes on 2 cores)"
         )
         train_classifier_cmd(data=str(DEMO_DATA), name=DEMO_NAME)
     else:

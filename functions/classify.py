@@ -78,7 +78,7 @@ class Classifier:
         self.service = ClassifyService(settings)
         status = self.service.preload()
         log.info("store %s; models: %s", settings.store_root, status or "(store is empty)")
-        self.web_app = create_app(settings, classify_service=self.service)
+        self.web_app = create_app(settings, classify_service=self.service, jobs=False)
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:

@@ -32,5 +32,5 @@ def store_env(tiny_trained, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def gateway(store_env: Settings) -> Iterator[TestClient]:
     """The local gateway app over the tiny store (lifespan and preload included)."""
-    with TestClient(create_app(store_env)) as client:
+    with TestClient(create_app(store_env, jobs=False)) as client:
         yield client

@@ -22,6 +22,8 @@ START_TIMEOUT = 60  # seconds for the gateway to load its models on a busy 2-cor
 def fnb_env(store: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
     env.update({"FNB_STORE": str(store), "FNB_DATA_ROOTS": str(REPO), "PYTHONUNBUFFERED": "1"})
+    # Each gateway's job database beside its store, never the repository's .fnbundle/.
+    env.setdefault("FNB_JOBS_DIR", str(Path(store).parent / f"{Path(store).name}-jobs"))
     env.update(extra)
     return env
 

@@ -11,14 +11,14 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def client(tmp_path):
     settings = Settings(store=tmp_path, max_body_bytes=2048, max_texts=4, max_text_chars=50)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, jobs=False)) as c:
         yield c
 
 
 @pytest.fixture
 def keyed(tmp_path):
     settings = Settings(store=tmp_path, api_keys=["s3cret", "other-key"], max_body_bytes=2048)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, jobs=False)) as c:
         yield c
 
 
@@ -119,7 +119,7 @@ def test_auth_is_checked_before_the_body_is_read(keyed):
 
 def test_cors_preflight_allows_configured_origins(tmp_path):
     settings = Settings(store=tmp_path, cors_origins=["https://app.example"], api_keys=["k"])
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, jobs=False)) as c:
         r = c.options(
             "/v1/classify",
             headers={

@@ -4,6 +4,16 @@ Key rules: deterministic for a given seed (seeded shuffles, deterministic kernel
 reported metrics come from rows the model never trained or early-stopped on; a NaN or
 infinite loss stops training as ``diverged``; nothing reaches the store until the whole
 artifact (weights, ONNX exports with parity, metrics, curves, manifest) is complete.
+
+With a :class:`TrainControl` the run survives being killed: it checkpoints every
+``checkpoint_every`` steps and after every epoch's evaluation, and a new run with the same
+folder resumes from the newest complete checkpoint at the exact next batch (the data order
+is a function of (seed, epoch); weights, optimizer, scheduler, RNGs, early-stopping state
+and the curves' history are restored), so on CPU it ends with the same weights and metrics
+as a run never interrupted. A checkpoint written for other params or data (fingerprint:
+the params' JSON and the dataset's sha256) is refused with a log event and ``Conflict``,
+never trained over: the folder is left as it is. A stop request saves a checkpoint and
+raises ``TrainingStopped``; nothing is published.
 """
 
 from __future__ import annotations
@@ -14,16 +24,20 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fnbundle.classifier import encode, load_tokenizer
-from fnbundle.errors import InvalidRequest, TrainingFailed
-from fnbundle.loading import resolve_model_dir
+from fnbundle.errors import Conflict, InvalidRequest, TrainingFailed, TrainingStopped
+from fnbundle.loading import resolve_inside_roots, resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store, validate_name
+from fnbundle.training.checkpoint import Checkpoint, CheckpointDir, fingerprint, folder_name
+from fnbundle.training.control import TrainControl
 from fnbundle.training.data import TextDataset, load_text_dataset, make_splits
 from fnbundle.training.export import default_backend, export_with_parity
 from fnbundle.training.metrics import classification_metrics, plot_training_curves
@@ -96,10 +110,35 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@dataclass
+class _Position:
+    """Where training stands: what a checkpoint saves and a resume restores."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 1  # the epoch in progress; finished when batch == steps per epoch
+    batch: int = 0  # batches of ``epoch`` already trained
+    best_loss: float = math.inf  # best validation loss so far
+    bad_epochs: int = 0  # epochs since it last improved
+    best_step: int | None = None  # the step whose weights early stopping keeps
+    epoch_loss_sum: float = 0.0  # this epoch's step losses, for its mean train loss
+    train_seconds: float = 0.0  # spent by earlier attempts of this run
+
+
 class _Trainer:
-    def __init__(self, params: TrainClassifierParams, settings: Settings, on_event: OnEvent):
-        self.p, self.settings, self.emit = params, settings, on_event
+    def __init__(
+        self,
+        params: TrainClassifierParams,
+        settings: Settings,
+        on_event: OnEvent,
+        control: TrainControl,
+    ):
+        self.p, self.settings, self.emit, self.control = params, settings, on_event, control
         self.history: list[Event] = []
+        self.pos = _Position()
+        self.best_state: dict[str, Any] | None = None
+        self.ckpts: CheckpointDir | None = None
+        self.fingerprint = ""
+        self.started = time.monotonic()
 
     def _event(self, event: Event) -> None:
         if event["type"] in {"step", "eval"}:
@@ -113,13 +152,16 @@ class _Trainer:
         label_ids: dict[str, int],
         shuffle: bool,
         epoch: int,
+        start: int = 0,
     ):
+        """Batches from the ``start``-th on; the order is a function of (seed, epoch)
+        alone, so a resumed epoch skips exactly the batches it already trained on."""
         import torch
 
         order = list(indices)
         if shuffle:
             random.Random(self.p.seed * 1000 + epoch).shuffle(order)
-        for i in range(0, len(order), self.p.batch_size):
+        for i in range(start * self.p.batch_size, len(order), self.p.batch_size):
             chunk = order[i : i + self.p.batch_size]
             enc = self.tokenizer(
                 [ds.texts[j] for j in chunk],
@@ -146,6 +188,72 @@ class _Trainer:
         model.train()
         return sum(losses) / len(indices), preds
 
+    def _find_checkpoint(self, folder: Path, data_path: Path) -> Checkpoint | None:
+        """The checkpoint to resume from; one of other params or data is refused."""
+        self.ckpts = CheckpointDir(folder, self.control.keep)
+        self.fingerprint = fingerprint(self.p.model_dump_json(), data_path)
+        ckpt = self.ckpts.latest()
+        if ckpt is not None and ckpt.state.get("fingerprint") != self.fingerprint:
+            self._event(
+                {
+                    "type": "log",
+                    "message": f"not resuming: checkpoint {ckpt.name} was written for other params or data",
+                }
+            )
+            raise Conflict(
+                f"The checkpoint folder holds {ckpt.name}, written for other params or data; "
+                "resume with the same params and data, or use a new checkpoint folder."
+            )
+        return ckpt
+
+    def _resume(self, ckpt: Checkpoint, model: Any, optimizer: Any, scheduler: Any) -> None:
+        assert self.ckpts is not None
+        self.best_state = self.ckpts.restore(ckpt, model, optimizer, scheduler)
+        state = ckpt.state
+        self.pos = _Position(**{f.name: state[f.name] for f in fields(_Position)})
+        if state["best_loss"] is None:  # JSON has no infinity
+            self.pos.best_loss = math.inf
+        self.history = list(state["history"])
+        self._event({"type": "log", "message": f"resumed from step {ckpt.step}"})
+
+    def _checkpoint(self, model: Any, optimizer: Any, scheduler: Any) -> None:
+        """Save the current position, unless there is no folder or it is already saved."""
+        import torch
+
+        pos = self.pos
+        if self.ckpts is None or self.ckpts.last_step == pos.step:
+            return
+        # A step with a finite loss can still leave non-finite weights; never save those.
+        if not all(bool(torch.isfinite(w).all()) for w in model.parameters()):
+            raise TrainingFailed(
+                f"diverged: weights are not finite at step {pos.step}; lower the learning rate."
+            )
+        state = {
+            **asdict(pos),
+            "best_loss": None if math.isinf(pos.best_loss) else pos.best_loss,
+            "train_seconds": pos.train_seconds + time.monotonic() - self.started,
+            "history": self.history,
+            "fingerprint": self.fingerprint,
+        }
+        self.ckpts.save(state, model, optimizer, scheduler, pos.best_step)
+        self._event({"type": "checkpoint", "step": pos.step, "epoch": pos.epoch})
+
+    def _check_stop(self, model: Any, optimizer: Any, scheduler: Any) -> None:
+        reason = self.control.should_stop()
+        if not reason:
+            return
+        self._checkpoint(model, optimizer, scheduler)
+        step = self.pos.step
+        saved = f"checkpoint {folder_name(step)} saved" if self.ckpts else "no checkpoint folder"
+        last_eval = next((e for e in reversed(self.history) if e["type"] == "eval"), None)
+        metrics = {k: v for k, v in last_eval.items() if k != "type"} if last_eval else {}
+        raise TrainingStopped(
+            f"Training stopped ({reason}) at step {step}; {saved}.",
+            reason=reason,
+            step=step,
+            metrics=metrics,
+        )
+
     def run(self) -> TrainResult:
         import torch
         from transformers import (
@@ -155,10 +263,14 @@ class _Trainer:
         )
 
         p = self.p
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         ds = load_text_dataset(
             p.data, self.settings.data_roots, text_column=p.text_column, label_column=p.label_column
         )
+        resume_from = None
+        if self.control.checkpoint_dir is not None:
+            data_path = resolve_inside_roots(p.data, self.settings.data_roots, field="data")
+            resume_from = self._find_checkpoint(self.control.checkpoint_dir, data_path)
         splits = make_splits(ds, p.eval_split, p.seed)
         labels = ds.label_names
         label_ids = {label: i for i, label in enumerate(labels)}
@@ -197,33 +309,50 @@ class _Trainer:
                 "eval_examples": len(splits.validation),
             }
         )
-        best_loss, best_state, bad_epochs, step, epochs_run = math.inf, None, 0, 0, 0
-        for epoch in range(1, p.epochs + 1):
-            epochs_run = epoch
-            for batch in self._batches(splits.train, ds, label_ids, True, epoch):
+        if resume_from is not None:
+            self._resume(resume_from, model, optimizer, scheduler)
+        pos = self.pos
+        resumed_at, epochs_run = pos.step, pos.epoch
+        done = bool(p.patience and pos.bad_epochs >= p.patience)
+        epoch, first_batch = (pos.epoch, pos.batch)
+        if first_batch >= steps_per_epoch:  # saved at an epoch end: the next one is due
+            epoch, first_batch = epoch + 1, 0
+        while not done and epoch <= p.epochs:
+            epochs_run = pos.epoch = epoch
+            pos.batch = first_batch
+            if first_batch == 0:
+                pos.epoch_loss_sum = 0.0
+            for batch in self._batches(splits.train, ds, label_ids, True, epoch, first_batch):
+                self._check_stop(model, optimizer, scheduler)
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise TrainingFailed(
-                        f"diverged: loss is {float(loss)} at step {step + 1}; lower the learning rate."
+                        f"diverged: loss is {float(loss.detach())} at step {pos.step + 1}; lower the learning rate."
                     )
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
+                pos.step += 1
+                pos.batch += 1
+                loss_value = float(loss.detach())
+                pos.epoch_loss_sum += loss_value
                 elapsed = time.monotonic() - started
                 self._event(
                     {
                         "type": "step",
-                        "step": step,
+                        "step": pos.step,
                         "total_steps": total,
                         "epoch": epoch,
-                        "loss": round(float(loss.detach()), 5),
+                        "loss": round(loss_value, 5),
                         "learning_rate": scheduler.get_last_lr()[0],
-                        "eta_s": round(elapsed / step * (total - step), 1),
+                        "eta_s": round(elapsed / (pos.step - resumed_at) * (total - pos.step), 1),
                     }
                 )
+                # The last batch of an epoch is saved after its evaluation, below.
+                if pos.step % self.control.checkpoint_every == 0 and pos.batch < steps_per_epoch:
+                    self._checkpoint(model, optimizer, scheduler)
             eval_loss, preds = self._evaluate(model, splits.validation, ds, label_ids)
             scores = classification_metrics(
                 [label_ids[ds.labels[i]] for i in splits.validation], preds, labels
@@ -232,33 +361,45 @@ class _Trainer:
                 {
                     "type": "eval",
                     "epoch": epoch,
-                    "step": step,
+                    "step": pos.step,
                     "eval_loss": round(eval_loss, 5),
                     "accuracy": scores["accuracy"],
                     "macro_f1": scores["macro_f1"],
                 }
             )
-            if eval_loss < best_loss - 1e-4:
-                best_loss, bad_epochs = eval_loss, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._event(
+                {
+                    "type": "epoch",
+                    "epoch": epoch,
+                    "step": pos.step,
+                    "train_loss": round(pos.epoch_loss_sum / steps_per_epoch, 5),
+                    "eval_loss": round(eval_loss, 5),
+                }
+            )
+            if eval_loss < pos.best_loss - 1e-4:
+                pos.best_loss, pos.bad_epochs, pos.best_step = eval_loss, 0, pos.step
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                bad_epochs += 1
-                if p.patience and bad_epochs >= p.patience:
+                pos.bad_epochs += 1
+                if p.patience and pos.bad_epochs >= p.patience:
                     self._event(
                         {
                             "type": "log",
                             "message": f"early stop after epoch {epoch}: eval loss did not improve",
                         }
                     )
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+                    done = True
+            self._checkpoint(model, optimizer, scheduler)
+            epoch, first_batch = epoch + 1, 0
+        self._check_stop(model, optimizer, scheduler)  # last chance before publishing
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
         test_loss, preds = self._evaluate(model, splits.test, ds, label_ids)
         metrics = classification_metrics(
             [label_ids[ds.labels[i]] for i in splits.test], preds, labels
         )
         metrics["eval_loss"] = round(test_loss, 5)
-        return self._publish(model, ds, splits.test, labels, metrics, epochs_run, started, step)
+        return self._publish(model, ds, splits.test, labels, metrics, epochs_run, started, pos.step)
 
     def _publish(
         self,
@@ -299,7 +440,7 @@ class _Trainer:
             )
             backends = ["torch", *[b for b in ("onnx-fp32", "onnx-int8") if b in exports]]
             chosen = default_backend(exports)
-            train_seconds = round(time.monotonic() - started, 1)
+            train_seconds = round(self.pos.train_seconds + time.monotonic() - started, 1)
             manifest: dict[str, Any] = {
                 "name": p.name,
                 "task": TASK,
@@ -333,7 +474,17 @@ class _Trainer:
 
 
 def train_classifier(
-    params: TrainClassifierParams, settings: Settings, on_event: OnEvent | None = None
+    params: TrainClassifierParams,
+    settings: Settings,
+    on_event: OnEvent | None = None,
+    control: TrainControl | None = None,
 ) -> TrainResult:
-    """Train, evaluate, export and publish; return the new model id and its metrics."""
-    return _Trainer(params, settings, on_event or (lambda _event: None)).run()
+    """Train, evaluate, export and publish; return the new model id and its metrics.
+
+    With ``control``: checkpoints into (and resumes from) ``control.checkpoint_dir`` and
+    stops with :class:`TrainingStopped` when ``control.should_stop`` gives a reason.
+    """
+    trainer = _Trainer(
+        params, settings, on_event or (lambda _event: None), control or TrainControl()
+    )
+    return trainer.run()

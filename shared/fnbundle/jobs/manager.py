@@ -16,11 +16,10 @@ Key rules:
 * ``stop()`` ends this process's workers; their jobs stay ``running`` in the database and
   ``start()`` (this manager or a new one on the same ``jobs_dir``) resumes them. One manager
   per ``jobs_dir``: ``start()`` ends any worker of the folder it finds still alive.
-* Submitting validates the params with the task's schema (a 422 naming ``params.<field>``),
-  estimates the cost (an unreadable dataset or unknown base fails here, not in a worker),
-  and refuses a webhook target the webhooks module would refuse, or any webhook when no
-  ``FNB_WEBHOOK_SECRET`` is set. The same idempotency key returns the same job (with
-  ``created=False``), whatever the rest of the request says.
+* Submitting checks the job as every backend does (:mod:`fnbundle.jobs.submit`: a 422
+  naming ``params.<field>``, the webhook target, the cost estimate, so an unreadable
+  dataset or unknown base fails here, not in a worker). The same idempotency key returns
+  the same job (with ``created=False``), whatever the rest of the request says.
 """
 
 from __future__ import annotations
@@ -36,16 +35,14 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
-
-from fnbundle.contract import validation_failure
-from fnbundle.errors import Conflict, InvalidRequest, QueueFull
-from fnbundle.jobs.db import JobDB, JobRow, new_job_id
+from fnbundle.errors import Conflict, QueueFull
+from fnbundle.jobs.attempt import deliver_webhook
+from fnbundle.jobs.db import JobDB, JobRow
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
-from fnbundle.jobs.worker import deliver_webhook, job_dir, settings_env
+from fnbundle.jobs.submit import new_job
+from fnbundle.jobs.worker import job_dir, settings_env
 from fnbundle.settings import Settings
 
 log = logging.getLogger("fnbundle.jobs")
@@ -53,15 +50,6 @@ log = logging.getLogger("fnbundle.jobs")
 TICK_S = 0.2  # seconds between scheduler passes (also woken at once by submit and cancel)
 STOP_WAIT_S = 5.0  # seconds stop() waits after SIGTERM before SIGKILL
 WORKER_MODULE = "fnbundle.jobs.worker"
-
-
-def task_params(task: str) -> type[BaseModel]:
-    """The params schema of ``task`` (imported lazily: no torch at gateway start)."""
-    if task == "train_classifier":
-        from fnbundle.training.text_classifier import TrainClassifierParams
-
-        return TrainClassifierParams
-    raise InvalidRequest(f"Unknown task {task!r}.", field="task")
 
 
 @dataclass
@@ -178,43 +166,7 @@ class JobManager:
             existing = self.db.find_by_key(req.idempotency_key)
             if existing is not None:
                 return existing.public(), False
-        schema = task_params(req.task)
-        try:
-            params = schema.model_validate(req.params)
-        except ValidationError as exc:
-            errors = [{**e, "loc": ("params", *e["loc"])} for e in exc.errors()]
-            raise validation_failure(errors) from None
-        webhook = str(req.webhook_url) if req.webhook_url is not None else None
-        if webhook is not None:
-            if not self.settings.webhook_secret:
-                raise InvalidRequest(
-                    "Webhooks are signed, and this server has no FNB_WEBHOOK_SECRET; set it "
-                    "or submit without webhook_url.",
-                    field="webhook_url",
-                )
-            from fnbundle.webhooks import check_target
-
-            check_target(
-                webhook, self.settings.webhook_allow_private, self.settings.webhook_allowed_hosts
-            )
-        from fnbundle.costs import estimate_job
-
-        params_json = params.model_dump(mode="json")
-        estimate = estimate_job(req.task, params_json, self.settings, gpu=req.gpu)
-        job = Job(
-            id=new_job_id(),
-            task=req.task,
-            status=JobStatus.queued,
-            params=params_json,
-            idempotency_key=req.idempotency_key,
-            budget_usd=req.budget_usd,
-            gpu=req.gpu or estimate.gpu,
-            webhook_url=webhook,
-            timeout_s=req.timeout_s or self.settings.jobs_timeout_s,
-            estimate=estimate.model_dump(mode="json"),
-            created_at=datetime.now(UTC),
-        )
-        row, created = self.db.create(job, max_queued=self.max_queued)
+        row, created = self.db.create(new_job(req, self.settings), max_queued=self.max_queued)
         if created:
             self._wake.set()
         return row.public(), created
@@ -361,6 +313,9 @@ class JobManager:
             self._requeue(job, f"the worker could not start ({exc})")
             return
         self.db.own(job.id, proc.pid)
+        # The clock runs from here, so a worker stuck before it reads its job is stopped too.
+        timeout = job.timeout_s or self.settings.jobs_timeout_s
+        self.db.update(job.id, deadline=time.time() + timeout - job.run_s)
         with self._lock:
             self._workers[job.id] = _Worker(job.id, proc, time.monotonic())
         log.info("job %s: attempt %d in worker %d", job.id, job.attempts, proc.pid)

@@ -1,0 +1,588 @@
+"""Training jobs on Modal: the web endpoint's :class:`ModalJobs` spawns the GPU function,
+whose :func:`run_modal_job` trains; both meet in one ``modal.Dict`` (:data:`DICT_NAME`).
+
+Keys of the Dict (values are plain JSON-able dicts and strings)::
+
+    job:<id>         the job record (JobRow JSON): written at submit, then by the attempt
+    call:<id>        the FunctionCall id of the job's current spawn
+    cancel:<id>      unix time of the first cancel request; never removed
+    key:<key>        the job id an idempotency key created
+    event:<id>:<n>   the job's n-th event (JobEvent JSON), n = 1, 2, 3, ... without gaps
+    jobs:<n>         the n-th job submitted (``list`` walks it newest first)
+    events:<id>, jobs:last   where the last append ended (a hint that only saves probing)
+
+Key rules:
+
+* The Dict has no transactions, so every key has one writer at a time and every append is
+  ``put(..., skip_if_exists=True)``: racing writers never overwrite each other; the loser
+  takes the next number. A record is written by the web endpoint only while no attempt
+  owns it (submit, retry, and failing a call that died without an outcome).
+* Cancel is final at once: the flag, the ``cancelled`` state event, then
+  ``FunctionCall.cancel()``. Readers show a flagged job that has not finished as
+  ``cancelled``; an attempt that sees the flag stops writing events and marks its record
+  cancelled. A job that finished first answers 409, as on the local runtime.
+* Every write of an attempt checks that the record is still ``running`` with its attempt
+  number and that no cancel is flagged; else LostJob, and it stops.
+* Modal runs a preempted input again in a new container (and retries a crashed one): that
+  attempt finds the record ``running``, counts attempt + 1 and resumes from the newest
+  checkpoint committed to the Volume. The Volume is committed after every checkpoint and
+  before the outcome is written, so a reader never sees ``succeeded`` before the model.
+  A call that ended without an outcome is failed by the next reader that asks Modal.
+* Modal drops a Dict entry after 7 days without reads or writes: the Dict is for watching
+  jobs; the model store keeps what they produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+from fnbundle.errors import Conflict, InvalidRequest, NotFound
+from fnbundle.jobs.attempt import Attempt, deliver_webhook
+from fnbundle.jobs.backend import JobBackend
+from fnbundle.jobs.db import JobRow, LostJob
+from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.submit import anchor_data, new_job
+from fnbundle.jobs.worker import checkpoint_dir
+from fnbundle.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("fnbundle.jobs.modal")
+
+DICT_NAME = "fnbundle-jobs"
+PLATFORM = "modal"
+RECORD_WAIT_S = 10.0  # seconds a losing idempotent submit waits for the winner's record
+CHECK_CALL_EVERY_S = 10.0  # seconds between asking Modal whether a running job's call died
+FOLLOW_GRACE_S = 5.0  # seconds follow waits for the terminal state event after the record
+
+CallState = Literal["pending", "done", "failed"]
+
+
+class KeyValue(Protocol):
+    """What this module needs of a ``modal.Dict``; a plain ``dict`` has it too."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+
+def default_state() -> KeyValue:
+    import modal
+
+    return cast(KeyValue, modal.Dict.from_name(DICT_NAME, create_if_missing=True))
+
+
+def cancel_call(call_id: str) -> None:
+    """Cancel a spawned call; Modal ends its input without retrying it."""
+    import modal
+
+    modal.FunctionCall.from_id(call_id).cancel()
+
+
+def call_state(call_id: str) -> CallState:
+    """Whether a spawned call still runs; asks Modal without waiting."""
+    import modal
+
+    try:
+        modal.FunctionCall.from_id(call_id).get(timeout=0)
+    except TimeoutError:
+        return "pending"
+    except modal.exception.OutputExpiredError:
+        return "done"
+    except Exception:
+        return "failed"
+    return "done"
+
+
+class DictState:
+    """The key layout above, over a ``modal.Dict`` or a ``dict``."""
+
+    def __init__(self, d: KeyValue):
+        self.d = d
+
+    def put_new(self, key: str, value: Any) -> bool:
+        """Set ``key`` only if it is absent; True if this call set it."""
+        if isinstance(self.d, dict):
+            return self.d.setdefault(key, value) is value
+        return bool(self.d.put(key, value, skip_if_exists=True))  # type: ignore[attr-defined]
+
+    def _append(self, hint: str, prefix: str, make: Callable[[int], Any]) -> int:
+        n = int(self.d.get(hint) or 0) + 1
+        while not self.put_new(f"{prefix}{n}", make(n)):
+            n += 1
+        self.d[hint] = n
+        return n
+
+    def _last(self, hint: str, prefix: str) -> int:
+        n = int(self.d.get(hint) or 0)
+        while self.d.get(f"{prefix}{n + 1}") is not None:
+            n += 1
+        return n
+
+    # --- records ---------------------------------------------------------------------
+
+    def record(self, job_id: str) -> JobRow | None:
+        data = self.d.get(f"job:{job_id}")
+        return None if data is None else JobRow.model_validate(data)
+
+    def save(self, row: JobRow) -> None:
+        self.d[f"job:{row.id}"] = row.model_dump(mode="json")
+
+    def create(self, job: Job) -> JobRow:
+        row = JobRow.model_validate(job.model_dump())
+        self.save(row)
+        self._append("jobs:last", "jobs:", lambda _n: job.id)
+        self.append_event(job.id, "state", {"status": JobStatus.queued.value})
+        return row
+
+    def job_ids(self) -> Iterator[str]:
+        """Newest first."""
+        for n in range(self._last("jobs:last", "jobs:"), 0, -1):
+            job_id = self.d.get(f"jobs:{n}")
+            if job_id is not None:
+                yield str(job_id)
+
+    def call_id(self, job_id: str) -> str | None:
+        value = self.d.get(f"call:{job_id}")
+        return None if value is None else str(value)
+
+    def set_call(self, job_id: str, call_id: str) -> None:
+        self.d[f"call:{job_id}"] = call_id
+
+    def cancelled_at(self, job_id: str) -> float | None:
+        value = self.d.get(f"cancel:{job_id}")
+        return None if value is None else float(value)
+
+    def key_owner(self, key: str) -> str | None:
+        value = self.d.get(f"key:{key}")
+        return None if value is None else str(value)
+
+    def public(self, row: JobRow) -> Job:
+        """The job as readers see it: a flagged job that has not finished is cancelled."""
+        at = self.cancelled_at(row.id)
+        if at is not None and row.status not in TERMINAL:
+            row = row.model_copy(
+                update={
+                    "status": JobStatus.cancelled,
+                    "cancel_requested": True,
+                    "finished_at": datetime.fromtimestamp(at, UTC),
+                }
+            )
+        return row.public()
+
+    # --- events ----------------------------------------------------------------------
+
+    def append_event(self, job_id: str, type_: str, data: dict[str, Any]) -> int:
+        at = datetime.now(UTC).isoformat()
+        return self._append(
+            f"events:{job_id}",
+            f"event:{job_id}:",
+            lambda n: {"seq": n, "type": type_, "at": at, "data": data},
+        )
+
+    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[JobEvent]:
+        out: list[JobEvent] = []
+        n = after + 1
+        while limit is None or len(out) < limit:
+            data = self.d.get(f"event:{job_id}:{n}")
+            if data is None:
+                return out
+            out.append(JobEvent.model_validate(data))
+            n += 1
+        return out
+
+
+class ModalJobs(JobBackend):
+    """The job routes' backend on Modal. ``spawn(job_id, submit_json)`` starts the
+    training function and returns its call id (``TrainJobs().train_job.spawn(...)``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        spawn: Callable[[str, dict[str, Any]], str],
+        state: KeyValue | None = None,
+        cancel: Callable[[str], None] | None = None,
+        check_call: Callable[[str], CallState] | None = None,
+        gpu: str | None = None,
+        refresh: Callable[[], None] | None = None,
+    ):
+        self.settings = settings
+        self.state = DictState(state if state is not None else default_state())
+        self.spawn = spawn
+        self.cancel_call = cancel or cancel_call  # default: Modal's FunctionCall.cancel
+        self.check_call = check_call or call_state  # default: Modal's FunctionCall.get
+        self.gpu = gpu  # the GPU the training function is deployed with
+        self.refresh = refresh  # e.g. a Volume reload, so a dataset uploaded just now is seen
+        self._checked: dict[str, float] = {}  # job id -> monotonic time its call was asked
+
+    def start(self) -> None:
+        """Nothing runs in this process: Modal runs the jobs."""
+
+    def stop(self) -> None:
+        """Nothing runs in this process."""
+
+    # --- reads -----------------------------------------------------------------------
+
+    def _row(self, job_id: str) -> JobRow:
+        row = self.state.record(job_id)
+        if row is None:
+            raise NotFound(f"No job {job_id[:80]!r}.", field="id")
+        return row
+
+    def get(self, job_id: str) -> Job:
+        return self.state.public(self._check_call(self._row(job_id), force=True))
+
+    def list(
+        self,
+        *,
+        status: builtins.list[JobStatus] | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> builtins.list[Job]:
+        """Newest first; ``before`` (a job id) pages to older jobs."""
+        if before is not None and self.state.record(before) is None:
+            raise NotFound(f"No job {before[:80]!r}.", field="before")
+        jobs: builtins.list[Job] = []
+        passed = before is None
+        for job_id in self.state.job_ids():
+            if not passed:
+                passed = job_id == before
+                continue
+            row = self.state.record(job_id)
+            if row is None:
+                continue
+            job = self.state.public(row)
+            if (status and job.status not in status) or (task and job.task != task):
+                continue
+            jobs.append(job)
+            if len(jobs) >= limit:
+                break
+        return jobs
+
+    def events(
+        self, job_id: str, after: int = 0, limit: int | None = None
+    ) -> builtins.list[JobEvent]:
+        self._row(job_id)
+        return self.state.events(job_id, after, limit)
+
+    async def follow(
+        self, job_id: str, after: int = 0, poll_s: float = 0.5
+    ) -> AsyncIterator[JobEvent]:
+        """Every event after ``after``, then new ones, until the job has finished and its
+        terminal state event is out (or :data:`FOLLOW_GRACE_S` passed without it)."""
+        self._row(job_id)
+        ended_at: float | None = None
+        while True:
+            row = await asyncio.to_thread(self._row, job_id)
+            job = self.state.public(await asyncio.to_thread(self._check_call, row))
+            events = await asyncio.to_thread(self.state.events, job_id, after)
+            done = False
+            for event in events:
+                after = event.seq
+                done = event.type == "state" and event.data.get("status") in TERMINAL
+                yield event
+            if job.status in TERMINAL:
+                ended_at = ended_at or time.monotonic()
+                if done or time.monotonic() - ended_at >= FOLLOW_GRACE_S:
+                    return
+            await asyncio.sleep(poll_s)
+
+    def _check_call(self, row: JobRow, force: bool = False) -> JobRow:
+        """Fail a job whose call ended without an outcome (Modal gave up retrying)."""
+        if row.status not in (JobStatus.queued, JobStatus.running):
+            return row
+        if self.state.cancelled_at(row.id) is not None:
+            return row
+        now = time.monotonic()
+        if not force and now - self._checked.get(row.id, -CHECK_CALL_EVERY_S) < CHECK_CALL_EVERY_S:
+            return row
+        self._checked[row.id] = now
+        call_id = self.state.call_id(row.id)
+        if call_id is None or self.check_call(call_id) == "pending":
+            return row
+        latest = self._row(row.id)  # it may have written its outcome meanwhile
+        if latest.status in TERMINAL:
+            return latest
+        message = "The training function ended without writing an outcome; its Modal logs have the details."
+        return self._end(
+            latest, JobStatus.failed, "worker_died", {"type": "worker_died", "message": message}
+        )
+
+    def _end(self, row: JobRow, to: JobStatus, reason: str, error: dict[str, Any] | None) -> JobRow:
+        self.state.append_event(row.id, "state", {"status": to.value, "reason": reason})
+        done = row.model_copy(
+            update={"status": to, "error": error, "finished_at": datetime.now(UTC)}
+        )
+        self.state.save(done)
+        self._notify(self.state.public(done))
+        return done
+
+    def _notify(self, job: Job) -> None:
+        if job.webhook_url:
+            threading.Thread(target=deliver_webhook, args=(self.settings, job), daemon=True).start()
+
+    # --- writes ----------------------------------------------------------------------
+
+    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
+        """Check the job as the manager does, record it, spawn the training function."""
+        if req.idempotency_key is not None:
+            owner = self.state.key_owner(req.idempotency_key)
+            if owner is not None:
+                return self._wait_record(owner), False
+        if self.gpu and req.gpu and req.gpu.upper() != self.gpu.upper():
+            raise InvalidRequest(
+                f"This deployment trains on {self.gpu}; submit without gpu or with gpu {self.gpu}.",
+                field="gpu",
+            )
+        if self.refresh is not None:
+            self.refresh()
+        req = req.model_copy(update={"params": anchor_data(req.params, self.settings)})
+        job = new_job(req, self.settings, platform=PLATFORM, gpu=self.gpu)
+        key = req.idempotency_key
+        if key is not None and not self.state.put_new(f"key:{key}", job.id):
+            return self._wait_record(self.state.key_owner(key) or job.id), False
+        row = self.state.create(job)
+        return self.state.public(self._spawn(row, req)), True
+
+    def _wait_record(self, job_id: str) -> Job:
+        deadline = time.monotonic() + RECORD_WAIT_S
+        while (row := self.state.record(job_id)) is None:
+            if time.monotonic() > deadline:
+                raise Conflict(f"Job {job_id} is still being created; try again.", field="id")
+            time.sleep(0.1)
+        return self.state.public(row)
+
+    def _spawn(self, row: JobRow, req: JobSubmit) -> JobRow:
+        submit = req.model_copy(update={"params": row.params}).model_dump(mode="json")
+        try:
+            call_id = self.spawn(row.id, submit)
+        except Exception as exc:
+            log.exception("job %s: spawn failed", row.id)
+            error = {"type": "unavailable", "message": f"Modal did not start the job: {exc}"}
+            return self._end(self._row(row.id), JobStatus.failed, "spawn_failed", error)
+        self.state.set_call(row.id, call_id)
+        return self._row(row.id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued or running: cancelled at once, and its call too. Cancelled: answered as
+        is. Any other finished state: Conflict."""
+        row = self._row(job_id)
+        job = self.state.public(row)
+        if job.status == JobStatus.cancelled:
+            return job
+        if job.status in TERMINAL:
+            raise Conflict(
+                f"Job {job_id} already ended {job.status.value}; only a queued or running job "
+                "can be cancelled.",
+                field="status",
+            )
+        if self.state.put_new(f"cancel:{job_id}", time.time()):
+            self.state.append_event(job_id, "log", {"level": "info", "message": "cancel requested"})
+            self.state.append_event(job_id, "state", {"status": "cancelled", "reason": "cancelled"})
+            call_id = self.state.call_id(job_id)
+            if call_id is not None:
+                try:
+                    self.cancel_call(call_id)
+                except Exception:
+                    log.warning("job %s: cancelling call %s failed", job_id, call_id, exc_info=True)
+            self._notify(self.state.public(self._row(job_id)))
+        return self.state.public(self._row(job_id))
+
+    def retry(self, job_id: str) -> Job:
+        """Spawn a failed or timed-out job again; it resumes from its newest checkpoint."""
+        row = self._row(job_id)
+        job = self.state.public(row)
+        if job.status not in RETRYABLE:
+            raise Conflict(
+                f"Job {job_id} is {job.status.value}; only a failed or timed-out job can be "
+                "retried.",
+                field="status",
+            )
+        self.state.append_event(job_id, "state", {"status": "queued", "reason": "retry"})
+        queued = row.model_copy(
+            update={
+                "status": JobStatus.queued,
+                "error": None,
+                "finished_at": None,
+                "run_s": 0.0,  # a fresh time allowance; the cost keeps adding up
+                "retry_base": row.attempts,
+            }
+        )
+        self.state.save(queued)
+        req = JobSubmit(
+            task=row.task,
+            params=row.params,
+            budget_usd=row.budget_usd,
+            gpu=row.gpu,
+            webhook_url=row.webhook_url,
+            timeout_s=row.timeout_s,
+        )
+        return self.state.public(self._spawn(queued, req))
+
+
+# --- the training function's side ----------------------------------------------------------
+
+
+class ModalAttemptStore:
+    """One attempt's view of its job in the Dict (see the module's key rules)."""
+
+    def __init__(self, state: DictState, job_id: str, attempt: int, commit: Callable[[], None]):
+        self.state, self.job_id, self.attempt, self.commit = state, job_id, attempt, commit
+
+    def _mine(self) -> JobRow:
+        if self.state.cancelled_at(self.job_id) is not None:
+            raise LostJob(f"job {self.job_id} was cancelled")
+        row = self.state.record(self.job_id)
+        if row is None or row.status != JobStatus.running or row.attempts != self.attempt:
+            raise LostJob(f"job {self.job_id} is no longer attempt {self.attempt}'s")
+        return row
+
+    def events(self) -> list[JobEvent]:
+        return self.state.events(self.job_id)
+
+    def write(self, events: Sequence[tuple[str, dict[str, Any]]], **fields: Any) -> None:
+        row = self._mine()
+        for type_, data in events:
+            self.state.append_event(self.job_id, type_, data)
+        self.state.save(row.model_copy(update=fields))
+
+    def cancel_requested(self) -> bool:
+        return self.state.cancelled_at(self.job_id) is not None
+
+    def checkpointed(self, step: int) -> None:
+        self.commit()  # a retry in a new container resumes from it
+
+    def finish(self, to: JobStatus, *, reason: str | None, **fields: Any) -> Job | None:
+        self.commit()  # the model and the last checkpoint, before anyone reads the outcome
+        try:
+            row = self._mine()
+        except LostJob:
+            mark_cancelled(self.state, self.job_id, self.attempt)
+            return None
+        self.state.append_event(self.job_id, "state", {"status": to.value, "reason": reason})
+        done = row.model_copy(update={**fields, "status": to, "finished_at": datetime.now(UTC)})
+        self.state.save(done)
+        return done.public()
+
+
+def mark_cancelled(state: DictState, job_id: str, attempt: int) -> None:
+    """A cancelled job's record, if this attempt still holds it (its events are written)."""
+    row = state.record(job_id)
+    if state.cancelled_at(job_id) is None or row is None or row.status in TERMINAL:
+        return
+    if row.attempts == attempt:
+        state.save(
+            row.model_copy(
+                update={
+                    "status": JobStatus.cancelled,
+                    "cancel_requested": True,
+                    "finished_at": datetime.now(UTC),
+                }
+            )
+        )
+
+
+def run_modal_job(
+    job_id: str,
+    submit: dict[str, Any],
+    settings: Settings,
+    d: KeyValue,
+    *,
+    commit: Callable[[], None],
+) -> dict[str, Any]:
+    """The training function's body: claim the job, train (resuming from its checkpoints
+    under ``settings.jobs_root``), write the outcome; returns the job as JSON."""
+    from fnbundle.api.jobs import JOB_ID
+
+    if not JOB_ID.fullmatch(job_id):
+        return {"error": {"type": "invalid_request", "message": f"Invalid job id {job_id[:80]!r}."}}
+    state = DictState(d)
+    row = state.record(job_id)
+    if row is None:  # spawned without the web endpoint: check the job here
+        req = JobSubmit.model_validate(submit)
+        req = req.model_copy(update={"params": anchor_data(req.params, settings)})
+        row = state.create(new_job(req, settings, job_id=job_id, platform=PLATFORM))
+    if state.cancelled_at(job_id) is not None or row.status in TERMINAL:
+        mark_cancelled(state, job_id, row.attempts)
+        return state.public(state.record(job_id) or row).model_dump(mode="json")
+    if row.status == JobStatus.running and row.last_checkpoint_step:
+        message = f"the training container stopped; resuming from step {row.last_checkpoint_step}"
+        state.append_event(job_id, "log", {"level": "warning", "message": message})
+    attempt = row.attempts + 1
+    state.append_event(job_id, "state", {"status": "running", "attempt": attempt})
+    row = row.model_copy(
+        update={
+            "status": JobStatus.running,
+            "attempts": attempt,
+            "started_at": row.started_at or datetime.now(UTC),
+        }
+    )
+    state.save(row)
+    run = Attempt(settings, row, ModalAttemptStore(state, job_id, attempt, commit))
+    try:
+        finished = run.run(checkpoint_dir(settings, job_id))
+    except LostJob as exc:
+        log.warning("job %s: stopping without an outcome: %s", job_id, exc)
+        mark_cancelled(state, job_id, attempt)
+        finished = None
+    if finished is not None:
+        deliver_webhook(settings, finished)
+    return state.public(state.record(job_id) or row).model_dump(mode="json")
+
+
+def web_app(settings: Settings, jobs: JobBackend) -> FastAPI:
+    """The job routes alone, with the gateway's error bodies, API-key check and limits."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from fnbundle import __version__
+    from fnbundle.api import jobs as jobs_api
+    from fnbundle.api.errors import install_error_handlers
+    from fnbundle.api.middleware import GuardMiddleware
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        try:
+            yield
+        finally:
+            jobs.stop()
+
+    app = FastAPI(
+        title="fnbundle jobs",
+        version=__version__,
+        summary="Training jobs on Modal.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.jobs = jobs
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(jobs_api.router)
+    app.add_middleware(
+        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,  # seconds a browser may cache the preflight answer
+        )
+    return app

@@ -1,0 +1,341 @@
+"""Training jobs on Modal, offline: the deployed web endpoint's app (``JobsApi().web.local()``)
+answers ``/v1/jobs`` like the local gateway, and ``TrainJobs.train_job`` trains, cancels,
+and resumes after a preemption.
+
+Modal's cloud is the one thing faked, at its three calls: ``spawn`` runs
+``train_job.local(...)`` in a thread (and runs it again when it was "preempted", as Modal's
+retries do), ``FunctionCall.cancel`` only records the call (the Dict's cancel flag must stop
+the training by itself) and ``FunctionCall.get(timeout=0)`` reports the thread's state. The
+``modal.Dict`` is a plain dict.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fnbundle.endpoints import get_endpoint
+from fnbundle.store import Store
+
+from tests.conftest import REPO, REVIEWS
+
+pytestmark = [
+    pytest.mark.contract,
+    pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning"),
+]
+
+JOB_WAIT_S = 300  # seconds a tiny job may take on a busy 2-core machine
+
+
+class Preempted(BaseException):
+    """What a container sees when Modal takes its machine away: not an Exception."""
+
+
+class FakeModal:
+    """Modal's spawn / FunctionCall API over threads in this process."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, threading.Thread] = {}
+        self.calls: list[tuple[str, str]] = []  # (call id, job id) per spawn
+        self.crashed: set[str] = set()  # calls that died without running the function
+        self.cancelled: list[str] = []
+        self.crash_next = False
+        self.runs = 0  # train_job executions (a preempted call runs twice)
+        self._ids = itertools.count(1)
+
+    def spawn(self, job_id: str, submit: dict[str, Any]) -> str:
+        from functions.train_classifier import TrainJobs
+
+        call_id = f"fc-{next(self._ids)}"
+        self.calls.append((call_id, job_id))
+        if self.crash_next:
+            self.crash_next = False
+            self.crashed.add(call_id)
+
+        def call() -> None:
+            if call_id in self.crashed:
+                return
+            for _ in range(1 + get_endpoint("train_classifier").modal.retries):
+                self.runs += 1
+                try:
+                    TrainJobs().train_job.local(job_id, submit)
+                    return
+                except Preempted:
+                    continue  # Modal starts the input again in a new container
+
+        thread = threading.Thread(target=call, name=call_id, daemon=True)
+        self.threads[call_id] = thread
+        thread.start()
+        return call_id
+
+    def check(self, call_id: str) -> str:
+        if self.threads[call_id].is_alive():
+            return "pending"
+        return "failed" if call_id in self.crashed else "done"
+
+    def cancel(self, call_id: str) -> None:
+        self.cancelled.append(call_id)
+
+    def join(self, timeout: float = JOB_WAIT_S) -> None:
+        for thread in list(self.threads.values()):
+            thread.join(timeout)
+            assert not thread.is_alive(), f"{thread.name} still trains"
+
+
+@dataclass
+class Modal:
+    client: TestClient
+    fake: FakeModal
+    state: dict[str, Any]  # the "modal.Dict"
+    commits: list[int]  # one entry per Volume commit
+    store: Path
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """48 balanced reviews: a few steps per epoch."""
+    with REVIEWS.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    small = [r for r in rows if r["label"] == "positive"][:24]
+    small += [r for r in rows if r["label"] == "negative"][:24]
+    path = tmp_path / "data" / "small.csv"
+    path.parent.mkdir()
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([r["text"], r["label"]] for r in small)
+    return path
+
+
+@pytest.fixture
+def modal(
+    small_csv: Path, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Modal]:
+    """The web endpoint's app over a plain-dict "Dict", with the fake Modal calls."""
+    import fnbundle.jobs.modal_backend as backend
+
+    import functions.train_classifier as fn
+
+    monkeypatch.setenv("FNB_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("FNB_DATA_ROOTS", f"{small_csv.parent},{tiny_base.parent}")
+    monkeypatch.setenv("FNB_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setenv("FNB_JOBS_CHECKPOINT_EVERY", "3")  # steps: several checkpoints per job
+    for name in ("FNB_API_KEYS", "FNB_PRELOAD", "FNB_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    fake, state, commits = FakeModal(), {}, []
+    monkeypatch.setattr(fn, "job_state", state)
+    monkeypatch.setattr(fn, "spawn_job", fake.spawn)
+    monkeypatch.setattr(fn, "commit_volume", lambda: commits.append(1))
+    monkeypatch.setattr(backend, "cancel_call", fake.cancel)
+    monkeypatch.setattr(backend, "call_state", fake.check)
+    with TestClient(fn.JobsApi().web.local()) as client:
+        yield Modal(client, fake, state, commits, tmp_path / "store")
+        fake.join()
+
+
+def params(tiny_base: Path, name: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "data": "small.csv",  # relative: under the first data root, as on the Volume
+        "name": name,
+        "base": str(tiny_base),
+        "epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "freeze_embeddings": False,  # random-init vectors have to learn too
+        "export_onnx": False,
+        **overrides,
+    }
+
+
+def follow(client: TestClient, job_id: str, on_event: Any = None) -> list[dict[str, Any]]:
+    """The job's server-sent events (their JobEvent JSON), until the stream ends."""
+    events: list[dict[str, Any]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_WAIT_S) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:").strip()))
+                if on_event is not None:
+                    on_event(events[-1])
+    return events
+
+
+def states(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["status"] for e in events if e["type"] == "state"]
+
+
+def steps(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["step"] for e in events if e["type"] == "step"]
+
+
+def test_submit_follow_and_publish(modal, tiny_base):
+    client, fake = modal.client, modal.fake
+    body = {
+        "task": "train_classifier",
+        "params": params(tiny_base, "modal-job"),
+        "idempotency_key": "k1",
+    }
+
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.headers["location"] == f"/v1/jobs/{job_id}"
+    assert r.json()["estimate"]["gpu"] == get_endpoint("train_classifier").modal.gpu
+    again = client.post("/v1/jobs", json=body)  # a double click: the same job, no second spawn
+    assert again.status_code == 200 and again.json()["id"] == job_id
+    assert [job for _, job in fake.calls] == [job_id]
+
+    events = follow(client, job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == ["queued", "running", "succeeded"]
+    assert events[-1]["type"] == "state"
+    done = steps(events)
+    assert done == list(range(1, done[-1] + 1))
+    checkpoints = [e["data"]["step"] for e in events if e["type"] == "checkpoint"]
+    assert checkpoints and len(modal.commits) >= len(checkpoints) + 1  # each, and the outcome
+
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert job["progress"]["step"] == done[-1] == job["progress"]["total_steps"]
+    assert Store(modal.store).resolve("modal-job").id == job["model_id"]
+    assert [j["id"] for j in client.get("/v1/jobs?status=succeeded").json()["jobs"]] == [job_id]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+    assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409
+    tail = client.get(f"/v1/jobs/{job_id}/events?after={events[-2]['seq']}")
+    assert tail.status_code == 200 and tail.text.count("event:") == 1  # replay from any point
+
+
+def test_cancel_stops_the_training_through_the_dict_flag(modal, tiny_base):
+    client, fake, state = modal.client, modal.fake, modal.state
+    r = client.post(
+        "/v1/jobs",
+        json={
+            "task": "train_classifier",
+            "params": params(tiny_base, "modal-cancel", epochs=100, patience=0),
+        },
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    answers: list[Any] = []
+
+    def cancel_at_first_step(event: dict[str, Any]) -> None:
+        if event["type"] == "step" and not answers:
+            answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
+
+    events = follow(client, job_id, cancel_at_first_step)
+    assert answers[0].status_code == 200 and answers[0].json()["status"] == "cancelled"
+    assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
+    [(call_id, _)] = fake.calls
+    assert fake.cancelled == [call_id]
+    fake.join()  # the flag stopped the training: nothing killed the thread
+    after = client.get(f"/v1/jobs/{job_id}/events?after={events[-1]['seq']}")
+    assert "event:" not in after.text  # nothing written once it was cancelled
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["model_id"] is None
+    assert job["progress"]["step"] < job["progress"]["total_steps"] // 4
+    assert state[f"job:{job_id}"]["status"] == "cancelled"  # the attempt closed its record
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409
+
+
+def test_a_preempted_container_resumes_from_the_committed_checkpoint(modal, tiny_base, monkeypatch):
+    import functions.train_classifier as fn
+
+    client, fake = modal.client, modal.fake
+    preempted: list[int] = []
+
+    def commit_then_lose_the_machine() -> None:
+        modal.commits.append(1)
+        if not preempted:  # the first checkpoint is safe on the Volume; then the machine goes
+            preempted.append(len(modal.commits))
+            raise Preempted
+
+    monkeypatch.setattr(fn, "commit_volume", commit_then_lose_the_machine)
+    r = client.post(
+        "/v1/jobs", json={"task": "train_classifier", "params": params(tiny_base, "modal-resume")}
+    )
+    job_id = r.json()["id"]
+
+    events = follow(client, job_id)
+    fake.join()
+    assert fake.runs == 2 and len(fake.calls) == 1  # one call, run twice
+    assert states(events) == ["queued", "running", "running", "succeeded"]
+    assert [e["data"].get("attempt") for e in events if e["type"] == "state"][1:3] == [1, 2]
+    done = steps(events)
+    assert done == sorted(set(done)) and done == list(range(1, done[-1] + 1))
+    logs = [e["data"]["message"] for e in events if e["type"] == "log"]
+    assert any("resuming from step 3" in m for m in logs), logs
+    assert any(m == "resumed from step 3" for m in logs), logs  # the trainer loaded it
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+
+
+def test_a_call_that_died_fails_the_job_and_retry_spawns_it_again(modal, tiny_base):
+    client, fake = modal.client, modal.fake
+    fake.crash_next = True
+    r = client.post(
+        "/v1/jobs",
+        json={"task": "train_classifier", "params": params(tiny_base, "modal-retry", epochs=1)},
+    )
+    job_id = r.json()["id"]
+    fake.join()
+
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["type"] == "worker_died"
+    retried = client.post(f"/v1/jobs/{job_id}/retry")
+    assert retried.status_code == 202 and retried.json()["status"] == "queued"
+    events = follow(client, job_id)
+    assert states(events) == ["queued", "failed", "queued", "running", "succeeded"]
+    assert [job for _, job in fake.calls] == [job_id, job_id]
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status", "field"),
+    [
+        ({"epochs": 0}, 422, "params.epochs"),
+        ({"name": "Bad Name"}, 422, "params.name"),
+        ({"data": "missing.csv"}, 404, "data"),
+        ({"data": "../../etc/passwd"}, 400, "data"),
+    ],
+)
+def test_bad_jobs_are_refused_before_anything_is_spawned(
+    modal, tiny_base, overrides, status, field
+):
+    client, fake, state = modal.client, modal.fake, modal.state
+    r = client.post(
+        "/v1/jobs",
+        json={"task": "train_classifier", "params": {**params(tiny_base, "x"), **overrides}},
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["field"] == field
+    other_gpu = client.post(
+        "/v1/jobs",
+        json={"task": "train_classifier", "params": params(tiny_base, "x"), "gpu": "H100"},
+    )
+    assert other_gpu.status_code == 400 and other_gpu.json()["error"]["field"] == "gpu"
+    assert fake.calls == [] and state == {}
+    assert client.get("/v1/jobs/job-20260101000000-0000abcd").status_code == 404
+
+
+def test_the_backend_imports_neither_the_training_stack_nor_modal():
+    probe = (
+        "import json, sys\n"
+        "import fnbundle.jobs.modal_backend\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'modal') if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -27,7 +27,8 @@ import modal
 from fastapi import FastAPI
 from fnbundle.contract import run_task
 from fnbundle.endpoints import get_endpoint
-from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs, run_modal_job, web_app
+from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs, web_app
+from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.submit import anchor_data
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier

@@ -331,7 +331,7 @@ def test_bad_jobs_are_refused_before_anything_is_spawned(
 def test_the_backend_imports_neither_the_training_stack_nor_modal():
     probe = (
         "import json, sys\n"
-        "import fnbundle.jobs.modal_backend\n"
+        "import fnbundle.jobs.modal_backend, fnbundle.jobs.modal_run\n"
         "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'modal') if m in sys.modules)))\n"
     )
     done = subprocess.run(

@@ -1,0 +1,135 @@
+"""The Modal training function's side of a job: claim it in the ``fnbundle-jobs`` Dict,
+train with the Dict as the attempt's store, write the outcome.
+
+Key rules (the Dict's layout and the rest are in :mod:`fnbundle.jobs.modal_backend`):
+every write checks that the record is still ``running`` with this attempt's number and that
+no cancel is flagged, else LostJob and the attempt stops writing; a flagged job's record is
+closed as ``cancelled`` without a second state event (the web endpoint wrote it); the
+Volume is committed after every checkpoint (a preempted input resumes from it in the next
+container) and before the outcome is written (no reader sees ``succeeded`` before the
+model is on the Volume for every container).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from fnbundle.jobs.attempt import Attempt, deliver_webhook
+from fnbundle.jobs.db import JobRow, LostJob
+from fnbundle.jobs.modal_backend import PLATFORM, DictState, KeyValue
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.submit import anchor_data, new_job
+from fnbundle.jobs.worker import checkpoint_dir
+from fnbundle.settings import Settings
+
+log = logging.getLogger("fnbundle.jobs.modal")
+
+
+class ModalAttemptStore:
+    """One attempt's view of its job in the Dict (see the module's key rules)."""
+
+    def __init__(self, state: DictState, job_id: str, attempt: int, commit: Callable[[], None]):
+        self.state, self.job_id, self.attempt, self.commit = state, job_id, attempt, commit
+
+    def _mine(self) -> JobRow:
+        if self.state.cancelled_at(self.job_id) is not None:
+            raise LostJob(f"job {self.job_id} was cancelled")
+        row = self.state.record(self.job_id)
+        if row is None or row.status != JobStatus.running or row.attempts != self.attempt:
+            raise LostJob(f"job {self.job_id} is no longer attempt {self.attempt}'s")
+        return row
+
+    def events(self) -> list[JobEvent]:
+        return self.state.events(self.job_id)
+
+    def write(self, events: Sequence[tuple[str, dict[str, Any]]], **fields: Any) -> None:
+        row = self._mine()
+        for type_, data in events:
+            self.state.append_event(self.job_id, type_, data)
+        self.state.save(row.model_copy(update=fields))
+
+    def cancel_requested(self) -> bool:
+        return self.state.cancelled_at(self.job_id) is not None
+
+    def checkpointed(self, step: int) -> None:
+        self.commit()  # a retry in a new container resumes from it
+
+    def finish(self, to: JobStatus, *, reason: str | None, **fields: Any) -> Job | None:
+        self.commit()  # the model and the last checkpoint, before anyone reads the outcome
+        try:
+            row = self._mine()
+        except LostJob:
+            mark_cancelled(self.state, self.job_id, self.attempt)
+            return None
+        self.state.append_event(self.job_id, "state", {"status": to.value, "reason": reason})
+        done = row.model_copy(update={**fields, "status": to, "finished_at": datetime.now(UTC)})
+        self.state.save(done)
+        return done.public()
+
+
+def mark_cancelled(state: DictState, job_id: str, attempt: int) -> None:
+    """A cancelled job's record, if this attempt still holds it (its events are written)."""
+    row = state.record(job_id)
+    if state.cancelled_at(job_id) is None or row is None or row.status in TERMINAL:
+        return
+    if row.attempts == attempt:
+        state.save(
+            row.model_copy(
+                update={
+                    "status": JobStatus.cancelled,
+                    "cancel_requested": True,
+                    "finished_at": datetime.now(UTC),
+                }
+            )
+        )
+
+
+def run_modal_job(
+    job_id: str,
+    submit: dict[str, Any],
+    settings: Settings,
+    d: KeyValue,
+    *,
+    commit: Callable[[], None],
+) -> dict[str, Any]:
+    """The training function's body: claim the job, train (resuming from its checkpoints
+    under ``settings.jobs_root``), write the outcome; returns the job as JSON."""
+    from fnbundle.api.jobs import JOB_ID
+
+    if not JOB_ID.fullmatch(job_id):
+        return {"error": {"type": "invalid_request", "message": f"Invalid job id {job_id[:80]!r}."}}
+    state = DictState(d)
+    row = state.record(job_id)
+    if row is None:  # spawned without the web endpoint: check the job here
+        req = JobSubmit.model_validate(submit)
+        req = req.model_copy(update={"params": anchor_data(req.params, settings)})
+        row = state.create(new_job(req, settings, job_id=job_id, platform=PLATFORM))
+    if state.cancelled_at(job_id) is not None or row.status in TERMINAL:
+        mark_cancelled(state, job_id, row.attempts)
+        return state.public(state.record(job_id) or row).model_dump(mode="json")
+    if row.status == JobStatus.running and row.last_checkpoint_step:
+        message = f"the training container stopped; resuming from step {row.last_checkpoint_step}"
+        state.append_event(job_id, "log", {"level": "warning", "message": message})
+    attempt = row.attempts + 1
+    state.append_event(job_id, "state", {"status": "running", "attempt": attempt})
+    row = row.model_copy(
+        update={
+            "status": JobStatus.running,
+            "attempts": attempt,
+            "started_at": row.started_at or datetime.now(UTC),
+        }
+    )
+    state.save(row)
+    run = Attempt(settings, row, ModalAttemptStore(state, job_id, attempt, commit))
+    try:
+        finished = run.run(checkpoint_dir(settings, job_id))
+    except LostJob as exc:
+        log.warning("job %s: stopping without an outcome: %s", job_id, exc)
+        mark_cancelled(state, job_id, attempt)
+        finished = None
+    if finished is not None:
+        deliver_webhook(settings, finished)
+    return state.public(state.record(job_id) or row).model_dump(mode="json")

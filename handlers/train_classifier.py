@@ -1,5 +1,13 @@
 """RunPod worker for ``train_classifier``: one job trains, publishes and streams its progress.
 
+Two inputs: the training params themselves (one call, as ``fnbundle train classifier``), or
+``{"job": <JobSubmit>, "job_id": <id>, "after_seq": n}`` from
+:class:`~fnbundle.jobs.runpod_backend.RunPodJobs`: a training job whose record, events and
+checkpoints live under ``<volume>/fnbundle/jobs/<id>/``, so a second run of the same job
+on any worker resumes from its checkpoint. A job yields typed job events (JobEvent JSON:
+``{"seq", "type", "at", "data"}``) and ends with its terminal ``state`` event; when RunPod
+cancels the run, the handler tells the trainer to stop (it saves a checkpoint first).
+
 Key rules: importing this file loads nothing (torch and transformers are imported by
 ``setup()`` under ``__main__``, once per worker, before ``runpod.serverless.start``). The
 handler is an async generator that never raises: it yields the trainer's typed events
@@ -27,13 +35,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import import_module
 from typing import Any
 
 import runpod
 from fnbundle.contract import error_result, run_task
 from fnbundle.endpoints import get_endpoint
+from fnbundle.jobs.runpod_run import run_volume_job
 from fnbundle.runpod_worker import job_output, worker_settings
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
@@ -64,17 +73,20 @@ def on_runpod() -> bool:
 
 
 class ProgressReporter:
-    """Forwards step events (rate-limited) and eval events to RunPod's progress updates."""
+    """Forwards events to RunPod's progress updates: step events at most once per
+    ``PROGRESS_EVERY_S``, the ``always`` types each time."""
 
-    def __init__(self, job: dict[str, Any]):
+    def __init__(self, job: dict[str, Any], always: frozenset[str] = frozenset({"eval"})):
         self.job = job
+        self.always = always
         self.enabled = on_runpod()
         self.last_step_at = -math.inf  # monotonic seconds
 
     def __call__(self, event: dict[str, Any]) -> None:
-        if not self.enabled or event.get("type") not in {"step", "eval"}:
+        kind = event.get("type")
+        if not self.enabled or (kind != "step" and kind not in self.always):
             return
-        if event["type"] == "step":
+        if kind == "step":
             now = time.monotonic()
             if now - self.last_step_at < PROGRESS_EVERY_S:
                 return
@@ -92,27 +104,54 @@ def final_event(status: int, body: dict[str, Any]) -> dict[str, Any]:
     return job_output(body)
 
 
+async def stream(
+    job: dict[str, Any], work: Callable[[Callable[[Any], None], threading.Event], None]
+) -> AsyncIterator[dict[str, Any]]:
+    """Run ``work(emit, stop)`` in a thread and yield what it emits; if the run is stopped
+    (RunPod cancels it), ``stop`` is set so the work ends too."""
+    events: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            work(events.put, stop)
+        finally:
+            events.put(_DONE)
+
+    threading.Thread(target=run, name=f"train-{job.get('id')}", daemon=True).start()
+    try:
+        while (event := await asyncio.to_thread(events.get)) is not _DONE:
+            yield event
+    finally:
+        stop.set()
+
+
 async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """One RunPod job: progress events, then the result or one ``{"error": "<JSON>"}``."""
-    events: queue.Queue[Any] = queue.Queue()
+    payload = job.get("input")
+    is_job = isinstance(payload, dict) and "job" in payload
+    report = ProgressReporter(job, frozenset({"epoch", "state"}) if is_job else frozenset({"eval"}))
 
-    def train() -> None:
+    def train(emit: Callable[[Any], None], stop: threading.Event) -> None:
         try:
             settings = _settings or setup()
+            if is_job:
+                gpus = get_endpoint(ENDPOINT).runpod.gpu_ids
+                run_volume_job(
+                    payload, settings, gpu=gpus[0] if gpus else None, emit=emit, stop=stop
+                )
+                return
             status, body = run_task(
                 TrainClassifierParams,
-                job.get("input"),
-                lambda params: train_classifier(params, settings, events.put),
+                payload,
+                lambda params: train_classifier(params, settings, emit),
                 settings.max_body_bytes,
             )
-        except Exception as exc:  # setup failed: this worker cannot train at all
+        except Exception as exc:  # a bad job, or setup failed: this worker cannot train
             status, body = error_result(exc)
-        events.put(final_event(status, body))
-        events.put(_DONE)
+        emit(final_event(status, body))
 
-    threading.Thread(target=train, name=f"train-{job.get('id')}", daemon=True).start()
-    report = ProgressReporter(job)
-    while (event := await asyncio.to_thread(events.get)) is not _DONE:
+    async for event in stream(job, train):
         report(event)
         yield event
 

@@ -1,0 +1,222 @@
+"""A RunPod worker's side of a training job: the job's folder on the network volume is its
+store, so any worker that gets the same job id carries on where the last one stopped.
+
+Layout of ``<jobs root>/<job id>/`` (jobs root: :func:`volume_jobs_root`)::
+
+    job.json        the JobRow, replaced atomically (temporary file, then rename)
+    events.jsonl    one JobEvent per line, seq 1, 2, 3, ... (the client may hold more)
+    checkpoints/    the trainer's checkpoints
+
+Key rules: the job id must have the shape the job routes accept (it names a folder); the
+first run checks the job where the dataset can be read (params, dataset, base model, cost
+estimate); a run that finds the job ``running`` resumes it (the worker before it was lost)
+as attempt + 1; a failed or timed-out job runs again only when the input says ``retry``;
+a finished job is not run again, its last state event is sent once more. Events continue
+after both the folder's last seq and the input's ``after_seq`` (what the client already
+holds), so the client never receives a seq twice. A cancelled run (RunPod stops the
+handler) sets ``stop``: the trainer saves a checkpoint and the job ends ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fnbundle.contract import parse
+from fnbundle.errors import InvalidRequest
+from fnbundle.jobs.attempt import Attempt, deliver_webhook
+from fnbundle.jobs.db import JobRow, LostJob
+from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.submit import new_job
+from fnbundle.settings import Settings
+
+log = logging.getLogger("fnbundle.jobs.runpod")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class VolumeStore:
+    """A job's folder on the network volume: ``job.json`` (the JobRow, replaced atomically),
+    ``events.jsonl`` (one JobEvent per line) and ``checkpoints/``. It is the attempt's
+    store; ``emit`` gets every event it appends (the handler yields them). That the job
+    is still this run's is checked at every stop poll (a newer run counts a newer attempt)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        after_seq: int = 0,
+        emit: Callable[[dict[str, Any]], None] = lambda _event: None,
+        stop: threading.Event | None = None,
+    ):
+        self.folder, self.emit = folder, emit
+        self.stop = stop or threading.Event()  # set: the run was cancelled (RunPod stopped it)
+        self.checkpoints = folder / "checkpoints"
+        self.attempt = 0
+        self.row: JobRow | None = None
+        self.last_seq = max(after_seq, *(e.seq for e in self.events()), 0)
+
+    def load(self) -> JobRow | None:
+        try:
+            return JobRow.model_validate_json((self.folder / "job.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def save(self, row: JobRow) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".job.json.{os.getpid()}.tmp"
+        tmp.write_text(row.model_dump_json())
+        os.replace(tmp, self.folder / "job.json")
+        self.row = row
+
+    def append(self, type_: str, data: dict[str, Any]) -> JobEvent:
+        self.last_seq += 1
+        event = JobEvent(seq=self.last_seq, type=type_, at=_now(), data=data)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "events.jsonl").open("a", encoding="utf-8") as f:
+            f.write(event.model_dump_json() + "\n")
+        self.emit(event.model_dump(mode="json"))
+        return event
+
+    # --- AttemptStore ----------------------------------------------------------------
+
+    def events(self) -> list[JobEvent]:
+        try:
+            lines = (self.folder / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        return [JobEvent.model_validate_json(line) for line in lines if line.strip()]
+
+    def write(self, events: Sequence[tuple[str, dict[str, Any]]], **fields: Any) -> None:
+        if self.row is None:
+            raise LostJob(f"no record in {self.folder}")
+        for type_, data in events:
+            self.append(type_, data)
+        self.save(self.row.model_copy(update=fields))
+
+    def cancel_requested(self) -> bool:
+        row = self.load()
+        if row is None or row.status != JobStatus.running or row.attempts != self.attempt:
+            raise LostJob(f"job {self.folder.name} is no longer attempt {self.attempt}'s")
+        return self.stop.is_set()
+
+    def checkpointed(self, step: int) -> None:
+        """Written to the network volume as it was saved: the next worker sees it."""
+
+    def finish(self, to: JobStatus, *, reason: str | None, **fields: Any) -> Job | None:
+        if self.row is None:
+            return None
+        done = self.row.model_copy(update={**fields, "status": to, "finished_at": _now()})
+        outcome = {k: getattr(done, k) for k in ("model_id", "error") if getattr(done, k)}
+        self.save(done)
+        self.append(
+            "state",
+            {
+                "status": to.value,
+                "reason": reason,
+                **outcome,
+                "metrics": done.metrics,
+                "cost_usd": done.cost_usd,
+                "last_checkpoint_step": done.last_checkpoint_step,
+            },
+        )
+        return done.public()
+
+
+def open_volume_job(
+    payload: dict[str, Any],
+    settings: Settings,
+    root: Path,
+    *,
+    gpu: str | None = None,
+    emit: Callable[[dict[str, Any]], None] = lambda _event: None,
+    stop: threading.Event | None = None,
+) -> tuple[VolumeStore, JobRow | None]:
+    """Check a job input and claim its job for this run: ``(store, the job to train)``, or
+    ``(store, None)`` when it has already ended (its last state event is sent again)."""
+    from fnbundle.api.jobs import JOB_ID
+
+    job_id = payload.get("job_id")
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise InvalidRequest(f"Invalid job id {str(job_id)[:80]!r}.", field="job_id")
+    req = parse(JobSubmit, payload.get("job"))
+    store = VolumeStore(
+        root / job_id, after_seq=int(payload.get("after_seq") or 0), emit=emit, stop=stop
+    )
+    row = store.load()
+    if row is None:  # the first run: the worker is where the dataset can be read
+        row = JobRow.model_validate(
+            new_job(req, settings, job_id=job_id, platform="runpod", gpu=gpu).model_dump()
+        )
+        store.save(row)
+    if row.status in RETRYABLE and payload.get("retry"):
+        store.append("state", {"status": "queued", "reason": "retry"})
+        row = row.model_copy(
+            update={
+                "status": JobStatus.queued,
+                "error": None,
+                "run_s": 0.0,
+                "retry_base": row.attempts,
+            }
+        )
+    if row.status in TERMINAL:
+        last = next((e for e in reversed(store.events()) if e.type == "state"), None)
+        if last is not None:
+            emit(last.model_dump(mode="json"))
+        return store, None
+    if row.status == JobStatus.running and row.last_checkpoint_step:
+        message = f"the last worker stopped; resuming from step {row.last_checkpoint_step}"
+        store.append("log", {"level": "warning", "message": message})
+    store.attempt = row.attempts + 1
+    store.append("state", {"status": "running", "attempt": store.attempt})
+    row = row.model_copy(
+        update={
+            "status": JobStatus.running,
+            "attempts": store.attempt,
+            "started_at": row.started_at or _now(),
+        }
+    )
+    store.save(row)
+    return store, row
+
+
+def volume_jobs_root(settings: Settings, volume: Path | None = None) -> Path:
+    """Job folders: on the network volume when one is mounted, unless FNB_JOBS_DIR says."""
+    from fnbundle.runpod_worker import VOLUME
+
+    volume = volume or VOLUME
+    if "jobs_dir" not in settings.model_fields_set and volume.is_dir():
+        return volume / "fnbundle" / "jobs"
+    return settings.jobs_root
+
+
+def run_volume_job(
+    payload: dict[str, Any],
+    settings: Settings,
+    *,
+    gpu: str | None = None,
+    emit: Callable[[dict[str, Any]], None] = lambda _event: None,
+    stop: threading.Event | None = None,
+) -> Job | None:
+    """One run of a job input: claim, train (resuming from the volume), write the outcome,
+    send the webhook. Bad input raises its FnbError before anything is written."""
+    store, row = open_volume_job(
+        payload, settings, volume_jobs_root(settings), gpu=gpu, emit=emit, stop=stop
+    )
+    if row is None:
+        return None
+    try:
+        finished = Attempt(settings, row, store).run(store.checkpoints)
+    except LostJob as exc:
+        log.warning("job %s: stopping without an outcome: %s", row.id, exc)
+        return None
+    if finished is not None:
+        deliver_webhook(settings, finished)
+    return finished

@@ -1,0 +1,625 @@
+"""Training jobs on RunPod, offline: :class:`RunPodJobs` behind the gateway's ``/v1/jobs``
+routes, the training handler's job mode, and both together.
+
+RunPod's cloud is the one thing faked, at its HTTP API (``httpx.MockTransport``): scripted
+answers pin the status mapping, stream paging and error handling; :class:`FakeRunPod` runs
+the real handler for each ``/run`` (a thread per job, as a worker would) and cancels it the
+way the SDK does (by cancelling the handler's task). The SDK's own dev server
+(``--rp_serve_api``) runs a tiny job end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from fnbundle.api import create_app
+from fnbundle.errors import QueueFull
+from fnbundle.jobs.runpod_backend import RunPodJobs, RunPodUnavailable
+from fnbundle.jobs.schema import JobStatus, JobSubmit
+from fnbundle.settings import Settings
+from fnbundle.store import Store
+
+from tests.conftest import REPO, REVIEWS, free_port
+from tests.contract.test_runpod import load_handler, worker_env
+
+pytestmark = pytest.mark.contract
+
+JOB_WAIT_S = 300  # seconds a tiny job may take on a busy 2-core machine
+BASE = "https://api.runpod.ai/v2/ep-test"
+KEY = "rp-secret"
+
+
+class WorkerLost(BaseException):
+    """What a job sees when its worker's machine goes away: not an Exception."""
+
+
+def params(data: Path, base: Path, name: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "data": str(data),
+        "name": name,
+        "base": str(base),
+        "epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "freeze_embeddings": False,  # random-init vectors have to learn too
+        "export_onnx": False,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """48 balanced reviews: a few steps per epoch."""
+    with REVIEWS.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    small = [r for r in rows if r["label"] == "positive"][:24]
+    small += [r for r in rows if r["label"] == "negative"][:24]
+    path = tmp_path / "data" / "small.csv"
+    path.parent.mkdir()
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([r["text"], r["label"]] for r in small)
+    return path
+
+
+# --- scripted RunPod answers --------------------------------------------------------------
+class Script:
+    """RunPod's API as a script: ``(method, path suffix) -> answers`` (the last one repeats)."""
+
+    def __init__(self, routes: dict[tuple[str, str], list[Any]]):
+        self.routes = routes
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v2/ep-test")
+        body = json.loads(request.content) if request.content else None
+        self.calls.append((request.method, path, body))
+        for (method, suffix), answers in self.routes.items():
+            if request.method == method and path.startswith(suffix):
+                answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                if isinstance(answer, Exception):
+                    raise answer
+                return (
+                    answer
+                    if isinstance(answer, httpx.Response)
+                    else httpx.Response(200, json=answer)
+                )
+        return httpx.Response(404, json={"error": "not found"})
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [path for m, path, _ in self.calls if method is None or m == method]
+
+
+def event(seq: int, type_: str, **data: Any) -> dict[str, Any]:
+    return {"seq": seq, "type": type_, "at": "2026-11-01T12:00:00+00:00", "data": data}
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, small_csv: Path, tiny_base: Path):
+    """``make(routes) -> (RunPodJobs, Script)`` with /run answering a RunPod id."""
+    settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "client")
+    made: list[RunPodJobs] = []
+
+    def make(routes: dict[tuple[str, str], list[Any]]) -> tuple[RunPodJobs, Script]:
+        script = Script({("POST", "/run"): [{"id": "rp-1", "status": "IN_QUEUE"}], **routes})
+        jobs = RunPodJobs(settings, "ep-test", KEY, transport=httpx.MockTransport(script))
+        made.append(jobs)
+        return jobs, script
+
+    yield make, JobSubmit(task="train_classifier", params=params(small_csv, tiny_base, "rp"))
+    for jobs in made:
+        jobs.stop()
+
+
+@pytest.mark.parametrize(
+    ("runpod", "ours"),
+    [
+        ("IN_QUEUE", "queued"),
+        ("IN_PROGRESS", "running"),
+        ("COMPLETED", "succeeded"),
+        ("FAILED", "failed"),
+        ("CANCELLED", "cancelled"),
+        ("TIMED_OUT", "timed_out"),
+    ],
+)
+def test_runpod_statuses_map_to_job_statuses(scripted, runpod, ours):
+    make, submit = scripted
+    jobs, script = make({("GET", "/status/rp-1"): [{"id": "rp-1", "status": runpod}]})
+    job, created = jobs.submit(submit)
+    assert created and job.status == JobStatus.queued
+
+    assert jobs.get(job.id).status == ours
+    [(_, _, body)] = [c for c in script.calls if c[1] == "/run"]
+    assert body["input"]["job_id"] == job.id and body["input"]["job"]["task"] == "train_classifier"
+    if ours in ("failed", "cancelled", "timed_out", "succeeded"):  # the stream ends with it
+        last = jobs.events(job.id)[-1]
+        assert (last.type, last.data["status"]) == ("state", ours)
+
+
+def test_completed_is_what_the_jobs_own_last_state_says(scripted):
+    make, submit = scripted
+    output = [
+        event(2, "state", status="running", attempt=1),
+        event(3, "state", status="stopped_budget", reason="stopped_budget"),
+    ]
+    jobs, _ = make({("GET", "/status/rp-1"): [{"status": "COMPLETED", "output": output}]})
+    job = jobs.submit(submit)[0]
+    assert jobs.get(job.id).status == JobStatus.stopped_budget
+    failed = {
+        "status": "FAILED",
+        "error": json.dumps({"type": "invalid_dataset", "message": "No rows."}),
+    }
+    jobs2, _ = make({("GET", "/status/rp-1"): [failed]})
+    other = jobs2.submit(submit.model_copy(update={"idempotency_key": "other"}))[0]
+    assert jobs2.get(other.id).error == {"type": "invalid_dataset", "message": "No rows."}
+
+
+def test_stream_pages_are_followed_until_the_terminal_state(scripted):
+    make, submit = scripted
+    pages = [
+        {
+            "status": "IN_PROGRESS",
+            "stream": [
+                {"output": event(2, "state", status="running", attempt=1)},
+                {"output": event(3, "step", step=1, total_steps=2, loss=0.7, cost_usd=0.0)},
+            ],
+        },
+        {"status": "IN_PROGRESS", "stream": []},
+        {
+            "status": "COMPLETED",
+            "stream": [
+                {"output": event(4, "step", step=2, total_steps=2, loss=0.5, cost_usd=0.0)},
+                {"output": event(5, "state", status="succeeded", model_id="rp-abc")},
+            ],
+        },
+    ]
+    jobs, script = make({("GET", "/stream/rp-1"): pages})
+    job = jobs.submit(submit)[0]
+
+    async def follow() -> list[int]:
+        return [e.seq async for e in jobs.follow(job.id, poll_s=0.01)]
+
+    assert asyncio.run(follow()) == [1, 2, 3, 4, 5]
+    assert script.paths("GET").count("/stream/rp-1") == 3
+    done = jobs.get(job.id)  # answered from the ledger: RunPod is not asked again
+    assert done.status == JobStatus.succeeded and done.model_id == "rp-abc"
+    assert done.progress.step == 2 and done.progress.fraction == 1.0
+    assert script.paths("GET").count("/status/rp-1") == 0
+    assert [e.seq for e in jobs.events(job.id, after=3)] == [4, 5]
+
+
+def test_a_dev_server_405_switches_reads_to_post(scripted):
+    make, submit = scripted
+    jobs, script = make(
+        {
+            ("GET", "/status/"): [httpx.Response(405, json={"detail": "Method Not Allowed"})],
+            ("POST", "/status/"): [{"status": "IN_PROGRESS"}],
+        }
+    )
+    job = jobs.submit(submit)[0]
+    assert jobs.get(job.id).status == JobStatus.running
+    assert jobs.get(job.id).status == JobStatus.running
+    assert [m for m, p, _ in script.calls if p.startswith("/status")] == ["GET", "POST", "POST"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "words"),
+    [
+        (httpx.Response(401, json={"error": "Unauthorized"}), RunPodUnavailable, "API key"),
+        (httpx.Response(404, text="404 page not found"), RunPodUnavailable, "endpoint id"),
+        (
+            httpx.Response(429, headers={"Retry-After": "7"}, text="slow down"),
+            QueueFull,
+            "rate-limiting",
+        ),
+        (httpx.Response(500, text="oops"), RunPodUnavailable, "HTTP 500"),
+        (httpx.ConnectError("connection refused"), RunPodUnavailable, "Could not reach RunPod"),
+    ],
+    ids=["401", "404", "429", "500", "network"],
+)
+def test_runpod_failures_are_clear_errors(scripted, answer, error, words):
+    make, submit = scripted
+    jobs, script = make({("POST", "/run"): [answer, {"id": "rp-2"}]})
+    keyed = submit.model_copy(update={"idempotency_key": "click-1"})
+    with pytest.raises(error) as caught:
+        jobs.submit(keyed)
+    assert words in caught.value.message
+    if error is QueueFull:
+        assert caught.value.status == 429 and caught.value.retry_after == 7
+    else:
+        assert caught.value.status == 502 and caught.value.type == "upstream_error"
+    assert jobs.list() == []  # nothing half-submitted stays behind
+    job, created = jobs.submit(keyed)  # the same key tries again
+    assert created and jobs.submit(keyed) == (job, False)
+    assert script.paths("POST").count("/run") == 2
+
+
+def test_the_gateway_answers_runpod_failures_with_its_error_shape(scripted, tmp_path):
+    make, submit = scripted
+    jobs, _ = make({("POST", "/run"): [httpx.Response(429, headers={"Retry-After": "9"})]})
+    settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "client")
+    with TestClient(create_app(settings, job_manager=jobs)) as client:
+        r = client.post("/v1/jobs", json=submit.model_dump(mode="json"))
+        assert r.status_code == 429 and r.headers["retry-after"] == "9"
+        assert r.json()["error"]["type"] == "queue_full"
+        bad = client.post(
+            "/v1/jobs", json={"task": "train_classifier", "params": {"data": "x.csv"}}
+        )
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "params.name"
+
+
+def test_cancel_and_retry_follow_the_managers_rules(scripted):
+    make, submit = scripted
+    jobs, script = make(
+        {
+            ("GET", "/status/rp-1"): [{"status": "IN_PROGRESS"}],
+            ("POST", "/cancel/rp-1"): [{"id": "rp-1", "status": "CANCELLED"}],
+        }
+    )
+    job = jobs.submit(submit)[0]
+    cancelled = jobs.cancel(job.id)
+    assert cancelled.status == JobStatus.cancelled and cancelled.cancel_requested
+    assert jobs.cancel(job.id).status == JobStatus.cancelled  # again: answered as is
+    assert script.paths("POST").count("/cancel/rp-1") == 1
+    assert jobs.events(job.id)[-1].data == {"status": "cancelled", "reason": "cancelled"}
+    with pytest.raises(Exception, match="only a failed or timed-out job") as caught:
+        jobs.retry(job.id)
+    assert caught.value.status == 409
+
+
+# --- the real handler behind a fake RunPod ------------------------------------------------
+class FakeRunPod:
+    """RunPod's job API for one endpoint, running the real handler for every /run."""
+
+    def __init__(self, module: Any):
+        self.module = module
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.inputs: list[dict[str, Any]] = []
+        self.lost: set[str] = set()  # runs whose worker went away
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            return httpx.Response(401, json={"error": "Unauthorized"})
+        _, _, op, *rest = request.url.path.strip("/").split("/")
+        if op == "run":
+            return httpx.Response(200, json=self.run(json.loads(request.content)["input"]))
+        job = self.jobs.get(rest[0]) if rest else None
+        if job is None:
+            return httpx.Response(404, text="404 page not found")
+        with self.lock:
+            if op == "stream":
+                new, job["delivered"] = job["outputs"][job["delivered"] :], len(job["outputs"])
+                answer = {"status": job["status"], "stream": [{"output": o} for o in new]}
+                if job.get("error"):
+                    answer["error"] = job["error"]
+                return httpx.Response(200, json=answer)
+            if op == "status":
+                answer = {"id": rest[0], "status": job["status"]}
+                if job["status"] == "COMPLETED":
+                    answer["output"] = list(job["outputs"])
+                if job.get("error"):
+                    answer["error"] = job["error"]
+                return httpx.Response(200, json=answer)
+        if op == "cancel":
+            job["loop"].call_soon_threadsafe(job["task"].cancel)
+            job["thread"].join(30)
+            return httpx.Response(200, json={"id": rest[0], "status": job["status"]})
+        return httpx.Response(404, text="404 page not found")
+
+    def run(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rp_id = f"rp-{len(self.jobs) + 1}"
+        self.inputs.append(payload)
+        job: dict[str, Any] = {"status": "IN_QUEUE", "outputs": [], "delivered": 0}
+        self.jobs[rp_id] = job
+        ready = threading.Event()
+
+        def work() -> None:
+            async def consume() -> None:
+                async for output in self.module.handler({"id": rp_id, "input": payload}):
+                    with self.lock:
+                        job["outputs"].append(output)
+                        job["status"] = "IN_PROGRESS"
+
+            loop = asyncio.new_event_loop()
+            job["loop"], job["task"] = loop, loop.create_task(consume())
+            ready.set()
+            try:
+                loop.run_until_complete(job["task"])
+                final = "FAILED" if rp_id in self.lost else "COMPLETED"
+            except asyncio.CancelledError:
+                final = "CANCELLED"
+            finally:
+                loop.close()
+            with self.lock:
+                job["status"] = final
+                if final == "FAILED":
+                    job["error"] = "worker lost: the machine went away"
+
+        job["thread"] = threading.Thread(target=work, name=rp_id, daemon=True)
+        job["thread"].start()
+        ready.wait()
+        return {"id": rp_id, "status": "IN_QUEUE"}
+
+    def join(self) -> None:
+        for job in self.jobs.values():
+            job["thread"].join(JOB_WAIT_S)
+        for thread in threading.enumerate():  # the handlers' training threads
+            if thread.name.startswith("train-rp-"):
+                thread.join(JOB_WAIT_S)
+                assert not thread.is_alive(), f"{thread.name} still trains"
+
+
+@pytest.fixture
+def runpod(tmp_path: Path, small_csv: Path, tiny_base: Path, monkeypatch: pytest.MonkeyPatch):
+    """The gateway app over RunPodJobs, whose RunPod runs the real training handler."""
+    module = load_handler("train_classifier")
+    worker = Settings(
+        store=tmp_path / "store",
+        data_roots=[small_csv.parent, tiny_base.parent],
+        jobs_dir=tmp_path / "volume" / "fnbundle" / "jobs",  # the network volume's job folders
+        jobs_checkpoint_every=3,  # steps: several checkpoints per job
+    )
+    module.setup(worker)
+    fake = FakeRunPod(module)
+    gateway = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "gateway", preload=[])
+    jobs = RunPodJobs(gateway, "ep-test", KEY, transport=httpx.MockTransport(fake))
+    with TestClient(create_app(gateway, job_manager=jobs)) as client:
+        yield client, fake, worker
+        fake.join()
+
+
+def follow(
+    client: TestClient, job_id: str, on_event: Callable[[dict], None] | None = None
+) -> list[dict[str, Any]]:
+    """The job's server-sent events (their JobEvent JSON), until the stream ends."""
+    events: list[dict[str, Any]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_WAIT_S) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:").strip()))
+                if on_event is not None:
+                    on_event(events[-1])
+    return events
+
+
+def states(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["status"] for e in events if e["type"] == "state"]
+
+
+def steps(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["step"] for e in events if e["type"] == "step"]
+
+
+def test_submit_follow_and_publish_on_runpod(runpod, small_csv, tiny_base):
+    client, fake, worker = runpod
+    body = {
+        "task": "train_classifier",
+        "params": params(small_csv, tiny_base, "rp-job"),
+        "idempotency_key": "k1",
+    }
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    again = client.post("/v1/jobs", json=body)
+    assert again.status_code == 200 and again.json()["id"] == job_id
+    assert [i["job_id"] for i in fake.inputs] == [job_id]  # one /run
+
+    events = follow(client, job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == ["queued", "running", "succeeded"] and events[-1]["type"] == "state"
+    done = steps(events)
+    assert done == list(range(1, done[-1] + 1))
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert job["progress"]["step"] == done[-1] == job["progress"]["total_steps"]
+    assert Store(worker.store_root).resolve("rp-job").id == job["model_id"]
+    assert 0 <= job["metrics"]["accuracy"] <= 1
+    record = json.loads((worker.jobs_root / job_id / "job.json").read_text())
+    assert record["status"] == "succeeded" and record["model_id"] == job["model_id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+    assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
+
+
+def test_cancel_stops_the_training_on_the_worker(runpod, small_csv, tiny_base):
+    client, fake, worker = runpod
+    body = {
+        "task": "train_classifier",
+        "params": params(small_csv, tiny_base, "rp-cancel", epochs=100, patience=0),
+    }
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    answers: list[Any] = []
+
+    def cancel_at_first_step(e: dict[str, Any]) -> None:
+        if e["type"] == "step" and not answers:
+            answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
+
+    events = follow(client, job_id, cancel_at_first_step)
+    assert answers[0].status_code == 200 and answers[0].json()["status"] == "cancelled"
+    assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
+    fake.join()  # the handler's training thread stopped by itself
+    record = json.loads((worker.jobs_root / job_id / "job.json").read_text())
+    assert record["status"] == "cancelled" and record["last_checkpoint_step"] is not None
+    assert record["progress"]["step"] < record["progress"]["total_steps"] // 4
+    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_lost_worker_fails_the_job_and_a_retry_resumes_from_the_volume(
+    runpod, small_csv, tiny_base, monkeypatch
+):
+    from fnbundle.jobs import runpod_run
+
+    client, fake, worker = runpod
+    lost: list[int] = []
+
+    def checkpoint_then_lose_the_machine(store: Any, step: int) -> None:
+        if not lost:  # the first checkpoint is on the volume; then the machine goes
+            lost.append(step)
+            fake.lost.add(f"rp-{len(fake.jobs)}")
+            raise WorkerLost
+
+    monkeypatch.setattr(runpod_run.VolumeStore, "checkpointed", checkpoint_then_lose_the_machine)
+    job_id = client.post(
+        "/v1/jobs",
+        json={"task": "train_classifier", "params": params(small_csv, tiny_base, "rp-resume")},
+    ).json()["id"]
+    first = follow(client, job_id)
+    assert states(first)[-1] == "failed"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["type"] == "worker_failed"
+
+    r = client.post(f"/v1/jobs/{job_id}/retry")
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    assert fake.inputs[-1]["retry"] is True and fake.inputs[-1]["after_seq"] == first[-1]["seq"]
+    events = follow(client, job_id, None)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one seq, both runs
+    assert states(events) == ["queued", "running", "failed", "running", "succeeded"]
+    done = steps(events)
+    assert done == list(range(1, done[-1] + 1))  # never backwards, nothing repeated
+    logs = [e["data"]["message"] for e in events if e["type"] == "log"]
+    assert any(f"resuming from step {lost[0]}" in m for m in logs), logs
+    assert f"resumed from step {lost[0]}" in logs  # the trainer loaded the checkpoint
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert Store(worker.store_root).resolve("rp-resume").id == job["model_id"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error_type", "field"),
+    [
+        (
+            {
+                "job": {"task": "train_classifier", "params": {"name": "x"}},
+                "job_id": "job-20260101000000-0000abcd",
+            },
+            "validation_error",
+            "params.data",
+        ),
+        (
+            {
+                "job": {"task": "train_classifier", "params": {"data": "a.csv", "name": "x"}},
+                "job_id": "../../etc",
+            },
+            "invalid_request",
+            "job_id",
+        ),
+        (
+            {"job": {"task": "nope", "params": {}}, "job_id": "job-20260101000000-0000abcd"},
+            "validation_error",
+            "task",
+        ),
+    ],
+    ids=["bad_params", "bad_job_id", "bad_task"],
+)
+def test_a_bad_job_input_is_one_error_output(payload, error_type, field, tmp_path):
+    module = load_handler("train_classifier")
+    module.setup(Settings(store=tmp_path / "store", jobs_dir=tmp_path / "jobs"))
+
+    async def collect() -> list[dict[str, Any]]:
+        return [e async for e in module.handler({"id": "rp-bad", "input": payload})]
+
+    [output] = asyncio.run(collect())
+    error = json.loads(output["error"])
+    assert (error["type"], error.get("field")) == (error_type, field)
+    assert not (tmp_path / "jobs").exists()  # nothing written for a refused job
+
+
+# --- the SDK's dev server -----------------------------------------------------------------
+@contextmanager
+def train_dev_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """The training worker's dev server on a free 127.0.0.1 port; yields its base URL."""
+    port = free_port()
+    command = [sys.executable, str(REPO / "handlers" / "train_classifier.py"), "--rp_serve_api"]
+    command += ["--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + JOB_WAIT_S
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(
+                        f"dev server exited:\n{log_path.read_text(errors='replace')}"
+                    )
+                try:
+                    if httpx.get(f"{base}/", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"dev server not up on {base}"
+                time.sleep(0.3)
+            yield base
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+
+
+def test_a_job_end_to_end_through_the_sdk_dev_server(tmp_path, small_csv, tiny_base):
+    env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_")}
+    env.update(
+        FNB_STORE=str(tmp_path / "store"),
+        FNB_DATA_ROOTS=f"{small_csv.parent},{tiny_base.parent}",
+        FNB_JOBS_DIR=str(tmp_path / "volume-jobs"),
+    )
+    with train_dev_server(env, tmp_path / "server.log") as base:
+        settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "client")
+        jobs = RunPodJobs(settings, "local", "dev", base_url=base, stream_timeout_s=JOB_WAIT_S)
+        submit = JobSubmit(
+            task="train_classifier", params=params(small_csv, tiny_base, "rp-dev", epochs=1)
+        )
+        job, created = jobs.submit(submit)
+        assert created and job.status == JobStatus.queued
+
+        async def follow() -> list[Any]:
+            return [e async for e in jobs.follow(job.id, poll_s=0.1)]
+
+        events = asyncio.run(follow())
+        jobs.stop()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.data["status"] for e in events if e.type == "state"] == [
+        "queued",
+        "running",
+        "succeeded",
+    ]
+    assert jobs.read_method == "POST"  # the dev server's /stream and /status take POST only
+    done = jobs.ledger.get(job.id)[0]
+    assert done.status == JobStatus.succeeded
+    assert Store(tmp_path / "store").resolve("rp-dev").id == done.model_id
+
+
+def test_the_backend_imports_neither_the_training_stack_nor_the_sdk():
+    probe = (
+        "import json, sys\n"
+        "import fnbundle.jobs.runpod_backend, fnbundle.jobs.runpod_run\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'runpod') if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -82,12 +82,9 @@ def train(params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def job_settings() -> Settings:
-    """``FNB_*`` settings; in a container, job folders (checkpoints) live on the Volume."""
-    settings = Settings()
-    if modal.is_local() or "jobs_dir" in settings.model_fields_set:
-        return settings
-    return settings.model_copy(update={"jobs_dir": Path(JOBS_DIR)})
+def jobs_root() -> Path:
+    """Job folders (checkpoints): on the Volume in a container, FNB_JOBS_DIR when local."""
+    return Settings().jobs_root if modal.is_local() else Path(JOBS_DIR)
 
 
 def commit_volume() -> None:
@@ -109,7 +106,9 @@ class TrainJobs:
         """Run (or resume) job ``job_id``; ``submit`` is its JobSubmit JSON, read only when
         the Dict has no record of it. Returns the job as JSON."""
         reload_volume()
-        return run_modal_job(job_id, submit, job_settings(), job_state, commit=commit_volume)
+        return run_modal_job(
+            job_id, submit, Settings(), job_state, jobs_root=jobs_root(), commit=commit_volume
+        )
 
 
 def spawn_job(job_id: str, submit: dict[str, Any]) -> str:
@@ -130,7 +129,7 @@ class JobsApi:
     @modal.enter()
     def build(self) -> None:
         reload_volume()
-        settings = job_settings()
+        settings = Settings()
         jobs = ModalJobs(
             settings, spawn=spawn_job, state=job_state, gpu=spec.gpu, refresh=reload_volume
         )

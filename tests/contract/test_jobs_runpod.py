@@ -408,11 +408,17 @@ def steps(events: list[dict[str, Any]]) -> list[int]:
     return [e["data"]["step"] for e in events if e["type"] == "step"]
 
 
-def test_submit_follow_and_publish_on_runpod(runpod, small_csv, tiny_base):
+def test_submit_follow_and_publish_on_runpod(runpod, tiny_base, monkeypatch):
+    import runpod as sdk
+
     client, fake, worker = runpod
+    # The worker believes it runs on RunPod; the SDK's progress post is recorded instead.
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setenv("RUNPOD_WEBHOOK_POST_OUTPUT", "http://127.0.0.1:9/unused")
+    monkeypatch.setattr(sdk.serverless, "progress_update", lambda _job, e: sent.append(e))
     body = {
         "task": "train_classifier",
-        "params": params(small_csv, tiny_base, "rp-job"),
+        "params": params(Path("small.csv"), tiny_base, "rp-job"),  # relative: on the volume
         "idempotency_key": "k1",
     }
     r = client.post("/v1/jobs", json=body)
@@ -434,8 +440,16 @@ def test_submit_follow_and_publish_on_runpod(runpod, small_csv, tiny_base):
     assert 0 <= job["metrics"]["accuracy"] <= 1
     record = json.loads((worker.jobs_root / job_id / "job.json").read_text())
     assert record["status"] == "succeeded" and record["model_id"] == job["model_id"]
+    assert record["params"]["data"] == str(worker.data_roots[0] / "small.csv")
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
     assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [job_id]
+    # RunPod's /status showed the progress: every state and epoch, steps no faster than allowed
+    assert [e["data"]["status"] for e in sent if e["type"] == "state"] == ["running", "succeeded"]
+    assert [e["seq"] for e in sent if e["type"] == "epoch"] == [
+        e["seq"] for e in events if e["type"] == "epoch"
+    ]
+    step_updates = [e for e in sent if e["type"] == "step"]
+    assert 1 <= len(step_updates) < len(done)
 
 
 def test_cancel_stops_the_training_on_the_worker(runpod, small_csv, tiny_base):

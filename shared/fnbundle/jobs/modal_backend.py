@@ -346,7 +346,10 @@ class ModalJobs(JobBackend):
                 field="gpu",
             )
         if self.refresh is not None:
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:  # e.g. a reload while another request reads the Volume
+                log.warning("could not refresh before a submit (%s); checking as is", exc)
         req = req.model_copy(update={"params": anchor_data(req.params, self.settings)})
         job = new_job(req, self.settings, platform=PLATFORM, gpu=self.gpu)
         key = req.idempotency_key

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
@@ -22,7 +23,6 @@ from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.modal_backend import PLATFORM, DictState, KeyValue
 from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import anchor_data, new_job
-from fnbundle.jobs.worker import checkpoint_dir
 from fnbundle.settings import Settings
 
 log = logging.getLogger("fnbundle.jobs.modal")
@@ -93,10 +93,12 @@ def run_modal_job(
     settings: Settings,
     d: KeyValue,
     *,
+    jobs_root: Path,
     commit: Callable[[], None],
 ) -> dict[str, Any]:
-    """The training function's body: claim the job, train (resuming from its checkpoints
-    under ``settings.jobs_root``), write the outcome; returns the job as JSON."""
+    """The training function's body: claim the job, train (resuming from its checkpoints in
+    ``<jobs_root>/<job id>/checkpoints``, on the Volume), write the outcome; returns the job
+    as JSON."""
     from fnbundle.api.jobs import JOB_ID
 
     if not JOB_ID.fullmatch(job_id):
@@ -125,7 +127,7 @@ def run_modal_job(
     state.save(row)
     run = Attempt(settings, row, ModalAttemptStore(state, job_id, attempt, commit))
     try:
-        finished = run.run(checkpoint_dir(settings, job_id))
+        finished = run.run(jobs_root / job_id / "checkpoints")
     except LostJob as exc:
         log.warning("job %s: stopping without an outcome: %s", job_id, exc)
         mark_cancelled(state, job_id, attempt)

@@ -9,7 +9,7 @@ Layout of ``<jobs root>/<job id>/`` (jobs root: :func:`volume_jobs_root`)::
 
 Key rules: the job id must have the shape the job routes accept (it names a folder); the
 first run checks the job where the dataset can be read (params, dataset, base model, cost
-estimate); a run that finds the job ``running`` resumes it (the worker before it was lost)
+estimate; a relative ``data`` path names a file under the first data root, the volume); a run that finds the job ``running`` resumes it (the worker before it was lost)
 as attempt + 1; a failed or timed-out job runs again only when the input says ``retry``;
 a finished job is not run again, its last state event is sent once more. Events continue
 after both the folder's last seq and the input's ``after_seq`` (what the client already
@@ -32,7 +32,7 @@ from fnbundle.errors import InvalidRequest
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
-from fnbundle.jobs.submit import new_job
+from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 
 log = logging.getLogger("fnbundle.jobs.runpod")
@@ -147,6 +147,7 @@ def open_volume_job(
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise InvalidRequest(f"Invalid job id {str(job_id)[:80]!r}.", field="job_id")
     req = parse(JobSubmit, payload.get("job"))
+    req = req.model_copy(update={"params": anchor_data(req.params, settings)})
     store = VolumeStore(
         root / job_id, after_seq=int(payload.get("after_seq") or 0), emit=emit, stop=stop
     )

@@ -391,3 +391,46 @@ def test_a_new_manager_resumes_the_jobs_of_a_stopped_one(make_manager, tiny_base
     checkpoint = int(resumed.data["message"].rsplit(" ", 1)[1])
     assert 50 < checkpoint <= stopped_at
     assert os.path.isdir(second.settings.jobs_root / job.id / "checkpoints")
+
+
+def test_a_job_survives_its_gateway_being_killed(make_manager, tiny_base, tmp_path):
+    """kill -9 of the process that runs the manager: its worker notices and stops, and the
+    next manager on the same folder resumes the job."""
+    import subprocess
+    import sys
+
+    from fnbundle.jobs.worker import settings_env
+
+    client = make_manager()  # not started: it only submits and reads
+    job = submit(client, tiny_base, "orphan")
+    gateway = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from fnbundle.jobs.manager import JobManager; "
+            "from fnbundle.settings import Settings; "
+            "JobManager(Settings()).start(); time.sleep(3600)",
+        ],
+        env=settings_env(client.settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for("a checkpoint", lambda: (client.get(job.id).last_checkpoint_step or 0) >= 20)
+        pid = worker_pid(client, job.id)
+    finally:
+        gateway.kill()
+        gateway.wait()
+    assert pid is not None
+    wait_for("the orphaned worker to stop by itself", lambda: not pid_alive(pid))
+    assert client.get(job.id).status == JobStatus.running  # left for the next manager
+
+    successor = make_manager()
+    successor.start()
+    done = wait_terminal(successor, job.id)
+
+    assert done.status == JobStatus.succeeded and done.attempts == 2
+    events = successor.events(job.id)
+    assert states(events) == ["queued", "running", "queued", "running", "succeeded"]
+    assert_monotone(events)
+    assert [e.data["step"] for e in events if e.type == "step"] == list(range(1, 89))

@@ -62,6 +62,15 @@ class _Worker:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped by its parent) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        stat = ""
+    if stat:
+        return stat.rsplit(")", 1)[-1].split()[0] != "Z"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -122,9 +131,9 @@ class JobManager:
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-        for w in workers:
-            if w.proc.poll() is None:
-                w.proc.terminate()
+        live = [w for w in workers if w.proc.poll() is None]
+        for w in live:
+            w.proc.terminate()
         deadline = time.monotonic() + STOP_WAIT_S
         for w in workers:
             try:
@@ -132,8 +141,8 @@ class JobManager:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-        if workers:
-            log.info("stopped %d worker(s); their jobs resume at the next start", len(workers))
+        if live:
+            log.info("stopped %d worker(s); their jobs resume at the next start", len(live))
         self.db.close()
 
     def _recover(self) -> None:

@@ -166,9 +166,10 @@ def _submit_in_process(jobs_dir: str, barrier, out) -> None:
 
 
 def test_one_key_one_job_across_parallel_processes(tmp_path):
-    jobs_dir = tmp_path / "jobs"
-    JobDB(jobs_dir).count(JobStatus.queued)  # create the file, as a running gateway has
-    ctx = multiprocessing.get_context("fork")  # fifty interpreters started cheaply
+    jobs_dir = tmp_path / "jobs"  # a new database: every process creates it at once
+    # forkserver: forked cheaply from a clean single-threaded server, never from pytest's
+    # own process (its threads would be copied mid-state).
+    ctx = multiprocessing.get_context("forkserver")
     barrier, out = ctx.Barrier(PARALLEL), ctx.Queue()
     procs = [
         ctx.Process(target=_submit_in_process, args=(str(jobs_dir), barrier, out))

@@ -199,7 +199,7 @@ class JobDB:
         conn = self._open()
         try:
             # WAL is a property of the file: set once, every later connection uses it.
-            conn.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -520,3 +520,19 @@ class JobDB:
         with self._write() as conn:
             self._get(conn, job_id)
             return self._append(conn, job_id, type_, data)
+
+
+def _ensure_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch the file to WAL unless it already is. Changing the journal mode needs the
+    file to itself, and SQLite answers "locked" at once instead of waiting on the busy
+    timeout, so many processes opening a new database together retry here."""
+    for attempt in range(attempts):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 10))

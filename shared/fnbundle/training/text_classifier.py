@@ -64,7 +64,7 @@ class TrainClassifierParams(BaseModel):
     data: str = Field(description="CSV or JSONL file with text and label columns.")
     name: str = Field(description="Store name to publish under.")
     base: str = Field("builtin:minilm", description="Base encoder (any model reference).")
-    epochs: int = Field(4, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
+    epochs: int = Field(5, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
     learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, le=1024, description="Examples per step.")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
@@ -76,7 +76,10 @@ class TrainClassifierParams(BaseModel):
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label.")
     freeze_embeddings: bool = Field(
-        True, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
+        False, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
+    )
+    label_smoothing: float = Field(
+        0.1, ge=0, lt=0.5, description="Share of each target spread over the other labels."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train: auto = CUDA when available, else CPU."
@@ -346,7 +349,10 @@ class _Trainer:
                 pos.epoch_loss_sum = 0.0
             for batch in self._batches(splits.train, ds, label_ids, True, epoch, first_batch):
                 self._check_stop(model, optimizer, scheduler)
-                loss = model(**batch).loss
+                labels_t = batch.pop("labels")
+                loss = torch.nn.functional.cross_entropy(
+                    model(**batch).logits, labels_t, label_smoothing=p.label_smoothing
+                )
                 if not torch.isfinite(loss):
                     raise TrainingFailed(
                         f"diverged: loss is {float(loss.detach())} at step {pos.step + 1}; lower the learning rate."

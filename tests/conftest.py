@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-REVIEWS = REPO / "data" / "reviews.csv"
+from tests.tiny import REPO, SHIPPED_REVIEWS, write_test_reviews
+
+REVIEWS = write_test_reviews()  # the fixed set the tiny-model tests train on
+__all__ = ["REPO", "REVIEWS", "SHIPPED_REVIEWS", "free_port"]
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +34,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
-    """A store holding one tiny sentiment classifier trained on data/reviews.csv.
+    """A store holding one tiny sentiment classifier trained on the test reviews.
 
     Returns (settings, TrainResult). Tests that modify the store copy it first.
     """

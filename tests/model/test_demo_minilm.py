@@ -7,7 +7,7 @@ from fnbundle.loading import load_classifier
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
-from tests.conftest import REPO, REVIEWS
+from tests.conftest import REPO, SHIPPED_REVIEWS
 
 pytestmark = pytest.mark.model
 
@@ -17,7 +17,9 @@ UNSEEN = REPO / "data" / "reviews_unseen.csv"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     settings = Settings(store=tmp_path_factory.mktemp("demo-store"), data_roots=[REPO])
-    result = train_classifier(TrainClassifierParams(data=str(REVIEWS), name="sentiment"), settings)
+    result = train_classifier(
+        TrainClassifierParams(data=str(SHIPPED_REVIEWS), name="sentiment"), settings
+    )
     return settings, result
 
 

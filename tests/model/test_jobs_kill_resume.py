@@ -43,7 +43,7 @@ SEED = 20261123
 VICTIMS = 3
 KILLS_PER_JOB = 7
 CHECKPOINT_EVERY = 7  # steps: kills land between checkpoints as well as on them
-TOTAL_STEPS = 88  # 2 epochs of 44 batches of data/reviews.csv's training split
+TOTAL_STEPS = 88  # 2 epochs of 44 batches of the test reviews' training split
 KINDS = ("startup", "step", "writing_checkpoint", "after_checkpoint")
 
 

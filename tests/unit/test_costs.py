@@ -27,6 +27,7 @@ from fnbundle.costs import (
 from fnbundle.endpoints import MODAL_GPUS, RUNPOD_GPU_POOLS
 from fnbundle.errors import InvalidRequest
 from fnbundle.settings import Settings
+from fnbundle.training.text_classifier import TrainClassifierParams
 from pydantic import ValidationError
 
 pytestmark = pytest.mark.unit
@@ -295,7 +296,8 @@ def test_no_budget_never_warns():
 
 def test_estimate_for_the_shipped_reviews_with_minilm(tmp_path):
     settings = Settings(store=tmp_path / "store", data_roots=[REPO], threads=2)
-    params = {"data": str(REVIEWS), "name": "sentiment"}  # base builtin:minilm, 4 epochs
+    params = {"data": str(REVIEWS), "name": "sentiment"}  # base builtin:minilm, the defaults
+    epochs = TrainClassifierParams(**params).epochs
     with REVIEWS.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
 
@@ -303,10 +305,11 @@ def test_estimate_for_the_shipped_reviews_with_minilm(tmp_path):
     assert local.platform == "local" and local.gpu == "cpu"
     assert local.examples == len(rows)
     n_train = sum(r["split"] == "train" for r in rows)
-    assert 0.5 * n_train < local.steps * 16 / 4 <= n_train + 16  # validation comes out of train
+    # validation comes out of train
+    assert 0.5 * n_train < local.steps * 16 / epochs <= n_train + 16
     assert 1 * GIB < local.memory.total < 3 * GIB
     assert local.memory.weights == pytest.approx(22.7e6 * 4, rel=0.01)  # MiniLM: 22.7M fp32
-    assert local.memory.optimizer < local.memory.weights  # frozen embeddings: half the weights
+    assert local.memory.optimizer == 2 * local.memory.weights  # AdamW: two fp32 moments per weight
     assert local.usd_per_s == cpu_usd_per_s(2, math.ceil(local.memory.total / GIB))
     assert local.usd == pytest.approx(local.seconds * local.usd_per_s, abs=1e-6)
     assert local.catalogue_as_of == "2026-11" and local.assumptions

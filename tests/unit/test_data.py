@@ -68,9 +68,9 @@ def test_paths_outside_roots_missing_files_and_formats(tmp_path):
 
 
 def test_shipped_demo_dataset_is_well_formed():
-    from tests.conftest import REPO, REVIEWS
+    from tests.conftest import REPO, SHIPPED_REVIEWS
 
-    ds = load_text_dataset(REVIEWS, [REPO])
+    ds = load_text_dataset(SHIPPED_REVIEWS, [REPO])
     assert len(ds.texts) >= 600 and ds.label_names == ["negative", "positive"]
     held_out = [i for i, s in enumerate(ds.splits) if s == "test"]
     assert len(held_out) >= 100

@@ -195,6 +195,10 @@ def _opt(field: str) -> str:
     return f"{info.description or field.replace('_', ' ').capitalize()} (default: {info.default})"
 
 
+LabelSmoothing = Annotated[float | None, typer.Option(help=_opt("label_smoothing"))]
+Device = Annotated[str | None, typer.Option(help=_opt("device"))]
+
+
 @train_app.command("classifier")
 def train_classifier_cmd(
     data: Annotated[str, typer.Option(help="CSV or JSONL with text and label columns.")],
@@ -213,6 +217,8 @@ def train_classifier_cmd(
         bool | None,
         typer.Option("--freeze-embeddings/--train-embeddings", help=_opt("freeze_embeddings")),
     ] = None,
+    label_smoothing: LabelSmoothing = None,
+    device: Device = None,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX exports.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -226,7 +232,8 @@ def train_classifier_cmd(
         "base": base, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
         "max_length": max_length, "eval_split": eval_split, "seed": seed, "patience": patience,
         "text_column": text_column, "label_column": label_column,
-        "freeze_embeddings": freeze_embeddings,
+        "freeze_embeddings": freeze_embeddings, "label_smoothing": label_smoothing,
+        "device": device,
     }  # fmt: skip
     try:
         params = TrainClassifierParams(
@@ -523,6 +530,8 @@ def jobs_submit(
         bool | None,
         typer.Option("--freeze-embeddings/--train-embeddings", help=_opt("freeze_embeddings")),
     ] = None,
+    label_smoothing: LabelSmoothing = None,
+    device: Device = None,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX exports.")] = False,
     budget_usd: Annotated[
         float | None, typer.Option(help="Stop (with a checkpoint) when the cost reaches this.")
@@ -552,7 +561,8 @@ def jobs_submit(
         "base": base, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
         "max_length": max_length, "eval_split": eval_split, "seed": seed, "patience": patience,
         "text_column": text_column, "label_column": label_column,
-        "freeze_embeddings": freeze_embeddings, "export_onnx": False if no_onnx else None,
+        "freeze_embeddings": freeze_embeddings, "label_smoothing": label_smoothing,
+        "device": device, "export_onnx": False if no_onnx else None,
     }  # fmt: skip
     body = {
         "task": "train_classifier",

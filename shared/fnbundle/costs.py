@@ -36,7 +36,7 @@ from fnbundle.errors import InvalidRequest, UnsafeArtifact
 from fnbundle.loading import parse_model_ref, resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.training.data import load_text_dataset, make_splits
-from fnbundle.training.text_classifier import TrainClassifierParams
+from fnbundle.training.text_classifier import LENGTH_WINDOW, TrainClassifierParams
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +329,10 @@ def _base_shape(ref: str, settings: Settings, freeze: bool) -> tuple[ModelShape,
 
 # --- time ------------------------------------------------------------------------------
 EFFICIENCY = 0.35  # share of the fp32 peak a small-batch fine-tune reaches on a GPU (guess)
-# Effective fp32 GFLOP/s per core with AVX2 + FMA: a MiniLM fine-tune on data/reviews.csv
-# reached 4 to 12 on a busy 2-core machine; the peak is ~100.
-CPU_GFLOPS_PER_CORE = 12.0
+# Effective fp32 GFLOP/s per core with AVX2 + FMA: the demo fine-tune (MiniLM on
+# data/reviews.csv, length-grouped batches) reached 25 on a quiet 2-core AMD EPYC and 4 to 12
+# while sharing it; the peak is ~100. A little below the quiet figure: budgets err high.
+CPU_GFLOPS_PER_CORE = 20.0
 EMA_WEIGHT = 0.3  # weight of the newest run in the measured throughput
 CALIBRATION_FILE = ".calibration.json"
 CHARS_PER_TOKEN = 4.0  # when the base has no tokenizer.json
@@ -422,10 +423,14 @@ class Calibration:
 
 
 def _padded_tokens(lengths: list[int], batch_size: int, seed: int | None) -> int:
-    """Tokens the model processes when every batch is padded to its longest text."""
+    """Tokens the model processes when every batch is padded to its longest text, batched
+    as the trainer does: with a seed (training), shuffled, then sorted by length within
+    windows of ``LENGTH_WINDOW`` batches; without one (evaluation), in order."""
     order = list(lengths)
     if seed is not None:
         random.Random(seed).shuffle(order)
+        window = batch_size * LENGTH_WINDOW
+        order = [n for w in range(0, len(order), window) for n in sorted(order[w : w + window])]
     return sum(
         max(order[i : i + batch_size]) * len(order[i : i + batch_size])
         for i in range(0, len(order), batch_size)

@@ -38,6 +38,10 @@ def test_train_predict_and_list(tiny_base, tmp_path):
         "1",
         "--learning-rate",
         "0.003",
+        "--label-smoothing",
+        "0",
+        "--device",
+        "cpu",
         "--json",
         store=store,
         FNB_DATA_ROOTS=roots,
@@ -45,6 +49,9 @@ def test_train_predict_and_list(tiny_base, tmp_path):
     assert trained.returncode == 0, trained.stderr
     result = json.loads(trained.stdout[trained.stdout.index("{") :])
     assert result["model_id"].startswith("cli-model-") and result["metrics"]["eval_examples"] > 0
+    manifest = json.loads((store / "models" / result["model_id"] / "manifest.json").read_text())
+    assert manifest["training"]["label_smoothing"] == 0
+    assert manifest["training"]["device"] == "cpu"
 
     listed = fnb("models", "list", "--json", store=store)
     assert [m["id"] for m in json.loads(listed.stdout)] == [result["model_id"]]
@@ -105,18 +112,22 @@ def test_dataset_outside_the_roots_is_refused(tmp_path):
     assert run.returncode == 1 and "outside the allowed roots" in run.stderr
 
 
-def test_invalid_option_names_the_option(tmp_path):
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--name", "Bad Name"), ("--device", "tpu"), ("--label-smoothing", "0.7")],
+)
+def test_invalid_option_names_the_option(tmp_path, option, value):
+    args = {"--name": "ok", option: value}
     run = fnb(
         "train",
         "classifier",
         "--data",
         str(REVIEWS),
-        "--name",
-        "Bad Name",
+        *[part for pair in args.items() for part in pair],
         store=tmp_path,
         timeout=120,
     )
-    assert run.returncode == 2 and "--name" in run.stderr
+    assert run.returncode == 2 and f"error: {option}:" in run.stderr
 
 
 def test_unknown_model_in_predict(tmp_path):

@@ -262,6 +262,24 @@ def test_calibration_ignores_empty_runs_and_unreadable_files(tmp_path):
         calibration.flops_per_s("V100")
 
 
+def test_padding_follows_the_trainers_length_grouped_batches():
+    from fnbundle.costs import LENGTH_WINDOW, _padded_tokens
+
+    # Evaluation keeps the order: batches [1, 9] and [2, 8] pad to 9 and 8.
+    assert _padded_tokens([1, 9, 2, 8], 2, None) == 2 * 9 + 2 * 8
+    # Training sorts within windows of LENGTH_WINDOW batches: one window here, so the
+    # batches are [1, 2] and [8, 9] whatever the shuffle.
+    assert _padded_tokens([1, 9, 2, 8], 2, seed=3) == 2 * 2 + 2 * 9
+    lengths = [(i * 37) % 120 + 5 for i in range(1000)]
+    grouped = _padded_tokens(lengths, 16, seed=42)
+    assert sum(lengths) <= grouped < _padded_tokens(lengths, 16, None)
+    # Beyond one window the grouping is per window: the first window's batches only.
+    window = lengths[: 16 * LENGTH_WINDOW]
+    assert _padded_tokens(window, 16, seed=0) == sum(
+        max(b) * 16 for b in (sorted(window)[i : i + 16] for i in range(0, len(window), 16))
+    )
+
+
 def test_budget_thresholds_are_announced_once_each():
     tracker = BudgetTracker(1.0, 0.01)  # $1 budget at $0.01 a second
     assert tracker.update(40) == []

@@ -82,7 +82,7 @@ class TrainClassifierParams(BaseModel):
         0.1, ge=0, lt=0.5, description="Share of each target spread over the other labels."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where to train: auto = CUDA when available, else CPU."
+        "auto", description="Where to train: cpu, cuda, or auto (CUDA when available)."
     )
     export_onnx: bool = True
 

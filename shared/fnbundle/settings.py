@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KIB = 1024  # bytes
@@ -29,7 +29,9 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FNB_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="FNB_", env_file=None, extra="ignore", populate_by_name=True
+    )
 
     # --- storage -----------------------------------------------------------------
     store: Path = Field(Path(".fnbundle/store"), description="Model store root.")
@@ -104,6 +106,21 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Host names a webhook may reach even if they resolve to private addresses.",
     )
+    jobs_runpod_endpoint: str = Field(
+        "",
+        description="RunPod endpoint id whose workers run the gateway's training jobs "
+        "(handlers/train_classifier.py); empty: local worker processes.",
+    )
+    jobs_runpod_url: str = Field(
+        "",
+        description="That endpoint's API base URL; default https://api.runpod.ai/v2/<id> "
+        "(a `--rp_serve_api` dev server's URL for a local try).",
+    )
+    runpod_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("FNB_RUNPOD_API_KEY", "RUNPOD_API_KEY", "runpod_api_key"),
+        description="RunPod API key for jobs_runpod_endpoint (RUNPOD_API_KEY works too).",
+    )
     # --- end of jobs ---------------------------------------------------------------------
 
     @field_validator(
@@ -117,6 +134,15 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
         return [Path(r).expanduser().resolve() for r in roots]
+
+    @model_validator(mode="after")
+    def _runpod_jobs_need_a_key(self) -> Settings:
+        if self.jobs_runpod_endpoint and not self.runpod_api_key.get_secret_value():
+            raise ValueError(
+                "FNB_JOBS_RUNPOD_ENDPOINT is set but there is no RunPod API key: "
+                "set RUNPOD_API_KEY (or FNB_RUNPOD_API_KEY)."
+            )
+        return self
 
     @property
     def store_root(self) -> Path:

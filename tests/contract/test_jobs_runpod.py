@@ -594,6 +594,8 @@ def train_dev_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
 
 
 def test_a_job_end_to_end_through_the_sdk_dev_server(tmp_path, small_csv, tiny_base):
+    """The gateway configured by settings alone (FNB_JOBS_RUNPOD_ENDPOINT, _URL, the key)
+    in front of the SDK's dev server running the real training handler."""
     env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_")}
     env.update(
         FNB_STORE=str(tmp_path / "store"),
@@ -601,29 +603,34 @@ def test_a_job_end_to_end_through_the_sdk_dev_server(tmp_path, small_csv, tiny_b
         FNB_JOBS_DIR=str(tmp_path / "volume-jobs"),
     )
     with train_dev_server(env, tmp_path / "server.log") as base:
-        settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "client")
-        jobs = RunPodJobs(settings, "local", "dev", base_url=base, stream_timeout_s=JOB_WAIT_S)
-        submit = JobSubmit(
-            task="train_classifier", params=params(small_csv, tiny_base, "rp-dev", epochs=1)
+        settings = Settings(
+            store=tmp_path / "store",
+            jobs_dir=tmp_path / "client",
+            preload=[],
+            jobs_runpod_endpoint="local",
+            jobs_runpod_url=base,
+            runpod_api_key="dev",
         )
-        job, created = jobs.submit(submit)
-        assert created and job.status == JobStatus.queued
-
-        async def follow() -> list[Any]:
-            return [e async for e in jobs.follow(job.id, poll_s=0.1)]
-
-        events = asyncio.run(follow())
-        jobs.stop()
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert [e.data["status"] for e in events if e.type == "state"] == [
-        "queued",
-        "running",
-        "succeeded",
-    ]
+        app = create_app(settings)
+        jobs = app.state.jobs
+        assert isinstance(jobs, RunPodJobs) and jobs.base == base
+        jobs.stream_timeout_s = JOB_WAIT_S  # the dev server may hold /stream while it trains
+        body = {
+            "task": "train_classifier",
+            "params": params(small_csv, tiny_base, "rp-dev", epochs=1),
+        }
+        with TestClient(app) as client:
+            submitted = client.post("/v1/jobs", json=body)
+            assert submitted.status_code == 202, submitted.text
+            job_id = submitted.json()["id"]
+            events = follow(client, job_id)
+            done = client.get(f"/v1/jobs/{job_id}").json()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == ["queued", "running", "succeeded"]
+    assert steps(events) and steps(events) == sorted(steps(events))
     assert jobs.read_method == "POST"  # the dev server's /stream and /status take POST only
-    done = jobs.ledger.get(job.id)[0]
-    assert done.status == JobStatus.succeeded
-    assert Store(tmp_path / "store").resolve("rp-dev").id == done.model_id
+    assert done["status"] == "succeeded"
+    assert Store(tmp_path / "store").resolve("rp-dev").id == done["model_id"]
 
 
 def test_the_backend_imports_neither_the_training_stack_nor_the_sdk():

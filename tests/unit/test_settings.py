@@ -25,3 +25,18 @@ def test_invalid_values_are_rejected(monkeypatch):
     monkeypatch.setenv("FNB_PORT", "99999")
     with pytest.raises(ValueError, match="port"):
         Settings()
+
+
+def test_runpod_jobs_need_a_key_and_keep_it_secret(monkeypatch):
+    for name in ("RUNPOD_API_KEY", "FNB_RUNPOD_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FNB_JOBS_RUNPOD_ENDPOINT", "ep123")
+    with pytest.raises(ValueError, match="set RUNPOD_API_KEY"):
+        Settings()
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
+    s = Settings()
+    assert s.jobs_runpod_endpoint == "ep123"
+    assert s.runpod_api_key.get_secret_value() == "rpa_secret"
+    assert "rpa_secret" not in repr(s)
+    monkeypatch.setenv("FNB_RUNPOD_API_KEY", "rpa_fnb")  # the prefixed name wins
+    assert Settings().runpod_api_key.get_secret_value() == "rpa_fnb"

@@ -2,8 +2,9 @@
 
 Key rule: routes are thin (parse, call the task service, return); everything they need
 hangs off ``app.state``, built here once per process. Models in ``FNB_PRELOAD`` load in a
-background thread at start-up; ``/readyz`` answers 503 until they have. The job manager
-(``/v1/jobs``) starts with the app and stops with it, so no worker outlives the gateway.
+background thread at start-up; ``/readyz`` answers 503 until they have. The job backend
+(``/v1/jobs``: local worker processes, or a RunPod endpoint when ``FNB_JOBS_RUNPOD_ENDPOINT``
+is set) starts with the app and stops with it, so no local worker outlives the gateway.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ def create_app(
     manager: JobBackend | None = None
     if jobs:
         if job_manager is None:
-            from fnbundle.jobs.manager import JobManager
+            from fnbundle.jobs.backend import job_backend
 
-            job_manager = JobManager(settings)
+            job_manager = job_backend(settings)
         manager = job_manager
 
     @asynccontextmanager

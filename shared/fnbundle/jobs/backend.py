@@ -21,6 +21,7 @@ from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
 
 if TYPE_CHECKING:
     from fnbundle.jobs.manager import JobManager
+    from fnbundle.settings import Settings
 
 
 class JobBackend(Protocol):
@@ -72,3 +73,21 @@ if TYPE_CHECKING:  # the local manager is a backend (checked by mypy, costs noth
 
     def _manager_is_a_backend(manager: JobManager) -> JobBackend:
         return manager
+
+
+def job_backend(settings: Settings) -> JobBackend:
+    """The backend the settings ask for: :class:`RunPodJobs` on ``jobs_runpod_endpoint``
+    when it is set (the gateway in front of a RunPod training endpoint), else the local
+    worker processes."""
+    if settings.jobs_runpod_endpoint:
+        from fnbundle.jobs.runpod_backend import RunPodJobs
+
+        return RunPodJobs(
+            settings,
+            settings.jobs_runpod_endpoint,
+            settings.runpod_api_key.get_secret_value(),
+            base_url=settings.jobs_runpod_url or None,
+        )
+    from fnbundle.jobs.manager import JobManager
+
+    return JobManager(settings)

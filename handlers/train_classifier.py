@@ -11,8 +11,8 @@ cancels the run, the handler tells the trainer to stop (it saves a checkpoint fi
 Key rules: importing this file loads nothing (torch and transformers are imported by
 ``setup()`` under ``__main__``, once per worker, before ``runpod.serverless.start``). The
 handler is an async generator that never raises: it yields the trainer's typed events
-(``{"type": "start" | "step" | "eval" | "log" | "published", ...}``) as they happen, then
-exactly one ``{"type": "result", "model_id", "metrics", ...}``, or a single
+(``{"type": "start" | "step" | "eval" | "epoch" | "checkpoint" | "log" | "published", ...}``)
+as they happen, then exactly one ``{"type": "result", "model_id", "metrics", ...}``, or a single
 ``{"error": "<JSON>"}`` when the input is bad or training fails: the gateway's error
 object ``{"type", "message", "field"?}`` encoded as a string, because RunPod carries a
 failed job's error as a string (a yielded error object would reach the caller as its

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -115,6 +116,8 @@ def quiet_transformers() -> None:
 
 
 def _seed_everything(seed: int) -> None:
+    # cuBLAS is deterministic only with a fixed workspace, set before its first handle.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     random.seed(seed)

@@ -56,25 +56,31 @@ def test_models_and_probes(served):
     assert httpx.get(f"{url}/docs").status_code == 200
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
+# int8 dynamic quantization picks its activation scale per batch, so a text's scores move a
+# little with the texts it is batched with (the export's parity rule allows 0.02 on average);
+# fp32 answers the same in any batch.
+@pytest.mark.parametrize(("backend", "tolerance"), [("onnx-fp32", 1e-4), ("onnx-int8", 0.02)])
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served, backend, tolerance):
     url, _ = served
     texts = [f"{POSITIVE} #{i}" if i % 2 else f"{NEGATIVE} #{i}" for i in range(48)]
+
+    def body(batch: list[str]) -> dict[str, object]:
+        return {"model": "tiny", "texts": batch, "backend": backend}
 
     async def fire():
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             return await asyncio.gather(
-                *(client.post("/v1/classify", json={"model": "tiny", "texts": [t]}) for t in texts)
+                *(client.post("/v1/classify", json=body([t])) for t in texts)
             )
 
     responses = asyncio.run(fire())
     assert all(r.status_code == 200 for r in responses)
-    alone = httpx.post(f"{url}/v1/classify", json={"model": "tiny", "texts": texts}).json()[
-        "predictions"
-    ]
+    alone = httpx.post(f"{url}/v1/classify", json=body(texts)).json()["predictions"]
     for r, expected in zip(responses, alone, strict=True):
+        assert r.json()["backend"] == backend
         got = r.json()["predictions"][0]
         assert got["label"] == expected["label"]
-        assert abs(got["score"] - expected["score"]) < 1e-3
+        assert abs(got["score"] - expected["score"]) < tolerance
 
 
 @pytest.mark.parametrize(

@@ -321,7 +321,9 @@ def test_a_budget_stops_the_job_with_partial_metrics_and_a_checkpoint(make_manag
     events = manager.events(timing.id)
     running_at = next(e.at for e in events if e.data.get("status") == "running")
     epoch_at = next(e.at for e in events if e.type == "epoch")
-    budget = timing.estimate["usd_per_s"] * (epoch_at - running_at).total_seconds() * 2  # type: ignore[index]
+    seconds = (epoch_at - running_at).total_seconds() * 2
+    # Costs are reported in whole micro-dollars: a budget in them compares exactly.
+    budget = round(timing.estimate["usd_per_s"] * seconds, 6)  # type: ignore[index]
     wait_terminal(manager, timing.id)
 
     job = submit(

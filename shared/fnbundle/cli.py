@@ -101,10 +101,11 @@ def run_server(settings: Settings) -> None:
             await super().startup(sockets)
             if self.started:
                 console.print("[bold green]fnbundle gateway is up.[/] Try:\n")
-                console.print(
+                console.print(  # soft_wrap: never break a line someone will paste
                     curl_examples(settings, settings.host, settings.port),
                     markup=False,
                     highlight=False,
+                    soft_wrap=True,
                 )
                 console.print()
 

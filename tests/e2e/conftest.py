@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,8 +30,9 @@ def fnb_env(store: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def gateway(store: Path, **env: str) -> Iterator[str]:
-    """Start the gateway, wait until /readyz answers (200 or 503), stop it afterwards."""
+def gateway(store: Path, output: list[str] | None = None, **env: str) -> Iterator[str]:
+    """Start the gateway, wait until /readyz answers (200 or 503), stop it afterwards.
+    Its output is read all along (a full pipe would stall it) into ``output`` if given."""
     port = free_port()
     proc = subprocess.Popen(
         [*FNBUNDLE, "serve", "--port", str(port)],
@@ -38,15 +40,23 @@ def gateway(store: Path, **env: str) -> Iterator[str]:
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    lines: list[str] = [] if output is None else output
+
+    def drain() -> None:
+        for line in proc.stdout or []:
+            lines.append(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"gateway exited: {proc.stdout.read().decode() if proc.stdout else ''}"
-                )
+                reader.join(timeout=5)
+                raise RuntimeError(f"gateway exited: {''.join(lines)}")
             try:
                 r = httpx.get(f"{url}/readyz", timeout=2)
                 if r.status_code == 200 or r.json().get("status") == "failed":

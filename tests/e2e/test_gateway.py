@@ -1,7 +1,10 @@
 """The gateway over real HTTP: what a `curl` or `fetch` user sees."""
 
 import asyncio
+import json
 import shutil
+import subprocess
+import time
 
 import httpx
 import pytest
@@ -155,3 +158,24 @@ def test_missing_file_is_503_naming_the_artifact(tiny_trained, tmp_path):
         r = httpx.post(f"{url}/v1/classify", json={"model": "gone", "texts": [POSITIVE]})
         assert r.status_code == 503 and broken.id in r.json()["error"]["message"]
         assert "tokenizer.json" in r.json()["error"]["message"]
+
+
+def test_the_printed_curl_example_works_when_pasted(tiny_trained):
+    """`fnbundle serve` prints curl lines; on a narrow terminal they must not be wrapped
+    into something a shell (or the JSON inside) would read differently."""
+    settings, result = tiny_trained
+    output: list[str] = []
+    with gateway(settings.store_root, output, COLUMNS="40") as url:
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("open ") for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.1)
+        text = "".join(output)
+        block = text[text.index("Try:") + len("Try:") : text.index("\nopen ")]
+        classify = block.strip().split("\ncurl ")[0]  # the first command, continuation included
+        assert classify.startswith(f"curl -s {url}/v1/classify")
+        pasted = subprocess.run(
+            ["bash", "-c", classify], capture_output=True, text=True, timeout=30, check=True
+        )
+    body = json.loads(pasted.stdout)
+    assert body["model"] == result.model_id and len(body["predictions"]) == 2

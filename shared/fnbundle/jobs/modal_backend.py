@@ -375,7 +375,9 @@ class ModalJobs(JobBackend):
             error = {"type": "unavailable", "message": f"Modal did not start the job: {exc}"}
             return self._end(self._row(row.id), JobStatus.failed, "spawn_failed", error)
         self.state.set_call(row.id, call_id)
-        return self._row(row.id)
+        # The job as accepted (queued), as every backend answers a submit or a retry; the
+        # call may already be running it, which a GET shows.
+        return row
 
     def cancel(self, job_id: str) -> Job:
         """Queued or running: cancelled at once, and its call too. Cancelled: answered as

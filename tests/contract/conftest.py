@@ -7,14 +7,37 @@ settings from the environment (Modal's ``@modal.enter``, the RunPod worker) get 
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from fnbundle.api import create_app
 from fnbundle.settings import Settings
 
+from tests.conftest import REVIEWS
 from tests.contract.cases import MODEL
+
+
+def write_small_reviews(path: Path) -> Path:
+    """48 balanced reviews (24 per label) at ``path``: a few steps per epoch."""
+    with REVIEWS.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    small = [r for r in rows if r["label"] == "positive"][:24]
+    small += [r for r in rows if r["label"] == "negative"][:24]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([r["text"], r["label"]] for r in small)
+    return path
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """The small reviews in ``<tmp>/data/small.csv``, a folder of their own."""
+    return write_small_reviews(tmp_path / "data" / "small.csv")
 
 
 @pytest.fixture

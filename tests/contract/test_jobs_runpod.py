@@ -11,7 +11,6 @@ way the SDK does (by cancelling the handler's task). The SDK's own dev server
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import os
 import signal
@@ -34,7 +33,7 @@ from fnbundle.jobs.schema import JobStatus, JobSubmit
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 
-from tests.conftest import REPO, REVIEWS, free_port
+from tests.conftest import REPO, free_port
 from tests.contract.test_runpod import load_handler, worker_env
 
 pytestmark = pytest.mark.contract
@@ -60,22 +59,6 @@ def params(data: Path, base: Path, name: str, **overrides: Any) -> dict[str, Any
         "export_onnx": False,
         **overrides,
     }
-
-
-@pytest.fixture
-def small_csv(tmp_path: Path) -> Path:
-    """48 balanced reviews: a few steps per epoch."""
-    with REVIEWS.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    small = [r for r in rows if r["label"] == "positive"][:24]
-    small += [r for r in rows if r["label"] == "negative"][:24]
-    path = tmp_path / "data" / "small.csv"
-    path.parent.mkdir()
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows([r["text"], r["label"]] for r in small)
-    return path
 
 
 # --- scripted RunPod answers --------------------------------------------------------------

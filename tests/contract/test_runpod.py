@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import csv
 import importlib.util
 import json
 import os
@@ -27,8 +26,9 @@ from fnbundle.errors import FnbError
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 
-from tests.conftest import REPO, REVIEWS
+from tests.conftest import REPO
 from tests.contract.cases import CASES, MODEL, Case, normalize
+from tests.contract.conftest import write_small_reviews
 
 pytestmark = pytest.mark.contract
 
@@ -174,14 +174,7 @@ def test_test_input_worker_matches_gateway(name: str, store_env, gateway) -> Non
 @pytest.fixture
 def train_settings(tmp_path: Path, tiny_base: Path) -> Settings:
     """An empty store and a small balanced dataset, both inside the allowed roots."""
-    with REVIEWS.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    small = [r for r in rows if r["label"] == "positive"][:24]
-    small += [r for r in rows if r["label"] == "negative"][:24]
-    with (tmp_path / "small.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows([r["text"], r["label"]] for r in small)
+    write_small_reviews(tmp_path / "small.csv")
     return Settings(store=tmp_path / "store", data_roots=[tmp_path, tiny_base.parent])
 
 

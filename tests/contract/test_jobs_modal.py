@@ -11,7 +11,6 @@ the training by itself) and ``FunctionCall.get(timeout=0)`` reports the thread's
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import subprocess
@@ -27,7 +26,7 @@ from fastapi.testclient import TestClient
 from fnbundle.endpoints import get_endpoint
 from fnbundle.store import Store
 
-from tests.conftest import REPO, REVIEWS
+from tests.conftest import REPO
 
 pytestmark = [
     pytest.mark.contract,
@@ -99,22 +98,6 @@ class Modal:
     state: dict[str, Any]  # the "modal.Dict"
     commits: list[int]  # one entry per Volume commit
     store: Path
-
-
-@pytest.fixture
-def small_csv(tmp_path: Path) -> Path:
-    """48 balanced reviews: a few steps per epoch."""
-    with REVIEWS.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    small = [r for r in rows if r["label"] == "positive"][:24]
-    small += [r for r in rows if r["label"] == "negative"][:24]
-    path = tmp_path / "data" / "small.csv"
-    path.parent.mkdir()
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows([r["text"], r["label"]] for r in small)
-    return path
 
 
 @pytest.fixture
@@ -326,6 +309,30 @@ def test_bad_jobs_are_refused_before_anything_is_spawned(
     assert other_gpu.status_code == 400 and other_gpu.json()["error"]["field"] == "gpu"
     assert fake.calls == [] and state == {}
     assert client.get("/v1/jobs/job-20260101000000-0000abcd").status_code == 404
+
+
+def test_list_pages_newest_first_and_filters(small_csv, tiny_base, tmp_path):
+    from fnbundle.errors import NotFound
+    from fnbundle.jobs.modal_backend import ModalJobs
+    from fnbundle.jobs.schema import JobStatus, JobSubmit
+    from fnbundle.settings import Settings
+
+    settings = Settings(store=tmp_path / "store", data_roots=[small_csv.parent, tiny_base.parent])
+    jobs = ModalJobs(settings, spawn=lambda job_id, _submit: f"call-{job_id}", state={})
+    ids = [
+        jobs.submit(JobSubmit(task="train_classifier", params=params(tiny_base, f"m{i}")))[0].id
+        for i in range(4)
+    ]
+    newest_first = ids[::-1]
+    assert [j.id for j in jobs.list()] == newest_first
+    assert [j.id for j in jobs.list(limit=2)] == newest_first[:2]
+    assert [j.id for j in jobs.list(before=newest_first[1])] == newest_first[2:]
+    assert [j.id for j in jobs.list(before=newest_first[1], limit=1)] == newest_first[2:3]
+    assert [j.id for j in jobs.list(status=[JobStatus.queued])] == newest_first
+    assert jobs.list(status=[JobStatus.running]) == []
+    assert jobs.list(task="other") == []
+    with pytest.raises(NotFound):
+        jobs.list(before="job-20260101000000-00000000")
 
 
 def test_the_backend_imports_neither_the_training_stack_nor_modal():

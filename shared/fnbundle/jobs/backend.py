@@ -14,7 +14,8 @@ ends after the terminal ``state`` event. Importing this module imports nothing h
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
@@ -91,3 +92,14 @@ def job_backend(settings: Settings) -> JobBackend:
     from fnbundle.jobs.manager import JobManager
 
     return JobManager(settings)
+
+
+def select_jobs(
+    jobs: Iterable[Job], status: builtins.list[JobStatus] | None, task: str | None, limit: int
+) -> builtins.list[Job]:
+    """The first ``limit`` of ``jobs`` in one of ``status`` and of ``task`` (unset: any):
+    ``list`` for backends that filter their own job records."""
+    wanted = (
+        j for j in jobs if (not status or j.status in status) and (not task or j.task == task)
+    )
+    return builtins.list(itertools.islice(wanted, limit))

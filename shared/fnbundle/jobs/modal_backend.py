@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from fnbundle.errors import Conflict, InvalidRequest, NotFound
 from fnbundle.jobs.attempt import deliver_webhook
-from fnbundle.jobs.backend import JobBackend
+from fnbundle.jobs.backend import JobBackend, select_jobs
 from fnbundle.jobs.db import JobRow
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import anchor_data, new_job
@@ -253,22 +254,13 @@ class ModalJobs(JobBackend):
         """Newest first; ``before`` (a job id) pages to older jobs."""
         if before is not None and self.state.record(before) is None:
             raise NotFound(f"No job {before[:80]!r}.", field="before")
-        jobs: builtins.list[Job] = []
-        passed = before is None
-        for job_id in self.state.job_ids():
-            if not passed:
-                passed = job_id == before
-                continue
-            row = self.state.record(job_id)
-            if row is None:
-                continue
-            job = self.state.public(row)
-            if (status and job.status not in status) or (task and job.task != task):
-                continue
-            jobs.append(job)
-            if len(jobs) >= limit:
-                break
-        return jobs
+        ids = self.state.job_ids()
+        if before is not None:
+            ids = itertools.dropwhile(lambda job_id: job_id != before, ids)
+            next(ids, None)  # ``before`` itself
+        rows = (self.state.record(job_id) for job_id in ids)
+        jobs = (self.state.public(row) for row in rows if row is not None)
+        return select_jobs(jobs, status, task, limit)
 
     def events(
         self, job_id: str, after: int = 0, limit: int | None = None

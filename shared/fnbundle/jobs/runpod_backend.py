@@ -48,7 +48,7 @@ from typing import Any, ClassVar, cast
 import httpx
 
 from fnbundle.errors import Conflict, FnbError, NotFound, QueueFull
-from fnbundle.jobs.backend import JobBackend
+from fnbundle.jobs.backend import JobBackend, select_jobs
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
 from fnbundle.jobs.submit import new_job
 from fnbundle.settings import Settings
@@ -402,15 +402,8 @@ class RunPodJobs(JobBackend):
         """Newest first, as this client last saw them (``get`` asks RunPod)."""
         if before is not None and self.ledger.by_id(before) is None:
             raise NotFound(f"No job {before[:80]!r}.", field="before")
-        jobs = []
-        for job_id in self.ledger.ids(before):
-            job = self.ledger.get(job_id)[0]
-            if (status and job.status not in status) or (task and job.task != task):
-                continue
-            jobs.append(job)
-            if len(jobs) >= limit:
-                break
-        return jobs
+        jobs = (self.ledger.get(job_id)[0] for job_id in self.ledger.ids(before))
+        return select_jobs(jobs, status, task, limit)
 
     def events(
         self, job_id: str, after: int = 0, limit: int | None = None

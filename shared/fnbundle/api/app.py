@@ -16,13 +16,12 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from fnbundle import __version__
 from fnbundle.api import classify, health, models
 from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
-from fnbundle.api.middleware import GuardMiddleware
+from fnbundle.api.middleware import install_middleware
 from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks.classify import ClassifyService
 
@@ -102,15 +101,5 @@ def create_app(
     app.include_router(classify.router)
     if manager is not None:
         app.include_router(jobs_api.router)
-    app.add_middleware(
-        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
-    )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
-            max_age=600,  # seconds a browser may cache the preflight answer
-        )
+    install_middleware(app, settings)
     return app

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnbundle.errors import error_body
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from fnbundle.settings import Settings
 
 PROTECTED_PREFIX = "/v1"
 
@@ -89,3 +95,21 @@ class GuardMiddleware:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """The guards (API keys, body limit) and, with ``cors_origins``, CORS: what every
+    fnbundle app puts in front of its routes."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    app.add_middleware(
+        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,  # seconds a browser may cache the preflight answer
+        )

@@ -431,12 +431,11 @@ class ModalJobs(JobBackend):
 def web_app(settings: Settings, jobs: JobBackend) -> FastAPI:
     """The job routes alone, with the gateway's error bodies, API-key check and limits."""
     from fastapi import FastAPI
-    from fastapi.middleware.cors import CORSMiddleware
 
     from fnbundle import __version__
     from fnbundle.api import jobs as jobs_api
     from fnbundle.api.errors import install_error_handlers
-    from fnbundle.api.middleware import GuardMiddleware
+    from fnbundle.api.middleware import install_middleware
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -461,15 +460,5 @@ def web_app(settings: Settings, jobs: JobBackend) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(jobs_api.router)
-    app.add_middleware(
-        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
-    )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
-            max_age=600,  # seconds a browser may cache the preflight answer
-        )
+    install_middleware(app, settings)
     return app

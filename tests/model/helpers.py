@@ -1,8 +1,9 @@
-"""Store helpers for model tests."""
+"""Store and model helpers for model tests."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from fnbundle.store import MANIFEST, Artifact, Store
 
@@ -23,3 +24,15 @@ def flip_byte(path, offset: int = -100) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def nan_base(base: Path, folder: Path) -> Path:
+    """A copy of ``base`` in ``folder`` whose word embeddings are NaN: its first loss is NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(base, folder)
+    weights = load_file(folder / "model.safetensors")
+    key = next(k for k in weights if "word_embeddings" in k)
+    weights[key][:] = float("nan")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder

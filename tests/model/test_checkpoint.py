@@ -29,6 +29,7 @@ from fnbundle.training.text_classifier import (
 )
 
 from tests.conftest import REPO, REVIEWS
+from tests.model.helpers import nan_base
 
 pytestmark = pytest.mark.model
 
@@ -289,14 +290,7 @@ def test_a_checkpoint_of_other_data_is_refused(tiny_base, tmp_path):
 
 
 def test_nan_weights_are_never_checkpointed(tiny_base, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    broken = tmp_path / "broken-base"
-    shutil.copytree(tiny_base, broken)
-    weights = load_file(broken / "model.safetensors")
-    key = next(k for k in weights if "word_embeddings" in k)
-    weights[key][:] = float("nan")
-    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    broken = nan_base(tiny_base, tmp_path / "broken-base")
     settings = make_settings(tmp_path / "store", tiny_base, tmp_path)
     params = make_params(broken)
     for control in (

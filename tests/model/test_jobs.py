@@ -25,6 +25,7 @@ from fnbundle.settings import Settings
 from fnbundle.store import Store
 
 from tests.conftest import REPO, REVIEWS
+from tests.model.helpers import nan_base
 
 pytestmark = pytest.mark.model
 
@@ -217,14 +218,7 @@ def test_a_job_trains_publishes_and_reports_every_step(make_manager, tiny_base, 
 
 
 def test_nan_loss_fails_the_job_as_diverged(make_manager, tiny_base, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    broken = tmp_path / "broken-base"
-    shutil.copytree(tiny_base, broken)
-    weights = load_file(broken / "model.safetensors")
-    key = next(k for k in weights if "word_embeddings" in k)
-    weights[key][:] = float("nan")
-    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    broken = nan_base(tiny_base, tmp_path / "broken-base")
 
     manager = make_manager()
     manager.start()

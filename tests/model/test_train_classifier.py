@@ -11,6 +11,7 @@ from fnbundle.store import Store, sha256_file
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
 from tests.conftest import REPO, REVIEWS
+from tests.model.helpers import nan_base
 
 pytestmark = pytest.mark.model
 
@@ -110,16 +111,7 @@ def test_progress_events_are_typed_and_ordered(tiny_base, tmp_path):
 
 
 def test_nan_loss_stops_training_as_diverged_and_publishes_nothing(tiny_base, tmp_path):
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    broken = tmp_path / "broken-base"
-    shutil.copytree(tiny_base, broken)
-    weights = load_file(broken / "model.safetensors")
-    key = next(k for k in weights if "word_embeddings" in k)
-    weights[key][:] = float("nan")
-    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    broken = nan_base(tiny_base, tmp_path / "broken-base")
     settings = Settings(store=tmp_path / "store", data_roots=[REPO, tmp_path])
     params = TrainClassifierParams(data=str(REVIEWS), name="nan", base=str(broken), epochs=1)
     with pytest.raises(TrainingFailed, match="diverged"):

@@ -71,7 +71,8 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename into it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -176,11 +177,11 @@ class Store:
             "files": file_entries(staged),
         }
         _write_json_atomic(staged / MANIFEST, full)
-        _fsync_dir(staged)
+        fsync_path(staged)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         final = self.models_dir / artifact_id
         os.rename(staged, final)  # atomic on one filesystem: all or nothing
-        _fsync_dir(self.models_dir)
+        fsync_path(self.models_dir)
         self._point_alias(name, artifact_id, full["created"])
         return Artifact(artifact_id, final, full)
 

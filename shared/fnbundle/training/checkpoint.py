@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fnbundle.store import sha256_file
+from fnbundle.store import fsync_path, sha256_file
 
 FORMAT = 1  # bump when the layout changes; other formats are not loaded
 STATE = "state.json"
@@ -73,14 +73,6 @@ class Checkpoint:
     @property
     def name(self) -> str:
         return self.path.name
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -190,13 +182,13 @@ class CheckpointDir:
         full = {**state, "format": FORMAT, "best_step": best_step, "files": files}
         (tmp / STATE).write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
-            _fsync(path)
-        _fsync(tmp)
+            fsync_path(path)
+        fsync_path(tmp)
         final = self.root / folder_name(step)
         if final.exists():  # an incomplete leftover at this step (a complete one is skipped)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(self.root)
+        fsync_path(self.root)
         self._write_latest(final.name)
         self.last_step = step
         if best_step is not None:
@@ -234,7 +226,7 @@ class CheckpointDir:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / LATEST)
-        _fsync(self.root)
+        fsync_path(self.root)
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` complete checkpoints; remove older ones, incomplete

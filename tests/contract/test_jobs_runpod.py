@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +29,9 @@ from fnbundle.jobs.schema import JobStatus, JobSubmit
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 
-from tests.conftest import REPO, free_port
-from tests.contract.test_runpod import load_handler, worker_env
+from tests.conftest import REPO
+from tests.contract.test_runpod import load_handler
+from tests.contract.test_runpod_server import dev_server, fnb_worker_env
 
 pytestmark = pytest.mark.contract
 
@@ -540,52 +537,15 @@ def test_a_bad_job_input_is_one_error_output(payload, error_type, field, tmp_pat
 
 
 # --- the SDK's dev server -----------------------------------------------------------------
-@contextmanager
-def train_dev_server(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """The training worker's dev server on a free 127.0.0.1 port; yields its base URL."""
-    port = free_port()
-    command = [sys.executable, str(REPO / "handlers" / "train_classifier.py"), "--rp_serve_api"]
-    command += ["--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + JOB_WAIT_S
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(
-                        f"dev server exited:\n{log_path.read_text(errors='replace')}"
-                    )
-                try:
-                    if httpx.get(f"{base}/", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"dev server not up on {base}"
-                time.sleep(0.3)
-            yield base
-        finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait()
-
-
 def test_a_job_end_to_end_through_the_sdk_dev_server(tmp_path, small_csv, tiny_base):
     """The gateway configured by settings alone (FNB_JOBS_RUNPOD_ENDPOINT, _URL, the key)
     in front of the SDK's dev server running the real training handler."""
-    env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_")}
-    env.update(
+    env = fnb_worker_env(
         FNB_STORE=str(tmp_path / "store"),
         FNB_DATA_ROOTS=f"{small_csv.parent},{tiny_base.parent}",
         FNB_JOBS_DIR=str(tmp_path / "volume-jobs"),
     )
-    with train_dev_server(env, tmp_path / "server.log") as base:
+    with dev_server("train_classifier", env, tmp_path / "server.log") as base:
         settings = Settings(
             store=tmp_path / "store",
             jobs_dir=tmp_path / "client",

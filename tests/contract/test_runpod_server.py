@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import runpod
-from fnbundle.settings import Settings
 
 from tests.conftest import REPO, free_port
 from tests.contract.cases import CASES, MODEL, Case, normalize
@@ -33,17 +32,17 @@ JOB_TIMEOUT_S = 60  # one /runsync call
 STOP_TIMEOUT_S = 15  # SIGTERM grace before SIGKILL
 
 
-@contextmanager
-def dev_server(settings: Settings, log_path: Path) -> Iterator[str]:
-    """Run the classify worker's dev server on a free 127.0.0.1 port; yield its base URL."""
-    port = free_port()
+def fnb_worker_env(**fnb: str) -> dict[str, str]:
+    """A worker's environment: this one's, with only the given ``FNB_*`` variables."""
     env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_")}
-    env.update(
-        FNB_STORE=str(settings.store_root),
-        FNB_DATA_ROOTS=",".join(str(root) for root in settings.data_roots),
-        FNB_PRELOAD=MODEL,
-    )
-    command = [sys.executable, str(REPO / "handlers" / "classify.py"), "--rp_serve_api"]
+    return {**env, **fnb}
+
+
+@contextmanager
+def dev_server(handler: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Run ``handlers/<handler>.py``'s dev server on a free 127.0.0.1 port; yield its base URL."""
+    port = free_port()
+    command = [sys.executable, str(REPO / "handlers" / f"{handler}.py"), "--rp_serve_api"]
     command += ["--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
     base = f"http://127.0.0.1:{port}"
     # A file, not a pipe: the SDK logs every job, and a full pipe would stall the server.
@@ -87,7 +86,12 @@ def endpoint(tiny_trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A ``runpod.Endpoint`` whose calls reach the dev server serving the tiny store."""
     settings, _result = tiny_trained
     log_path = tmp_path_factory.mktemp("runpod-dev-server") / "server.log"
-    with dev_server(settings, log_path) as base:
+    env = fnb_worker_env(
+        FNB_STORE=str(settings.store_root),
+        FNB_DATA_ROOTS=",".join(str(root) for root in settings.data_roots),
+        FNB_PRELOAD=MODEL,
+    )
+    with dev_server("classify", env, log_path) as base:
         # The SDK builds {endpoint_url_base}/{endpoint_id}/runsync; the dev server serves
         # /runsync at its root, and "." is a path segment URL normalisation removes.
         with pytest.MonkeyPatch.context() as patch:

@@ -8,8 +8,10 @@ settings from the environment (Modal's ``@modal.enter``, the RunPod worker) get 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +20,8 @@ from fnbundle.settings import Settings
 
 from tests.conftest import REVIEWS
 from tests.contract.cases import MODEL
+
+JOB_WAIT_S = 300  # seconds a tiny job may take on a busy 2-core machine
 
 
 def write_small_reviews(path: Path) -> Path:
@@ -57,3 +61,27 @@ def gateway(store_env: Settings) -> Iterator[TestClient]:
     """The local gateway app over the tiny store (lifespan and preload included)."""
     with TestClient(create_app(store_env, jobs=False)) as client:
         yield client
+
+
+def follow(
+    client: TestClient, job_id: str, on_event: Callable[[dict], None] | None = None
+) -> list[dict[str, Any]]:
+    """The job's server-sent events (their JobEvent JSON), until the stream ends."""
+    events: list[dict[str, Any]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_WAIT_S) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:").strip()))
+                if on_event is not None:
+                    on_event(events[-1])
+    return events
+
+
+def states(events: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["status"] for e in events if e["type"] == "state"]
+
+
+def steps(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["step"] for e in events if e["type"] == "step"]

@@ -27,13 +27,12 @@ from fnbundle.endpoints import get_endpoint
 from fnbundle.store import Store
 
 from tests.conftest import REPO
+from tests.contract.conftest import JOB_WAIT_S, follow, states, steps
 
 pytestmark = [
     pytest.mark.contract,
     pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning"),
 ]
-
-JOB_WAIT_S = 300  # seconds a tiny job may take on a busy 2-core machine
 
 
 class Preempted(BaseException):
@@ -138,27 +137,6 @@ def params(tiny_base: Path, name: str, **overrides: Any) -> dict[str, Any]:
         "export_onnx": False,
         **overrides,
     }
-
-
-def follow(client: TestClient, job_id: str, on_event: Any = None) -> list[dict[str, Any]]:
-    """The job's server-sent events (their JobEvent JSON), until the stream ends."""
-    events: list[dict[str, Any]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_WAIT_S) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line.removeprefix("data:").strip()))
-                if on_event is not None:
-                    on_event(events[-1])
-    return events
-
-
-def states(events: list[dict[str, Any]]) -> list[str]:
-    return [e["data"]["status"] for e in events if e["type"] == "state"]
-
-
-def steps(events: list[dict[str, Any]]) -> list[int]:
-    return [e["data"]["step"] for e in events if e["type"] == "step"]
 
 
 def test_submit_follow_and_publish(modal, tiny_base):

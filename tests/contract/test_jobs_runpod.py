@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from fnbundle.settings import Settings
 from fnbundle.store import Store
 
 from tests.conftest import REPO
+from tests.contract.conftest import JOB_WAIT_S, follow, states, steps
 from tests.contract.test_runpod import load_handler
 from tests.contract.test_runpod_server import dev_server, fnb_worker_env
 
 pytestmark = pytest.mark.contract
 
-JOB_WAIT_S = 300  # seconds a tiny job may take on a busy 2-core machine
 BASE = "https://api.runpod.ai/v2/ep-test"
 KEY = "rp-secret"
 
@@ -363,29 +362,6 @@ def runpod(tmp_path: Path, small_csv: Path, tiny_base: Path, monkeypatch: pytest
     with TestClient(create_app(gateway, job_manager=jobs)) as client:
         yield client, fake, worker
         fake.join()
-
-
-def follow(
-    client: TestClient, job_id: str, on_event: Callable[[dict], None] | None = None
-) -> list[dict[str, Any]]:
-    """The job's server-sent events (their JobEvent JSON), until the stream ends."""
-    events: list[dict[str, Any]] = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=JOB_WAIT_S) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                events.append(json.loads(line.removeprefix("data:").strip()))
-                if on_event is not None:
-                    on_event(events[-1])
-    return events
-
-
-def states(events: list[dict[str, Any]]) -> list[str]:
-    return [e["data"]["status"] for e in events if e["type"] == "state"]
-
-
-def steps(events: list[dict[str, Any]]) -> list[int]:
-    return [e["data"]["step"] for e in events if e["type"] == "step"]
 
 
 def test_submit_follow_and_publish_on_runpod(runpod, tiny_base, monkeypatch):

@@ -108,6 +108,8 @@ class ModalSpec(_Spec):
     timeout_s: int = Field(60, ge=10, le=24 * HOURS)
     retries: int = Field(0, ge=0, le=10)
     enable_memory_snapshot: bool = False
+    # The app's web endpoint (the jobs API and its event streams); None = timeout_s.
+    web_timeout_s: int | None = Field(None, ge=10, le=24 * HOURS)
 
     @field_validator("file")
     @classmethod
@@ -159,6 +161,10 @@ class RunPodSpec(_Spec):
     concurrency: int = Field(1, ge=1, le=1000, description="Jobs one worker runs at once.")
     container_disk_gb: int = Field(10, ge=5, le=1000)
     network_volume_gb: int = Field(20, ge=0, description="Size of the network volume to attach.")
+    cuda_versions: list[str] = Field(
+        default_factory=list,
+        description="CUDA versions the host driver must support (GPU endpoints), e.g. '12.8'.",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Worker environment.")
 
     @field_validator("handler")

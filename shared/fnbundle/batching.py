@@ -5,6 +5,10 @@ only while requests are arriving concurrently (the previous batch held more than
 request) does a small batch wait up to ``max_wait_s`` for company. Under load the queue
 fills while the model is busy, so batches form by themselves; at one client the latency
 is one forward pass.
+
+Failures stay with their request: when a shared forward pass raises, the batch is split in
+halves and each half runs again (down to single requests), so only the request that
+cannot be computed gets the error and every other request in the batch gets its rows.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class DynamicBatcher:
         self._busy = False  # did the last batch hold more than one request?
         self.batches = 0  # forward passes run (for tests and metrics)
         self.largest_batch = 0
+        self.isolations = 0  # failed shared passes that were split to find their culprit
 
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
         if self._worker is None or self._worker.done():
@@ -67,28 +72,39 @@ class DynamicBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = [p for p in await self._gather() if not p.future.done()]
             if not batch:
                 continue
             self._busy = len(batch) > 1
-            texts = [t for p in batch for t in p.texts]
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(texts))
-            try:
-                rows = await loop.run_in_executor(self._executor, self._fn, texts)
-            except Exception as exc:  # a bug in the model code: fail these requests only
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            start = 0
-            for p in batch:
-                end = start + len(p.texts)
-                if not p.future.done():
-                    p.future.set_result(rows[start:end])
-                start = end
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        """One forward pass for ``batch``; if it raises, bisect until the culprit is alone."""
+        batch = [p for p in batch if not p.future.done()]  # a client that left needs no rows
+        if not batch:
+            return
+        texts = [t for p in batch for t in p.texts]
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(texts))
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(self._executor, self._fn, texts)
+        except Exception as exc:
+            if len(batch) == 1:  # the culprit: its error is its own
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            self.isolations += 1
+            half = len(batch) // 2
+            await self._run(batch[:half])
+            await self._run(batch[half:])
+            return
+        start = 0
+        for p in batch:
+            end = start + len(p.texts)
+            if not p.future.done():
+                p.future.set_result(rows[start:end])
+            start = end
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -56,3 +56,31 @@ def test_a_lone_request_is_dispatched_alone():
 
     rows, batches = asyncio.run(main())
     assert rows[:, 0].tolist() == [4] and batches == 1
+
+
+def picky(texts):
+    """A stand-in model that cannot compute any text containing "bad"."""
+    if any("bad" in t for t in texts):
+        raise ValueError("cannot encode a bad text")
+    return lengths(texts)
+
+
+def test_a_failing_request_never_fails_the_others_in_its_batch():
+    async def main():
+        batcher = DynamicBatcher(picky, max_size=64, max_wait_s=0.005)
+        requests = [["bad"] if i % 7 == 3 else ["x" * (i + 1), "y" * i] for i in range(60)]
+        results = await asyncio.gather(
+            *(batcher.submit(r) for r in requests), return_exceptions=True
+        )
+        await batcher.close()
+        return batcher, requests, results
+
+    batcher, requests, results = asyncio.run(main())
+    for i, (request, result) in enumerate(zip(requests, results, strict=True)):
+        if request == ["bad"]:
+            assert isinstance(result, ValueError), i
+        else:
+            assert not isinstance(result, BaseException), (i, result)
+            assert result[:, 0].tolist() == [i + 1, i]
+    assert batcher.isolations > 0  # culprits did share passes with valid requests
+    assert batcher.batches < 2 * len(requests)  # bisected, not every request retried alone

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 BackendName = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
 
 
+def _encodable(text: str) -> bool:
+    """JSON may escape lone surrogates (``"\\ud800"``) that no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +86,12 @@ class ClassifyService:
                 )
             if not text.strip():
                 raise InvalidRequest(f"texts[{i}] is empty.", field=f"texts.{i}")
+            if not _encodable(text):
+                raise InvalidRequest(
+                    f"texts[{i}] is not valid Unicode text (a lone UTF-16 surrogate such as "
+                    "\\ud800 cannot be encoded); send UTF-8 text.",
+                    field=f"texts.{i}",
+                )
 
     def _backend(self, request: ClassifyRequest) -> str:
         return request.backend or self.settings.backend

@@ -1,0 +1,49 @@
+"""Faults that must stay with their own request or model: texts no tokenizer can encode,
+corrupt weights, a label list that does not match the model. The store holds tiny ONNX
+classifiers built without torch (tests/unit/tiny_onnx.py)."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from fnbundle.api import create_app
+from fnbundle.settings import Settings
+from fnbundle.store import Store
+
+from tests.unit.tiny_onnx import publish_tiny
+
+pytestmark = pytest.mark.unit
+
+LONE_SURROGATE = b'"bad \\ud800 text"'  # valid JSON, not encodable as UTF-8
+
+
+def classify_raw(client: TestClient, texts: list[bytes]) -> tuple[int, dict]:
+    body = b'{"model": "tiny", "texts": [' + b", ".join(texts) + b"]}"
+    r = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    return r.status_code, r.json()
+
+
+def test_unencodable_texts_are_400_and_never_fail_other_clients(tmp_path):
+    publish_tiny(Store(tmp_path), "tiny")
+    # A long batching window so that bad and good requests would share forward passes.
+    settings = Settings(store=tmp_path, batch_max_wait_ms=20)
+    requests = [
+        [b'"good film"', LONE_SURROGATE] if i % 3 == 0 else [json.dumps(f"great {i}").encode()]
+        for i in range(60)
+    ]
+    with TestClient(create_app(settings, jobs=False)) as client:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda texts: classify_raw(client, texts), requests))
+        batches = client.app.state.classify._batchers  # the batcher saw the valid ones only
+    for texts, (status, body) in zip(requests, answers, strict=True):
+        if LONE_SURROGATE in texts:
+            assert status == 400, body
+            assert body["error"]["field"] == "texts.1"
+            assert "surrogate" in body["error"]["message"]
+        else:
+            assert status == 200, body
+            assert body["predictions"][0]["label"] == "positive"
+    assert all(b.isolations == 0 for b in batches.values())

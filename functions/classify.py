@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fnbundle.api import create_app
 from fnbundle.contract import run_task
 from fnbundle.endpoints import get_endpoint
+from fnbundle.runpod_worker import preload_endpoint_model
 from fnbundle.settings import Settings
 from fnbundle.tasks.classify import ClassifyRequest, ClassifyService
 
@@ -38,10 +39,7 @@ app = modal.App(spec.app)
 
 def container_settings() -> Settings:
     """``FNB_*`` settings; unless ``FNB_PRELOAD`` says otherwise, preload the endpoint's model."""
-    settings = Settings()
-    if endpoint.model and "preload" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"preload": [endpoint.model]})
-    return settings
+    return preload_endpoint_model(Settings(), endpoint.model)
 
 
 @app.cls(

@@ -6,8 +6,10 @@ tests and tools can import it; under ``__main__`` the store's models load once, 
 as ``{"error": "<JSON>"}``, the gateway's error object ``{"type", "message", "field"?}``
 encoded as a string, because RunPod carries a failed job's error as a string (its dev
 server refuses anything else); the ``type`` stands for the HTTP status a job has no place
-for. The handler is async, so one worker runs ``concurrency`` jobs at once (see
-deploy/endpoints.toml) and concurrent jobs share forward passes in the dynamic batcher.
+for. A worker preloads its endpoint's model (``model`` in deploy/endpoints.toml) unless
+``FNB_PRELOAD`` names others. The handler is async, so one worker runs
+``FNB_WORKER_CONCURRENCY`` jobs at once (default: the endpoint's ``concurrency``) and
+concurrent jobs share forward passes in the dynamic batcher.
 
     python handlers/classify.py --test_input '{"input": {"model": "sentiment", "texts": ["great"]}}'
     python handlers/classify.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8010
@@ -21,7 +23,12 @@ from typing import Any
 import runpod
 from fnbundle.contract import error_result, run_task_async
 from fnbundle.endpoints import get_endpoint
-from fnbundle.runpod_worker import job_output, worker_settings
+from fnbundle.runpod_worker import (
+    job_output,
+    preload_endpoint_model,
+    worker_concurrency,
+    worker_settings,
+)
 from fnbundle.settings import Settings
 from fnbundle.tasks.classify import ClassifyRequest, ClassifyService
 
@@ -35,9 +42,11 @@ _service: ClassifyService | None = None
 
 
 def setup(settings: Settings | None = None) -> ClassifyService:
-    """Build the service and load the preloaded models (``FNB_PRELOAD``, default: all)."""
+    """Build the service and load its models (``FNB_PRELOAD``, default: the endpoint's)."""
     global _service
-    service = ClassifyService(settings or worker_settings())
+    if settings is None:
+        settings = preload_endpoint_model(worker_settings(), get_endpoint(ENDPOINT).model)
+    service = ClassifyService(settings)
     status = service.preload()
     log.info("store %s; models: %s", service.settings.store_root, status or "(store is empty)")
     _service = service
@@ -61,8 +70,7 @@ if __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
     )
-    setup()
-    concurrency = get_endpoint(ENDPOINT).runpod.concurrency  # jobs at once per worker
+    concurrency = worker_concurrency(setup().settings, ENDPOINT)  # jobs at once per worker
     # start() reads RunPod's own flags (--test_input, --rp_serve_api, ...) from sys.argv.
     runpod.serverless.start(
         {"handler": handler, "concurrency_modifier": lambda _current: concurrency}

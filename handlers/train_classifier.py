@@ -43,7 +43,7 @@ import runpod
 from fnbundle.contract import error_result, run_task
 from fnbundle.endpoints import get_endpoint
 from fnbundle.jobs.runpod_run import run_volume_job
-from fnbundle.runpod_worker import job_output, worker_settings
+from fnbundle.runpod_worker import job_output, worker_concurrency, worker_settings
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
@@ -161,8 +161,7 @@ if __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
     )
-    setup()
-    concurrency = get_endpoint(ENDPOINT).runpod.concurrency  # training runs at once per worker
+    concurrency = worker_concurrency(setup(), ENDPOINT)  # training runs at once per worker
     # start() reads RunPod's own flags (--test_input, --rp_serve_api, ...) from sys.argv.
     runpod.serverless.start(
         {

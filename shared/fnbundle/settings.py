@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     allow_insecure_bind: bool = Field(
         False, description="Allow a non-loopback bind without API keys."
     )
+    worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Jobs one RunPod worker runs at once (deploy puts it in the template's "
+        "environment); unset: the endpoint's concurrency in deploy/endpoints.toml.",
+    )
 
     # --- jobs (training jobs and their webhooks) ---------------------------------------
     jobs_dir: Path = Field(

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import FnbError
 from fnbundle.settings import Settings
 from fnbundle.store import Store
@@ -131,6 +132,17 @@ def test_handler_matches_gateway(case: Case, classify_worker, gateway) -> None:
         assert body["error"]["type"] == case.error_type
         assert body["error"].get("field") == case.field
         assert STATUS_OF_TYPE[body["error"]["type"]] == status
+
+
+def test_classify_worker_preloads_its_endpoints_model_not_the_whole_store(
+    store_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FNB_PRELOAD")  # as deployed: only the declaration names a model
+    module = load_handler("classify")
+    service = module.setup()
+    assert service.preload_refs() == [get_endpoint("classify").model]  # not the store's MODEL
+    monkeypatch.setenv("FNB_PRELOAD", MODEL)
+    assert module.setup().preload_refs() == [MODEL]  # FNB_PRELOAD wins
 
 
 def run_test_input(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import NotFound
-from fnbundle.runpod_worker import job_output, worker_settings
+from fnbundle.runpod_worker import (
+    job_output,
+    preload_endpoint_model,
+    worker_concurrency,
+    worker_settings,
+)
+from fnbundle.settings import Settings
 
 
 def test_without_a_volume_the_environment_decides(tmp_path, monkeypatch: pytest.MonkeyPatch):
@@ -38,3 +45,23 @@ def test_an_error_body_travels_as_a_json_string():
     assert json.loads(output["error"]) == body["error"]
     good = {"model": "m", "predictions": []}
     assert job_output(good) is good
+
+
+def test_a_worker_preloads_its_endpoints_model_unless_told(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("FNB_PRELOAD", raising=False)
+    assert preload_endpoint_model(Settings(), "sentiment").preload == ["sentiment"]
+    assert preload_endpoint_model(Settings(), None).preload == ["*"]  # no model declared
+    monkeypatch.setenv("FNB_PRELOAD", "a,b")
+    assert preload_endpoint_model(Settings(), "sentiment").preload == ["a", "b"]
+
+
+@pytest.mark.parametrize("endpoint", ["classify", "train_classifier"])
+def test_worker_concurrency_comes_from_the_environment_first(endpoint, monkeypatch):
+    monkeypatch.delenv("FNB_WORKER_CONCURRENCY", raising=False)
+    baked = get_endpoint(endpoint).runpod.concurrency
+    assert worker_concurrency(Settings(), endpoint) == baked
+    monkeypatch.setenv("FNB_WORKER_CONCURRENCY", str(baked + 6))  # what deploy sets
+    assert worker_concurrency(Settings(), endpoint) == baked + 6
+    monkeypatch.setenv("FNB_WORKER_CONCURRENCY", "0")
+    with pytest.raises(ValueError, match="worker_concurrency"):
+        Settings()

@@ -5,20 +5,25 @@ the parity check), ``onnx-fp32`` and ``torch``. Every backend tokenizes with the
 ``tokenizer.json`` through the ``tokenizers`` library and pads per batch (to the longest
 text in it, never to a fixed length), so the backends see identical inputs.
 
-Key rule: the ONNX path imports neither torch nor transformers; a gateway that serves
-ONNX models starts in about a second.
+Key rules: the ONNX path imports neither torch nor transformers; a gateway that serves
+ONNX models starts in about a second. A model that cannot serve (weights a backend cannot
+read, a tokenizer that does not parse, an output width that disagrees with the labels, a
+warm-up that fails or gives non-finite scores) fails at load with
+:class:`~fnbundle.errors.ArtifactCorrupt` naming the reason, never per request.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fnbundle.errors import InvalidRequest, ModelNotReady
+from fnbundle.errors import ArtifactCorrupt, FnbError, InvalidRequest, ModelNotReady
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
 
@@ -28,6 +33,7 @@ BACKEND_FILES = {
     "torch": "model.safetensors",
 }
 TOKENIZER_FILE = "tokenizer.json"
+log = logging.getLogger(__name__)
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -121,6 +127,27 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
     }
 
 
+@contextmanager
+def _corrupt_on_error(artifact: Artifact | str, what: str) -> Iterator[None]:
+    """Turn a backend's own exception into ArtifactCorrupt naming the model and ``what``.
+
+    The backend's message is kept (its first line, without the artifact folder) because it
+    says what is wrong (``INVALID_PROTOBUF``); the traceback stays in the log.
+    """
+    model_id = artifact if isinstance(artifact, str) else artifact.id
+    try:
+        yield
+    except FnbError:
+        raise
+    except Exception as exc:
+        log.warning("model %s: %s failed", model_id, what, exc_info=True)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(artifact, Artifact):
+            detail = detail.replace(f"{artifact.path}{os.sep}", "").replace(str(artifact.path), "")
+        reason = f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+        raise ArtifactCorrupt(f"Model {model_id}: {what} failed ({reason}).") from None
+
+
 class TextClassifier:
     """Texts in, label probabilities out. Thread-compatible: one forward at a time."""
 
@@ -142,18 +169,44 @@ class TextClassifier:
 
     @classmethod
     def load(cls, artifact: Artifact, backend: str, settings: Settings) -> TextClassifier:
-        tokenizer = load_tokenizer(
-            artifact.file(TOKENIZER_FILE),
-            artifact.manifest.get("tokenizer", {}),
-            settings.max_tokens,
-        )
-        if backend == "torch":
-            run, _ = _torch_runner(str(artifact.path), settings)
-        else:
-            run, _ = _onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
-        model = cls(artifact.id, artifact.labels, backend, tokenizer, run)
-        model.predict_proba(["warm-up"])  # first run allocates; do it before serving
+        labels = artifact.manifest.get("labels")
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(label, str) for label in labels)
+            or len(set(labels)) != len(labels)
+        ):
+            raise ArtifactCorrupt(
+                f"Model {artifact.id}: its manifest needs a list of two or more distinct "
+                f"label names, not {str(labels)[:200]}."
+            )
+        with _corrupt_on_error(artifact, f"reading {TOKENIZER_FILE}"):
+            tokenizer = load_tokenizer(
+                artifact.file(TOKENIZER_FILE),
+                artifact.manifest.get("tokenizer", {}),
+                settings.max_tokens,
+            )
+        with _corrupt_on_error(artifact, f"loading {BACKEND_FILES[backend]}"):
+            if backend == "torch":
+                run, _ = _torch_runner(str(artifact.path), settings)
+            else:
+                run, _ = _onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
+        model = cls(artifact.id, labels, backend, tokenizer, run)
+        model.warm_up()
         return model
+
+    def warm_up(self) -> None:
+        """The first run allocates; it also proves the model answers one score per label."""
+        with _corrupt_on_error(self.model_id, "the warm-up run"):
+            logits = self._run(self.encode(["warm-up"]))
+        shape: tuple[int, ...] = tuple(np.shape(logits))
+        if len(shape) != 2 or shape[0] != 1 or shape[1] != len(self.labels):
+            raise ArtifactCorrupt(
+                f"Model {self.model_id} outputs scores of shape {tuple(shape)} per text, but "
+                f"its manifest lists {len(self.labels)} labels ({', '.join(self.labels)})."
+            )
+        if not np.isfinite(logits).all():
+            raise ArtifactCorrupt(f"Model {self.model_id} gives non-finite scores (NaN or inf).")
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return encode(self._tokenizer, texts)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
-from fnbundle.errors import InvalidRequest, NotFound, UnsafeArtifact
+from fnbundle.errors import ArtifactCorrupt, FnbError, InvalidRequest, NotFound, UnsafeArtifact
 from fnbundle.settings import Backend, Settings
 from fnbundle.store import Artifact, Store, is_unsafe_file, validate_name
 
@@ -190,6 +190,14 @@ class ModelCache:
             return "loading"
         return "failed" if entry.error else "ready"
 
+    def reason(self, key: tuple[str, str]) -> str | None:
+        """Why the load of ``key`` failed (the user-facing message), or None."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.done.is_set() or entry.error is None:
+            return None
+        error = entry.error
+        return error.message if isinstance(error, FnbError) else type(error).__name__
+
     def get_or_load(self, key: tuple[str, str], loader: Callable[[], T]) -> T:
         with self._lock:
             entry = self._entries.get(key)
@@ -237,6 +245,15 @@ def load_classifier(
 
     def load() -> TextClassifier:
         store.verify(artifact, hash_files=TextClassifier.files_for(artifact, chosen))
-        return TextClassifier.load(artifact, chosen, settings)
+        try:
+            return TextClassifier.load(artifact, chosen, settings)
+        except FnbError:
+            raise
+        except Exception as exc:  # remembered as the model's reason: a 503, not a 500 each time
+            log.exception("loading model %s failed", artifact.id)
+            raise ArtifactCorrupt(
+                f"Model {artifact.id} failed to load ({type(exc).__name__}); the server log "
+                "has the details."
+            ) from None
 
     return MODEL_CACHE.get_or_load((artifact.id, chosen), load)

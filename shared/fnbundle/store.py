@@ -11,7 +11,9 @@ Layout (identical on local disk, a Modal Volume and a RunPod network volume)::
 Key rules: an artifact is written under ``.staging`` and renamed into ``models/`` only
 when complete, so a reader never sees half an artifact; a model reference can never leave
 the root (names are a strict slug, checked before any path is built); files that can run
-code when loaded (pickle, joblib, ``.bin``/``.pt``) are refused.
+code when loaded (pickle, joblib, ``.bin``/``.pt``) are refused. Nothing is read through a
+symlink: a symlinked model folder, alias or file is refused, a manifest's file paths must
+be relative and stay inside the artifact, and every file read resolves inside it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fnbundle.errors import ArtifactCorrupt, InvalidRequest, NotFound, UnsafeArtifact
@@ -95,6 +97,40 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def check_manifest_path(artifact_id: str, rel: object) -> str:
+    """``rel`` if it is a relative POSIX path that stays inside the artifact, else refused."""
+    pure = PurePosixPath(rel) if isinstance(rel, str) else None
+    if (
+        pure is None
+        or not rel
+        or "\x00" in str(rel)
+        or "\\" in str(rel)
+        or pure.is_absolute()
+        or any(part in {"", ".", ".."} for part in str(rel).split("/"))
+    ):
+        raise ArtifactCorrupt(
+            f"Artifact {artifact_id}: manifest lists the file {str(rel)[:100]!r}; file paths "
+            "must be relative and inside the artifact."
+        )
+    return str(rel)
+
+
+def inside_artifact(artifact_id: str, folder: Path, rel: str) -> Path:
+    """``folder / rel``, refused if any part of it is a symlink or it resolves elsewhere."""
+    check_manifest_path(artifact_id, rel)
+    path = folder / rel
+    current = folder
+    for part in PurePosixPath(rel).parts:
+        current = current / part
+        if current.is_symlink():
+            raise ArtifactCorrupt(
+                f"Artifact {artifact_id}: {rel} is a symlink; artifacts hold real files."
+            )
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ArtifactCorrupt(f"Artifact {artifact_id}: {rel} lies outside the artifact.")
+    return path
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One complete, published model version."""
@@ -116,9 +152,10 @@ class Artifact:
         return list(self.manifest.get("labels", []))
 
     def file(self, rel: str) -> Path:
+        """The real path of a manifest file, refused if it is a symlink or leaves the folder."""
         if rel not in self.manifest.get("files", {}):
             raise ArtifactCorrupt(f"Artifact {self.id} has no file {rel} in its manifest.")
-        return self.path / rel
+        return inside_artifact(self.id, self.path, rel)
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -203,6 +240,8 @@ class Store:
         if (self.models_dir / ref / MANIFEST).is_file():
             return ref
         alias = self.aliases_dir / f"{ref}.json"
+        if alias.is_symlink():
+            raise ArtifactCorrupt(f"Alias for model {ref!r} is a symlink; it is refused.")
         try:
             target = str(json.loads(alias.read_text())["id"])
         except FileNotFoundError:
@@ -214,6 +253,10 @@ class Store:
     def get(self, artifact_id: str) -> Artifact:
         validate_name(artifact_id)
         folder = self.models_dir / artifact_id
+        if folder.is_symlink() or (folder / MANIFEST).is_symlink():
+            raise ArtifactCorrupt(
+                f"Artifact {artifact_id} is a symlink; the store serves real folders only."
+            )
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
         except FileNotFoundError:
@@ -226,6 +269,10 @@ class Store:
             raise ArtifactCorrupt(f"Artifact {artifact_id}: unreadable manifest ({exc}).") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
             raise ArtifactCorrupt(f"Artifact {artifact_id}: manifest has no file list.")
+        for rel, meta in manifest["files"].items():
+            check_manifest_path(artifact_id, rel)
+            if not isinstance(meta, dict):
+                raise ArtifactCorrupt(f"Artifact {artifact_id}: manifest entry {rel} is malformed.")
         return Artifact(artifact_id, folder, manifest)
 
     def resolve(self, ref: str, *, field: str = "model") -> Artifact:
@@ -263,7 +310,7 @@ class Store:
         files: dict[str, dict[str, Any]] = artifact.manifest["files"]
         to_hash = set(files) if hash_files is None else set(hash_files)
         for rel, meta in files.items():
-            path = artifact.path / rel
+            path = inside_artifact(artifact.id, artifact.path, rel)
             if is_unsafe_file(rel):
                 raise UnsafeArtifact(f"Artifact {artifact.id}: {rel} is a pickle-based format.")
             try:

@@ -75,3 +75,20 @@ def test_shipped_demo_dataset_is_well_formed():
     held_out = [i for i, s in enumerate(ds.splits) if s == "test"]
     assert len(held_out) >= 100
     assert len(set(ds.texts)) == len(ds.texts)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error", "message"),
+    [
+        ("a" * 5000 + ".csv", None, InvalidRequest, "over the limit"),
+        ("b" * 300 + ".csv", None, InvalidRequest, "too long"),
+        ("huge.csv", b"text,label\n" + b"x" * 200_000 + b",pos\n", DatasetError, "field limit"),
+    ],
+)
+def test_unreadable_datasets_are_a_clear_error_naming_data(tmp_path, name, content, error, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message) as exc:
+        load_text_dataset(str(path), [tmp_path])
+    assert exc.value.field == "data" and exc.value.status == 400

@@ -9,6 +9,7 @@ from fnbundle.loading import (
     check_safe_model_dir,
     parse_model_ref,
     resolve_inside_roots,
+    resolve_model_dir,
 )
 
 pytestmark = pytest.mark.unit
@@ -92,3 +93,44 @@ def test_model_cache_loads_once_and_remembers_failures():
         with pytest.raises(RuntimeError):
             cache.get_or_load(("bad", "b"), broken)
     assert cache.state(("bad", "b")) == "failed" and len(calls) == 2
+
+
+def test_a_symlinked_file_in_a_model_folder_cannot_leave_the_roots(tmp_path):
+    from fnbundle.settings import Settings
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    base = root / "base"
+    base.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "config.json").write_text(json.dumps({"auto_map": {}, "secret": "x"}))
+    (base / "model.safetensors").write_bytes(b"")
+    os.symlink(outside / "config.json", base / "config.json")
+    settings = Settings(store=tmp_path / "store", data_roots=[root])
+    with pytest.raises(UnsafeArtifact, match="config.json.*links outside") as exc:
+        resolve_model_dir(str(base), settings)
+    assert exc.value.status == 400
+    # A link that stays inside the roots is fine: the file it names may be read.
+    (root / "config.json").write_text("{}")
+    (base / "config.json").unlink()
+    os.symlink(root / "config.json", base / "config.json")
+    assert resolve_model_dir(str(base), settings) == base.resolve()
+
+
+def test_a_symlinked_subfolder_cannot_leave_the_model_folder(tmp_path):
+    folder, outside = tmp_path / "model", tmp_path / "outside"
+    folder.mkdir()
+    outside.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    os.symlink(outside, folder / "extra")
+    with pytest.raises(UnsafeArtifact, match="extra"):
+        check_safe_model_dir(folder)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("a" * 5000, "over the limit of 1024"), ("a" * 300, "too long"), ("x\x00y", "Invalid")],
+)
+def test_unusable_paths_are_a_clear_400(tmp_path, path, message):
+    with pytest.raises(InvalidRequest, match=message) as exc:
+        resolve_inside_roots(tmp_path / path, [tmp_path], field="data")
+    assert exc.value.field == "data"

@@ -104,3 +104,50 @@ def test_a_folder_without_manifest_is_corrupt_not_missing(tmp_path):
     (store.models_dir / "demo-1").mkdir(parents=True)
     with pytest.raises(ArtifactCorrupt, match="manifest"):
         store.get("demo-1")
+
+
+def rewrite_manifest(artifact, **changes):
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    (artifact.path / "manifest.json").write_text(json.dumps({**manifest, **changes}))
+
+
+@pytest.mark.parametrize("rel", ["../../x", "/etc/hostname", "a/../../x", "./a", "a\\..\\x", ""])
+def test_manifest_paths_outside_the_artifact_are_refused_before_any_read(tmp_path, rel):
+    store = Store(tmp_path / "store")
+    artifact = publish(store, "demo", {"model.onnx": b"weights"})
+    (tmp_path / "x").write_bytes(b"secret")  # what ../../x would reach from models/<id>
+    files = {"model.onnx": artifact.manifest["files"]["model.onnx"], rel: {"size": 6}}
+    rewrite_manifest(artifact, files=files)
+    with pytest.raises(ArtifactCorrupt, match="relative and inside") as exc:
+        store.verify(store.resolve("demo"))
+    assert exc.value.status == 503 and artifact.id in exc.value.message
+    assert store.list() == []  # not listed as a servable model either
+
+
+def test_symlinked_files_folders_and_aliases_are_refused(tmp_path):
+    store = Store(tmp_path / "store")
+    artifact = publish(store, "demo", {"model.onnx": b"weights", "tokenizer.json": b"{}"})
+    secret = tmp_path / "secret.json"
+    secret.write_bytes(b"{}")  # same size as the tokenizer it replaces
+
+    # A file swapped for a symlink, even one whose size matches.
+    (artifact.path / "tokenizer.json").unlink()
+    os.symlink(secret, artifact.path / "tokenizer.json")
+    with pytest.raises(ArtifactCorrupt, match="symlink"):
+        store.verify(artifact, hash_files=[])
+    with pytest.raises(ArtifactCorrupt, match="symlink"):
+        artifact.file("tokenizer.json")
+
+    # A model folder that is a symlink to a folder elsewhere.
+    other = publish(Store(tmp_path / "other"), "demo", {"model.onnx": b"weights"})
+    os.symlink(other.path, store.models_dir / "linked-1")
+    with pytest.raises(ArtifactCorrupt, match="symlink"):
+        store.resolve("linked-1")
+    assert "linked-1" not in [a.id for a in store.list()]
+
+    # An alias that is a symlink to an alias file elsewhere.
+    (tmp_path / "alias.json").write_text(json.dumps({"id": artifact.id}))
+    os.symlink(tmp_path / "alias.json", store.aliases_dir / "sneaky.json")
+    with pytest.raises(ArtifactCorrupt, match="symlink"):
+        store.resolve("sneaky")
+    assert "sneaky" not in store.latest_ids()

@@ -74,6 +74,14 @@ def load_text_dataset(
         rows = _rows(path)
     except UnicodeDecodeError:
         raise DatasetError(f"{path.name} is not UTF-8 text.", field="data") from None
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit, ...
+        raise DatasetError(
+            f"{path.name} is not a readable CSV file: {exc}.", field="data"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(
+            f"{path.name} cannot be read: {exc.strerror or type(exc).__name__}.", field="data"
+        ) from None
     if not rows:
         raise DatasetError(f"{path.name} has no rows.", field="data")
     if len(rows) > MAX_ROWS:

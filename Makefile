@@ -3,20 +3,41 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch first, pinned: the CPU build; an unpinned torch pulls a multi-gigabyte CUDA build.
-TORCH  ?= torch==2.13.0
-EXTRAS ?= train,modal,runpod,bench,dev
+LOCKS  := requirements
+# torch first, at the locked version: the CPU build on these machines (pip's configured
+# wheel folder); the lock then finds it installed and pulls no multi-gigabyte CUDA build.
+TORCH  ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCKS)/dev.txt)
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup lock run test lint format bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# The virtualenv holds exactly the locked versions: the project itself adds none (--no-deps).
+$(VENV)/.installed: pyproject.toml Makefile $(LOCKS)/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -q -r $(LOCKS)/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+# The lock: exact versions from pyproject.toml's ranges, resolved for the images' platform
+# (Linux x86_64, Python 3.11). dev.txt (every extra) first; each image's list is the subset
+# it needs, constrained to dev.txt, so every image runs the versions the tests ran with:
+# serve.txt and torch-cuda.txt + train.txt for the Modal images (functions/images.py),
+# runpod-<handler>.txt for each RunPod worker image (handlers/Dockerfile).
+# Existing pins are kept unless a range excludes them: `make lock UPGRADE=--upgrade` moves on.
+COMPILE = $(BIN)/uv pip compile -q $(UPGRADE) --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
+CPU_ONLY = --excludes $(LOCKS)/cuda-runtime.in
+lock: setup
+	$(COMPILE) pyproject.toml --all-extras -c $(LOCKS)/constraints.in $(CPU_ONLY) -o $(LOCKS)/dev.txt
+	$(COMPILE) pyproject.toml -c $(LOCKS)/dev.txt -o $(LOCKS)/serve.txt
+	$(COMPILE) pyproject.toml --extra train -c $(LOCKS)/dev.txt $(CPU_ONLY) -o $(LOCKS)/train.txt
+	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-classify.txt
+	$(COMPILE) pyproject.toml --extra train --extra runpod -c $(LOCKS)/dev.txt $(CPU_ONLY) \
+		-o $(LOCKS)/runpod-train_classifier.txt
+	$(COMPILE) $(LOCKS)/torch-cuda.in -c $(LOCKS)/dev.txt -o $(LOCKS)/torch-cuda.txt
 
 run: setup
 	$(BIN)/fnbundle demo

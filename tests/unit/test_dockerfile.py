@@ -1,126 +1,68 @@
 """handlers/Dockerfile against the repository: what it copies exists and reaches the build
-context, every RunPod endpoint in deploy/endpoints.toml gets a worker that starts its
-handler, and each image installs only what its handler needs (no dev tools, no caches).
+context, every RUN step reads the lock of the handler it builds, every RunPod endpoint in
+deploy/endpoints.toml gets a worker that starts its handler, each image installs only what
+its handler needs (no dev tools, no caches), and the source comes after the dependencies.
 
-No Docker engine is needed: the Dockerfile is parsed, and its install step runs in a shell
+No Docker engine is needed: the Dockerfile is parsed, and its steps are replayed in a shell
 with a stand-in ``pip`` that records what it was asked to install.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
 import re
-import shlex
 import stat
-import subprocess
-import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
 from fnbundle.endpoints import CONTAINER_PATHS, load_endpoints
 
 from tests.conftest import REPO
+from tests.images.dockerfile import (
+    args_of,
+    build_args,
+    copies,
+    ignored,
+    image_path_to_repo,
+    instructions,
+    replay,
+)
 
 pytestmark = pytest.mark.unit
 
-DOCKERFILE = REPO / "handlers" / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
-EXTRAS = set(
-    tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-)
+LOCKS = REPO / "requirements"
+TOOLS = {"pytest", "ruff", "mypy", "locust", "schemathesis", "uv", "modal"}  # never in a worker
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n", " ", "\n".join(lines))
-    found = []
-    for line in joined.splitlines():
-        if line.strip():
-            keyword, _, args = line.strip().partition(" ")
-            found.append((keyword.upper(), args.strip()))
-    return found
+def handlers() -> dict[str, str]:
+    """Handler name (handlers/<name>.py) -> task, for every declared RunPod endpoint."""
+    return {Path(e.runpod.handler).stem: e.task for e in load_endpoints().values()}
 
 
-def args_of(keyword: str) -> list[str]:
-    return [args for kw, args in instructions() if kw == keyword]
-
-
-def build_args() -> dict[str, str]:
-    """ARG defaults."""
-    defaults = {}
-    for arg in args_of("ARG"):
-        name, _, value = arg.partition("=")
-        defaults[name] = value
-    return defaults
-
-
-def workdir() -> PurePosixPath:
-    (only,) = args_of("WORKDIR")
-    return PurePosixPath(only)
-
-
-def copies() -> list[tuple[list[str], PurePosixPath]]:
-    """(sources, destination in the image) of every COPY from the build context."""
-    found = []
-    for args in args_of("COPY"):
-        words = [w for w in shlex.split(args) if not w.startswith("--")]
-        assert "--from" not in args, "COPY --from is not checked here"
-        *sources, dest = words
-        found.append((sources, workdir() / dest))
-    return found
-
-
-def ignored(path: str) -> bool:
-    """Whether .dockerignore keeps ``path`` (or a folder above it) out of the context."""
-    lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()]
-    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
-    assert not any(p.startswith("!") for p in patterns), "exceptions are not modelled here"
-    parts = PurePosixPath(path).parts
-    for i in range(len(parts)):
-        prefix = "/".join(parts[: i + 1])
-        for pattern in patterns:
-            if pattern.startswith("**/"):  # at any depth
-                if fnmatch.fnmatch(parts[i], pattern.removeprefix("**/")):
-                    return True
-            elif fnmatch.fnmatch(prefix, pattern):
-                return True
-    return False
-
-
-def image_path_to_repo(image_path: PurePosixPath) -> Path | None:
-    """The repository file a path inside the image was copied from, if any."""
-    for sources, dest in copies():
-        for source in sources:
-            # One source lands at the destination itself (a folder's contents, or the file).
-            target = dest if len(sources) == 1 else dest / source
-            if image_path == target or target in image_path.parents:
-                return REPO / source / image_path.relative_to(target)
-    return None
+def locked(path: Path) -> dict[str, str]:
+    """name -> version of every pin in a lock file."""
+    pins = re.findall(r"^([A-Za-z0-9._-]+)==([^\s;]+)", path.read_text(), flags=re.M)
+    return {name.lower().replace("_", "-"): version for name, version in pins}
 
 
 def install(handler: str, tmp_path: Path) -> list[list[str]]:
-    """Run the Dockerfile's install step for ``handler``; return the pip commands it ran."""
-    (step,) = [run for run in args_of("RUN") if "pip install" in run]
+    """Replay the build for ``handler``; return the pip commands its RUN steps ran."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     record = tmp_path / "pip-calls"
     pip = fake_bin / "pip"
     pip.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> {record}\nprintf "\\n" >> {record}\n')
     pip.chmod(pip.stat().st_mode | stat.S_IEXEC)
-    env = {**build_args(), "HANDLER": handler, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
-    done = subprocess.run(
-        ["sh", "-c", step], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stderr
+    steps = replay(handler, tmp_path / "app", fake_bin)
+    for step in steps:
+        assert step.returncode == 0, step.stderr
     calls = record.read_text().splitlines() if record.exists() else []
     return [call.rstrip("\0").split("\0") for call in calls]
 
 
-def test_every_copy_source_exists_and_reaches_the_context() -> None:
-    assert copies()
-    for sources, _dest in copies():
+@pytest.mark.parametrize("handler", sorted(handlers()), ids=str)
+def test_every_copy_source_exists_and_reaches_the_context(handler: str) -> None:
+    assert copies(handler)
+    for sources, _dest in copies(handler):
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert not ignored(source), f"COPY {source}: excluded by .dockerignore"
@@ -154,32 +96,50 @@ def test_cmd_starts_the_handler_of_every_declared_runpod_endpoint() -> None:
 
 
 @pytest.mark.parametrize("endpoint", sorted(load_endpoints()), ids=str)
-def test_each_image_installs_only_what_its_handler_needs(endpoint: str, tmp_path: Path) -> None:
+def test_each_image_installs_exactly_its_lock(endpoint: str, tmp_path: Path) -> None:
     spec = load_endpoints()[endpoint]
-    calls = install(Path(spec.runpod.handler).stem, tmp_path)
-    assert calls and all("--no-cache-dir" in call for call in calls)
-    *before, package = calls
-    (target,) = [arg for arg in package if arg.startswith(".[")]
-    extras = set(target.removeprefix(".[").removesuffix("]").split(","))
-    assert "runpod" in extras and extras <= EXTRAS
-    assert not extras & {"dev", "bench", "modal"}, extras
+    handler = Path(spec.runpod.handler).stem
+    lock = f"requirements/runpod-{handler}.txt"
+    pins = locked(REPO / lock)
+    calls = install(handler, tmp_path)
+    installs = [call for call in calls if call[0] == "install"]
+    assert installs and all("--no-cache-dir" in call for call in installs)
+    *torch, deps, project = installs
+    # Training images get torch first, alone, at the locked version, from PyTorch's index.
     trains = spec.task.startswith(("train", "finetune"))
-    assert ("train" in extras) == trains
-    # Training images get torch first, pinned, from PyTorch's index; serving images none.
-    assert [c for c in before if any(a.startswith("torch") for a in c)] == before
-    assert len(before) == (1 if trains else 0)
+    assert ("torch" in pins) == trains
     if trains:
-        assert f"torch=={build_args()['TORCH_VERSION']}" in before[0]
-        assert "--index-url" in before[0]
+        (only,) = torch
+        assert f"torch=={pins['torch']}" in only
+        assert only[only.index("--index-url") + 1] == build_args()["TORCH_INDEX"]
+    else:
+        assert torch == [] and not any("torch" in arg for call in calls for arg in call)
+    # Then the lock as it is: nothing resolved, and a consistency check of the result.
+    assert deps[deps.index("-r") + 1] == lock and "--no-deps" in deps
+    assert calls[calls.index(deps) + 1] == ["check"]
+    # Then the project itself, which adds no package.
+    assert project[-1] == "." and "--no-deps" in project
+    # A worker holds its handler's runtime and none of the tools.
+    assert "runpod" in pins and not TOOLS & set(pins), sorted(TOOLS & set(pins))
+
+
+def test_dependencies_install_before_the_source_arrives() -> None:
+    """A code change must not invalidate the dependency layers."""
+    steps = instructions()
+    (deps,) = [
+        i
+        for i, (kw, args) in enumerate(steps)
+        if kw == "RUN" and "pip install" in args and " -r " in args
+    ]
+    copied_before = [args for kw, args in steps[:deps] if kw == "COPY"]
+    assert copied_before and all(args.startswith("requirements/") for args in copied_before)
+    sources = [args for kw, args in steps[deps:] if kw == "COPY"]
+    assert any(args.startswith("shared ") for args in sources)
 
 
 def test_an_undeclared_handler_fails_the_build(tmp_path: Path) -> None:
-    (step,) = [run for run in args_of("RUN") if "pip install" in run]
-    env = {**build_args(), "HANDLER": "nope", "PATH": os.environ["PATH"]}
-    done = subprocess.run(
-        ["sh", "-c", step], env=env, cwd=tmp_path, capture_output=True, timeout=30
-    )
-    assert done.returncode != 0
+    with pytest.raises(FileNotFoundError, match="runpod-nope.txt"):
+        replay("nope", tmp_path / "app", tmp_path)
 
 
 def test_no_pip_cache_in_the_image() -> None:

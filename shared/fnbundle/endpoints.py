@@ -7,8 +7,13 @@ a scale-down window outside its range) is an error here, before anything is publ
 
 The ranges below are the platforms' own: Modal 1.6 refuses a ``scaledown_window``
 outside 2..3600 s and more than 8 GPUs per container (4 for A10); RunPod serverless
-takes GPU *pool* ids (not GPU type names), CPU instance ids such as ``cpu3c-2-4``, an
-idle timeout of 1 s to 1 h and an execution timeout of at most 24 h.
+takes GPU *pool* ids (not GPU type names), the CPU instance ids it lists (such as
+``cpu3c-2-4``), the CUDA versions it lists, an idle timeout of 1 s to 1 h and an execution
+timeout of at most 24 h.
+
+A second rule: every key a table declares is applied somewhere (a Modal app's decorators,
+RunPod's template or endpoint, the worker's environment), or it is refused here. A key
+that nothing applies would pass ``--dry-run`` and change nothing.
 """
 
 from __future__ import annotations
@@ -67,9 +72,62 @@ RUNPOD_GPU_POOLS: dict[str, str] = {
     "ADA_80_PRO": "80 GB: H100 PCIe / SXM / NVL",
     "HOPPER_141": "141 GB: H200",
 }
-# RunPod CPU instance ids: <flavor>-<vCPUs>-<GB of RAM>; flavor = generation 3 or 5 and
-# c (compute-optimised), g (general purpose) or m (memory-optimised).
-RUNPOD_CPU_INSTANCE = re.compile(r"^cpu[35][cgm]-[1-9][0-9]*-[1-9][0-9]*$")
+# RunPod serverless CPU instance ids, <flavor>-<vCPUs>-<GB of RAM>: c = compute-optimised,
+# g = general purpose (more memory per vCPU). Source: RunPod's "CPU types" reference,
+# https://docs.runpod.io/flash/configuration/cpu-types (runpod/docs,
+# flash/configuration/cpu-types.mdx), read 2026-11-28. cpu5c is stocked in EU-RO-1 only.
+RUNPOD_CPU_INSTANCES: dict[str, str] = {
+    "cpu3c-1-2": "3rd gen compute-optimised, 1 vCPU, 2 GB",
+    "cpu3c-2-4": "3rd gen compute-optimised, 2 vCPU, 4 GB",
+    "cpu3c-4-8": "3rd gen compute-optimised, 4 vCPU, 8 GB",
+    "cpu3c-8-16": "3rd gen compute-optimised, 8 vCPU, 16 GB",
+    "cpu3g-1-4": "3rd gen general purpose, 1 vCPU, 4 GB",
+    "cpu3g-2-8": "3rd gen general purpose, 2 vCPU, 8 GB",
+    "cpu3g-4-16": "3rd gen general purpose, 4 vCPU, 16 GB",
+    "cpu3g-8-32": "3rd gen general purpose, 8 vCPU, 32 GB",
+    "cpu5c-1-2": "5th gen compute-optimised, 1 vCPU, 2 GB",
+    "cpu5c-2-4": "5th gen compute-optimised, 2 vCPU, 4 GB",
+    "cpu5c-4-8": "5th gen compute-optimised, 4 vCPU, 8 GB",
+    "cpu5c-8-16": "5th gen compute-optimised, 8 vCPU, 16 GB",
+}
+# CUDA versions a RunPod endpoint can require of its hosts' drivers (``allowedCudaVersions``).
+# Source: the CudaVersion enum of RunPod's REST API (also the console's list), read 2026-11-28.
+RUNPOD_CUDA_VERSIONS = (
+    "11.8",
+    "12.0",
+    "12.1",
+    "12.2",
+    "12.3",
+    "12.4",
+    "12.5",
+    "12.6",
+    "12.7",
+    "12.8",
+    "12.9",
+    "13.0",
+)
+
+# Tasks that answer one request at a time; the others are training jobs, served on Modal by
+# a jobs web app (the job routes) next to the training function.
+SERVING_TASKS = frozenset({"classify", "embed", "generate"})
+# Modal keys a training app does not apply: it runs one job per container (no
+# @modal.concurrent), keeps no spare containers and takes no memory snapshot.
+MODAL_KEYS_NOT_FOR_TRAINING = (
+    "max_inputs",
+    "target_inputs",
+    "buffer_containers",
+    "enable_memory_snapshot",
+)
+# Worker environment that deploy sets from the declaration; an ``env`` table may not set it.
+DEPLOY_SET_ENV = {"FNB_WORKER_CONCURRENCY": "concurrency"}
+# Keys that used to be declared but that nothing applies, and what to do instead.
+RETIRED_RUNPOD_KEYS = {
+    "network_volume_gb": (
+        "nothing creates a volume of that size: create the network volume once (RunPod "
+        "console > Storage) and pass its id with --network-volume; a redeploy keeps the "
+        "endpoint's current volume"
+    ),
+}
 
 ENDPOINT_NAME = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 # A repository path (no tag, no registry): lower-case components split by / . _ -
@@ -108,7 +166,8 @@ class ModalSpec(_Spec):
     timeout_s: int = Field(60, ge=10, le=24 * HOURS)
     retries: int = Field(0, ge=0, le=10)
     enable_memory_snapshot: bool = False
-    # The app's web endpoint (the jobs API and its event streams); None = timeout_s.
+    # A training app's web endpoint (the jobs API and its event streams); None = timeout_s.
+    # A serving app's web endpoint is its class, so there timeout_s applies.
     web_timeout_s: int | None = Field(None, ge=10, le=24 * HOURS)
 
     @field_validator("file")
@@ -160,7 +219,6 @@ class RunPodSpec(_Spec):
     )
     concurrency: int = Field(1, ge=1, le=1000, description="Jobs one worker runs at once.")
     container_disk_gb: int = Field(10, ge=5, le=1000)
-    network_volume_gb: int = Field(20, ge=0, description="Size of the network volume to attach.")
     cuda_versions: list[str] = Field(
         default_factory=list,
         description="CUDA versions the host driver must support (GPU endpoints), e.g. '12.8'.",
@@ -195,12 +253,25 @@ class RunPodSpec(_Spec):
     @field_validator("cpu_flavor_ids")
     @classmethod
     def _cpu_ids(cls, value: list[str]) -> list[str]:
-        bad = [cpu for cpu in value if not RUNPOD_CPU_INSTANCE.match(cpu)]
+        bad = [cpu for cpu in value if cpu not in RUNPOD_CPU_INSTANCES]
         if bad:
             raise ValueError(
                 f"unknown RunPod CPU instance {', '.join(map(repr, bad))}; "
-                "expected <flavor>-<vCPUs>-<GB> such as cpu3c-2-4 or cpu5g-4-16"
+                f"known: {', '.join(RUNPOD_CPU_INSTANCES)}"
             )
+        return value
+
+    @field_validator("cuda_versions")
+    @classmethod
+    def _cuda_versions(cls, value: list[str]) -> list[str]:
+        bad = [version for version in value if version not in RUNPOD_CUDA_VERSIONS]
+        if bad:
+            raise ValueError(
+                f"unknown CUDA version {', '.join(map(repr, bad))}; "
+                f"RunPod offers: {', '.join(RUNPOD_CUDA_VERSIONS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a CUDA version is listed twice")
         return value
 
     @field_validator("env")
@@ -209,7 +280,19 @@ class RunPodSpec(_Spec):
         bad = [key for key in value if not ENV_NAME.match(key)]
         if bad:
             raise ValueError(f"environment variable names must be UPPER_CASE: {bad}")
+        for key, field in DEPLOY_SET_ENV.items():
+            if key in value:
+                raise ValueError(f"{key} is set by deploy from runpod.{field}: set that instead")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key, instead in RETIRED_RUNPOD_KEYS.items():
+                if key in data:
+                    raise ValueError(f"{key} is not applied: {instead}")
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> RunPodSpec:
@@ -217,6 +300,14 @@ class RunPodSpec(_Spec):
             raise ValueError("a GPU endpoint needs gpu_ids and no cpu_flavor_ids")
         if self.compute == "CPU" and (not self.cpu_flavor_ids or self.gpu_ids):
             raise ValueError("a CPU endpoint needs cpu_flavor_ids and no gpu_ids")
+        if self.compute == "GPU" and not self.cuda_versions:
+            raise ValueError(
+                "a GPU endpoint needs cuda_versions (the CUDA versions its image runs on, "
+                'e.g. ["12.8", "12.9"]): without them RunPod may start it on a host '
+                "whose driver is too old, and the worker trains on CPU"
+            )
+        if self.compute == "CPU" and self.cuda_versions:
+            raise ValueError("cuda_versions is for GPU endpoints; a CPU endpoint has no CUDA")
         if self.workers_min > self.workers_max:
             raise ValueError("workers_min is above workers_max")
         return self
@@ -238,6 +329,25 @@ class Endpoint(_Spec):
         if not ENDPOINT_NAME.match(value):
             raise ValueError(f"endpoint name {value!r} must be lower_snake_case")
         return value
+
+    @model_validator(mode="after")
+    def _applied(self) -> Endpoint:
+        """Refuse Modal keys this task's app does not apply."""
+        declared = self.modal.model_fields_set
+        if self.task in SERVING_TASKS:
+            if "web_timeout_s" in declared:
+                raise ValueError(
+                    "modal.web_timeout_s: a serving app's web endpoint is its class, whose "
+                    "timeout is modal.timeout_s; web_timeout_s is for a training app's jobs API"
+                )
+            return self
+        unapplied = [key for key in MODAL_KEYS_NOT_FOR_TRAINING if key in declared]
+        if unapplied:
+            raise ValueError(
+                f"{', '.join('modal.' + key for key in unapplied)}: a training app runs one "
+                "job per container and does not apply them; remove them"
+            )
+        return self
 
 
 def endpoints_path() -> Path:

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fnbundle.endpoints import DEFAULT_PATH, get_endpoint, load_endpoints
+from fnbundle.endpoints import (
+    DEFAULT_PATH,
+    RUNPOD_CPU_INSTANCES,
+    RUNPOD_CUDA_VERSIONS,
+    get_endpoint,
+    load_endpoints,
+)
 from fnbundle.errors import InvalidRequest, NotFound
 
 pytestmark = pytest.mark.unit
@@ -23,17 +29,21 @@ def _value(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of them read the same in TOML
 
 
-def write_declaration(tmp_path: Path, modal: dict[str, Any], runpod: dict[str, Any]) -> Path:
-    """One endpoint ``demo`` with valid defaults, overridden by ``modal`` / ``runpod``."""
+def write_declaration(
+    tmp_path: Path, modal: dict[str, Any], runpod: dict[str, Any], task: str = "classify"
+) -> Path:
+    """One endpoint ``demo`` with valid defaults, overridden by ``modal`` / ``runpod``
+    (a value of None leaves the key out)."""
     modal = {"app": "fnbundle-demo", "file": "functions/demo.py", **modal}
     runpod = {
         "handler": "handlers/demo.py",
         "image": "fnbundle-demo",
         "compute": "GPU",
         "gpu_ids": ["ADA_24"],
+        "cuda_versions": ["12.8"],
         **runpod,
     }
-    lines = ["[endpoints.demo]", 'task = "classify"', "", "[endpoints.demo.modal]"]
+    lines = ["[endpoints.demo]", f"task = {task!r}", "", "[endpoints.demo.modal]"]
     lines += [f"{k} = {_value(v)}" for k, v in modal.items() if v is not None]
     lines += ["", "[endpoints.demo.runpod]"]
     lines += [f"{k} = {_value(v)}" for k, v in runpod.items() if v is not None]
@@ -42,15 +52,23 @@ def write_declaration(tmp_path: Path, modal: dict[str, Any], runpod: dict[str, A
     return path
 
 
-def refused(tmp_path: Path, modal: dict[str, Any] | None = None, **runpod: Any) -> str:
-    path = write_declaration(tmp_path, modal or {}, runpod)
+def refused(
+    tmp_path: Path, modal: dict[str, Any] | None = None, task: str = "classify", **runpod: Any
+) -> str:
+    path = write_declaration(tmp_path, modal or {}, runpod, task)
     with pytest.raises(InvalidRequest) as caught:
         load_endpoints(path)
     return caught.value.message
 
 
-def accepted(tmp_path: Path, modal: dict[str, Any] | None = None, **runpod: Any):
-    return load_endpoints(write_declaration(tmp_path, modal or {}, runpod))["demo"]
+def accepted(
+    tmp_path: Path, modal: dict[str, Any] | None = None, task: str = "classify", **runpod: Any
+):
+    return load_endpoints(write_declaration(tmp_path, modal or {}, runpod, task))["demo"]
+
+
+# A CPU endpoint: instance ids, no GPU pools, no CUDA.
+CPU = {"compute": "CPU", "gpu_ids": None, "cuda_versions": None}
 
 
 # --- the shipped declaration ---------------------------------------------------------------
@@ -142,20 +160,66 @@ def test_runpod_execution_timeout_above_24_h_is_refused(tmp_path):
     assert "execution_timeout_s" in refused(tmp_path, execution_timeout_s=25 * 3600)
 
 
-def test_runpod_cpu_endpoint_takes_instance_ids(tmp_path):
-    endpoint = accepted(tmp_path, compute="CPU", gpu_ids=[], cpu_flavor_ids=["cpu3c-2-4"])
-    assert endpoint.runpod.cpu_flavor_ids == ["cpu3c-2-4"]
+@pytest.mark.parametrize("cpu", sorted(RUNPOD_CPU_INSTANCES))
+def test_runpod_cpu_endpoint_takes_every_listed_instance_id(tmp_path, cpu):
+    assert accepted(tmp_path, **CPU, cpu_flavor_ids=[cpu]).runpod.cpu_flavor_ids == [cpu]
 
 
-@pytest.mark.parametrize("cpu", ["cpu3c", "cpu4c-2-4", "c3-2-4", "cpu5g-0-4"])
-def test_runpod_malformed_cpu_instance_is_refused(tmp_path, cpu):
-    message = refused(tmp_path, compute="CPU", gpu_ids=[], cpu_flavor_ids=[cpu])
-    assert cpu in message
+def test_runpod_cpu_instance_table_is_runpods_serverless_list():
+    # RunPod's CPU types reference: cpu3c and cpu5c at 2 GB per vCPU, cpu3g at 4 GB, 1-8 vCPU.
+    expected = {
+        f"cpu{flavor}-{vcpus}-{vcpus * gb}"
+        for flavor, gb in (("3c", 2), ("5c", 2), ("3g", 4))
+        for vcpus in (1, 2, 4, 8)
+    }
+    assert set(RUNPOD_CPU_INSTANCES) == expected
+
+
+# Malformed, and well-formed ids RunPod does not offer (the old pattern let these through).
+@pytest.mark.parametrize(
+    "cpu", ["cpu3c", "cpu4c-2-4", "c3-2-4", "cpu5g-0-4", "cpu5g-4-16", "cpu3m-2-16", "cpu3c-3-6"]
+)
+def test_runpod_unknown_cpu_instance_is_refused(tmp_path, cpu):
+    message = refused(tmp_path, **CPU, cpu_flavor_ids=[cpu])
+    assert "runpod.cpu_flavor_ids" in message and cpu in message and "cpu3c-2-4" in message
 
 
 def test_runpod_compute_and_hardware_must_agree(tmp_path):
     assert "gpu_ids" in refused(tmp_path, gpu_ids=[])
     assert "cpu_flavor_ids" in refused(tmp_path, compute="CPU")  # still lists a GPU pool
+
+
+# --- RunPod: CUDA versions ------------------------------------------------------------------
+def test_runpod_gpu_endpoint_sends_its_cuda_versions(tmp_path):
+    endpoint = accepted(tmp_path, cuda_versions=["12.8", "12.9", "13.0"])
+    assert endpoint.runpod.cuda_versions == ["12.8", "12.9", "13.0"]
+    assert set(endpoint.runpod.cuda_versions) <= set(RUNPOD_CUDA_VERSIONS)
+
+
+def test_runpod_gpu_endpoint_without_cuda_versions_is_refused(tmp_path):
+    message = refused(tmp_path, cuda_versions=None)
+    assert "cuda_versions" in message and "GPU endpoint" in message
+
+
+@pytest.mark.parametrize("version", ["12", "12.10", "11.7", "cuda12.8", "13.0.1", ""])
+def test_runpod_unknown_cuda_version_is_refused(tmp_path, version):
+    message = refused(tmp_path, cuda_versions=["12.8", version])
+    assert "runpod.cuda_versions" in message and "12.9" in message  # names the known ones
+
+
+def test_runpod_cuda_version_listed_twice_is_refused(tmp_path):
+    assert "twice" in refused(tmp_path, cuda_versions=["12.8", "12.8"])
+
+
+def test_runpod_cpu_endpoint_with_cuda_versions_is_refused(tmp_path):
+    message = refused(tmp_path, **{**CPU, "cuda_versions": ["12.8"]}, cpu_flavor_ids=["cpu3c-2-4"])
+    assert "cuda_versions" in message and "CPU endpoint" in message
+
+
+def test_shipped_gpu_endpoints_declare_cuda_versions():
+    for endpoint in load_endpoints(DEFAULT_PATH).values():
+        spec = endpoint.runpod
+        assert bool(spec.cuda_versions) == (spec.compute == "GPU"), endpoint.name
 
 
 def test_runpod_workers_min_above_max_is_refused(tmp_path):
@@ -172,6 +236,46 @@ def test_runpod_environment_names_must_be_upper_case(tmp_path):
         "FNB_PRELOAD": "sentiment"
     }
     assert "runpod.env" in refused(tmp_path, env={"fnb-preload": "x"})
+
+
+def test_runpod_env_cannot_set_what_deploy_sets_from_concurrency(tmp_path):
+    message = refused(tmp_path, env={"FNB_WORKER_CONCURRENCY": "4"})
+    assert "FNB_WORKER_CONCURRENCY" in message and "runpod.concurrency" in message
+
+
+# --- keys that nothing would apply are refused ------------------------------------------------
+def test_runpod_network_volume_gb_is_refused_with_what_to_do(tmp_path):
+    message = refused(tmp_path, network_volume_gb=20)
+    assert "endpoints.demo.runpod" in message and "network_volume_gb" in message
+    assert "--network-volume" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_inputs", 4),
+        ("max_inputs", 1),  # even the value it happens to run with: nothing reads it
+        ("target_inputs", 1),
+        ("buffer_containers", 1),
+        ("enable_memory_snapshot", True),
+    ],
+)
+def test_modal_concurrency_and_snapshot_keys_are_refused_on_a_training_app(tmp_path, key, value):
+    message = refused(tmp_path, {key: value}, task="train_classifier")
+    assert f"modal.{key}" in message and "training app" in message
+    assert getattr(accepted(tmp_path, {key: value}).modal, key) == value  # a serving app takes it
+
+
+def test_modal_web_timeout_is_for_a_training_apps_jobs_api(tmp_path):
+    assert accepted(tmp_path, {"web_timeout_s": 3600}, task="train_classifier").modal.web_timeout_s
+    message = refused(tmp_path, {"web_timeout_s": 3600})
+    assert "modal.web_timeout_s" in message and "modal.timeout_s" in message
+
+
+@pytest.mark.parametrize("seconds", [0, 9, 24 * 3600 + 1])
+def test_modal_web_timeout_outside_10_s_to_24_h_is_refused(tmp_path, seconds):
+    message = refused(tmp_path, {"web_timeout_s": seconds}, task="train_classifier")
+    assert "modal.web_timeout_s" in message
 
 
 def test_every_problem_of_a_table_is_reported_at_once(tmp_path):

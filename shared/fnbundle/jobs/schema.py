@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 
 class JobStatus(StrEnum):
@@ -62,8 +62,20 @@ Task = Literal["train_classifier"]
 EventType = Literal["state", "step", "epoch", "eval_metric", "checkpoint", "cost_usd", "log"]
 
 
+MIN_TIMEOUT_S = 1  # seconds: below this no worker can even start
+MAX_TIMEOUT_S = 7 * 24 * 3600  # seconds: a week, RunPod's longest execution timeout
+
+
+def gpu_names() -> dict[str, str]:
+    """Every GPU of the price catalogue, upper-cased name -> the catalogue's spelling."""
+    from fnbundle.costs import CATALOGUE  # the catalogue lives with its prices
+
+    return {name.upper(): name for gpus in CATALOGUE.values() for name in gpus}
+
+
 class JobSubmit(BaseModel):
-    """``POST /v1/jobs`` body."""
+    """``POST /v1/jobs`` body. Numbers are finite (``Infinity`` or ``1e999`` is a 422, never
+    a limit silently dropped) and ``gpu`` is a name from the price catalogue."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,13 +87,36 @@ class JobSubmit(BaseModel):
         None, min_length=1, max_length=200, description="Same key, same job."
     )
     budget_usd: float | None = Field(
-        None, gt=0, description="Stop (with a checkpoint) when the cost reaches this."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Stop (with a checkpoint) when the cost reaches this (USD).",
     )
-    gpu: str | None = Field(None, description="GPU name; default: the cheapest that fits.")
+    gpu: str | None = Field(
+        None,
+        max_length=40,
+        description="A GPU of the price catalogue (Modal type or RunPod pool); default: the "
+        "cheapest that fits.",
+    )
     webhook_url: HttpUrl | None = Field(None, description="POSTed the job on a terminal state.")
     timeout_s: float | None = Field(
-        None, gt=0, description="Execution time limit; default from the endpoint declaration."
+        None,
+        ge=MIN_TIMEOUT_S,
+        le=MAX_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="Execution time limit (seconds); default from the endpoint declaration.",
     )
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = gpu_names()
+        known = names.get(value.strip().upper())
+        if known is None:
+            raise ValueError(f"unknown GPU; one of: {', '.join(names.values())}")
+        return known
 
 
 class JobEvent(BaseModel):

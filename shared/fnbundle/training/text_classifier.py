@@ -62,20 +62,40 @@ class TrainClassifierParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = Field(description="CSV or JSONL file with text and label columns.")
+    data: str = Field(
+        min_length=1,
+        max_length=1024,  # characters: loading.MAX_PATH_CHARS
+        description="CSV or JSONL file with text and label columns.",
+    )
     name: str = Field(description="Store name to publish under.")
-    base: str = Field("builtin:minilm", description="Base encoder (any model reference).")
+    base: str = Field(
+        "builtin:minilm",
+        min_length=1,
+        max_length=1024,  # characters: loading.MAX_PATH_CHARS
+        description="Base encoder (any model reference).",
+    )
     epochs: int = Field(5, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
     learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, le=1024, description="Examples per step.")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
     eval_split: float = Field(0.15, gt=0, lt=0.9, description="Fraction held out for validation.")
-    seed: int = Field(42, description="Seed for shuffling, splits and initialisation.")
-    patience: int = Field(2, ge=0, description="Epochs without a better eval loss (0 = off).")
-    weight_decay: float = Field(0.01, ge=0)
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**32 - 1,  # numpy's seed range; torch's is wider
+        description="Seed for shuffling, splits and initialisation.",
+    )
+    patience: int = Field(
+        2, ge=0, le=100, description="Epochs without a better eval loss (0 = off)."
+    )
+    weight_decay: float = Field(0.01, ge=0, le=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    text_column: str = Field("text", description="Column holding the text.")
-    label_column: str = Field("label", description="Column holding the label.")
+    text_column: str = Field(
+        "text", min_length=1, max_length=200, description="Column holding the text."
+    )
+    label_column: str = Field(
+        "label", min_length=1, max_length=200, description="Column holding the label."
+    )
     freeze_embeddings: bool = Field(
         False, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
     )

@@ -81,9 +81,8 @@ def curl_examples(settings: Settings, host: str, port: int) -> str:
 
 
 def run_server(settings: Settings) -> None:
-    import uvicorn
-
     from fnbundle.api import create_app
+    from fnbundle.api.server import build_server
 
     if (
         not settings.api_keys
@@ -96,27 +95,17 @@ def run_server(settings: Settings) -> None:
             2,
         )
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if self.started:
-                console.print("[bold green]fnbundle gateway is up.[/] Try:\n")
-                console.print(  # soft_wrap: never break a line someone will paste
-                    curl_examples(settings, settings.host, settings.port),
-                    markup=False,
-                    highlight=False,
-                    soft_wrap=True,
-                )
-                console.print()
+    def started() -> None:
+        console.print("[bold green]fnbundle gateway is up.[/] Try:\n")
+        console.print(  # soft_wrap: never break a line someone will paste
+            curl_examples(settings, settings.host, settings.port),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print()
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=10,  # seconds to finish in-flight requests on Ctrl-C
-    )
-    Server(config).run()
+    build_server(create_app(settings), settings, on_started=started).run()
 
 
 @app.command()
@@ -137,7 +126,14 @@ def serve(
         for k, v in {"host": host, "port": port, "preload": preload, "backend": backend}.items()
         if v is not None
     }
-    settings = Settings(**overrides) if overrides else get_settings()  # type: ignore[arg-type]
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings(**overrides) if overrides else get_settings()  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "FNB_" + "_".join(map(str, first["loc"])).upper()
+        raise _fail(f"{name}: {first['msg'].removeprefix('Value error, ')}", 2) from None
     run_server(settings)
 
 

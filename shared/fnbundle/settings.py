@@ -19,6 +19,8 @@ MIB = 1024 * KIB  # bytes
 HOURS = 3600  # seconds
 
 Backend = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
+# A bearer key shorter than this is guessable (or a quoting slip like FNB_API_KEYS='""').
+MIN_API_KEY_CHARS = 16
 
 
 def _split_csv(value: object) -> object:
@@ -44,11 +46,35 @@ class Settings(BaseSettings):
     # --- network -----------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=f"Bearer keys for /v1 (comma-separated), each at least {MIN_API_KEY_CHARS} "
+        "characters.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_connections: int = Field(
+        512,
+        gt=0,
+        description="Open connections (or requests in flight) beyond which a new request gets 503.",
+    )
+    request_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers, and as long again for "
+        "its body; a slower one gets 408 and is disconnected.",
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, seconds requests already inside get to finish (new ones get "
+        "503) before they are cancelled.",
+    )
 
     # --- request limits ------------------------------------------------------------
     max_body_bytes: int = Field(1 * MIB, gt=0, description="Larger bodies get 413.")
+    max_header_bytes: int = Field(
+        16 * KIB, ge=1 * KIB, description="Request line and headers together; more gets 431."
+    )
     max_texts: int = Field(64, gt=0, description="Texts per classify request.")
     max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
     max_tokens: int = Field(128, gt=0, le=4096, description="Tokens kept per text.")
@@ -136,6 +162,18 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, keys: list[str]) -> list[str]:
+        short = [k for k in keys if len(k) < MIN_API_KEY_CHARS]
+        if short:
+            raise ValueError(
+                f"{len(short)} of {len(keys)} API keys are shorter than {MIN_API_KEY_CHARS} "
+                f"characters (the shortest has {min(map(len, short))}); use long random keys: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return keys
 
     @field_validator("data_roots")
     @classmethod

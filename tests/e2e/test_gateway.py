@@ -108,22 +108,19 @@ def test_bad_input_over_http(served, content, status, type_):
 
 
 def test_api_keys(tiny_trained):
-    settings, _ = tiny_trained
-    with gateway(settings.store_root, FNB_API_KEYS="k1,k2") as url:
+    settings, result = tiny_trained
+    keys = ["first-key-0123456789", "second-key-0123456789"]
+    with gateway(settings.store_root, FNB_API_KEYS=",".join(keys)) as url:
         body = {"model": "tiny", "texts": [POSITIVE]}
         assert httpx.post(f"{url}/v1/classify", json=body).status_code == 401
-        assert (
-            httpx.post(
-                f"{url}/v1/classify", json=body, headers={"Authorization": "Bearer nope"}
-            ).status_code
-            == 401
-        )
-        assert (
-            httpx.post(
-                f"{url}/v1/classify", json=body, headers={"Authorization": "Bearer k2"}
-            ).status_code
-            == 200
-        )
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.post(f"{url}/v1/classify", json=body, headers=wrong).status_code == 401
+        right = {"Authorization": f"Bearer {keys[1]}"}
+        assert httpx.post(f"{url}/v1/classify", json=body, headers=right).status_code == 200
+        # The probe needs no key, and without one it names no model and no file.
+        assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+        detail = httpx.get(f"{url}/readyz", headers=right).json()
+        assert detail == {"status": "ready", "models": {result.model_id: "ready"}}
 
 
 def test_corrupt_artifact_is_503_and_other_models_keep_serving(tiny_trained, tmp_path):

@@ -15,9 +15,13 @@ def client(tmp_path):
         yield c
 
 
+KEY = "s3cret-key-0123456789"
+OTHER = "other-key-0123456789"
+
+
 @pytest.fixture
 def keyed(tmp_path):
-    settings = Settings(store=tmp_path, api_keys=["s3cret", "other-key"], max_body_bytes=2048)
+    settings = Settings(store=tmp_path, api_keys=[KEY, OTHER], max_body_bytes=2048)
     with TestClient(create_app(settings, jobs=False)) as c:
         yield c
 
@@ -97,16 +101,60 @@ def test_streamed_body_over_the_limit_is_413(client):
 
 def test_unknown_route_and_method_use_the_error_shape(client):
     error(client.get("/v1/nothing"), 404, "not_found")
-    error(client.get("/v1/classify"), 405, "method_not_allowed")
+    not_allowed = client.get("/v1/classify")
+    error(not_allowed, 405, "method_not_allowed")
+    assert not_allowed.headers["allow"] == "POST"
+
+
+def test_the_openapi_document_declares_the_bearer_scheme_and_every_status(keyed, client):
+    doc = keyed.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the gateway's API keys (FNB_API_KEYS).",
+    }
+    classify = doc["paths"]["/v1/classify"]["post"]
+    assert classify["security"] == [{"bearer": []}]
+    assert {"400", "401", "404", "408", "413", "422", "503"} <= set(classify["responses"])
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for status in ("400", "422", "503"):
+        assert classify["responses"][status]["content"]["application/json"]["schema"] == error_ref
+    assert "HTTPValidationError" not in str(doc)
+    assert doc["paths"]["/v1/models"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
+    assert "503" in doc["paths"]["/readyz"]["get"]["responses"]
+    # Without keys no route asks for them, and none answers 401.
+    open_doc = client.get("/openapi.json").json()
+    assert "security" not in open_doc["paths"]["/v1/classify"]["post"]
+    assert "401" not in open_doc["paths"]["/v1/classify"]["post"]["responses"]
 
 
 def test_keys_are_required_on_v1_only(keyed):
     assert keyed.get("/healthz").status_code == 200
     error(keyed.get("/v1/models"), 401, "unauthorized")
     error(keyed.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized")
-    error(keyed.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401, "unauthorized")
-    assert keyed.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert keyed.get("/v1/models", headers={"Authorization": "bearer other-key"}).status_code == 200
+    error(keyed.get("/v1/models", headers={"Authorization": f"Basic {KEY}"}), 401, "unauthorized")
+    assert keyed.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert keyed.get("/v1/models", headers={"Authorization": f"bearer {OTHER}"}).status_code == 200
+
+
+def test_more_than_one_authorization_header_is_refused(keyed):
+    for pair in (["Bearer wrong", f"Bearer {KEY}"], [f"Bearer {KEY}", f"Bearer {KEY}"]):
+        headers = [("Authorization", value) for value in pair]
+        error(keyed.get("/v1/models", headers=headers), 401, "unauthorized")
+
+
+def test_readyz_tells_a_stranger_only_ready_or_not(keyed):
+    anonymous = keyed.get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    wrong = keyed.get("/readyz", headers={"Authorization": "Bearer wrong"})
+    assert wrong.json() == {"status": "ready"}
+    full = keyed.get("/readyz", headers={"Authorization": f"Bearer {KEY}"})
+    assert full.json() == {"status": "ready", "models": {}}
+
+
+def test_readyz_without_keys_shows_the_models(client):
+    assert client.get("/readyz").json() == {"status": "ready", "models": {}}
 
 
 def test_auth_is_checked_before_the_body_is_read(keyed):
@@ -118,7 +166,7 @@ def test_auth_is_checked_before_the_body_is_read(keyed):
 
 
 def test_cors_preflight_allows_configured_origins(tmp_path):
-    settings = Settings(store=tmp_path, cors_origins=["https://app.example"], api_keys=["k"])
+    settings = Settings(store=tmp_path, cors_origins=["https://app.example"], api_keys=[KEY])
     with TestClient(create_app(settings, jobs=False)) as c:
         r = c.options(
             "/v1/classify",

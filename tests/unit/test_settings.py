@@ -5,11 +5,11 @@ pytestmark = pytest.mark.unit
 
 
 def test_env_lists_are_comma_separated(monkeypatch, tmp_path):
-    monkeypatch.setenv("FNB_API_KEYS", "key-one, key-two")
+    monkeypatch.setenv("FNB_API_KEYS", "key-one-0123456789, key-two-0123456789")
     monkeypatch.setenv("FNB_DATA_ROOTS", f"{tmp_path},{tmp_path}/sub")
     monkeypatch.setenv("FNB_STORE", str(tmp_path / "store"))
     s = Settings()
-    assert s.api_keys == ["key-one", "key-two"]
+    assert s.api_keys == ["key-one-0123456789", "key-two-0123456789"]
     assert s.data_roots == [tmp_path.resolve(), (tmp_path / "sub").resolve()]
     assert s.store_root == (tmp_path / "store").resolve()
 
@@ -40,3 +40,27 @@ def test_runpod_jobs_need_a_key_and_keep_it_secret(monkeypatch):
     assert "rpa_secret" not in repr(s)
     monkeypatch.setenv("FNB_RUNPOD_API_KEY", "rpa_fnb")  # the prefixed name wins
     assert Settings().runpod_api_key.get_secret_value() == "rpa_fnb"
+
+
+@pytest.mark.parametrize("keys", ['""', "short", "long-enough-key-0123,x"])
+def test_short_api_keys_are_refused(monkeypatch, keys):
+    monkeypatch.setenv("FNB_API_KEYS", keys)
+    with pytest.raises(ValueError, match="shorter than 16 characters"):
+        Settings()
+
+
+def test_an_empty_key_list_means_no_keys(monkeypatch):
+    monkeypatch.setenv("FNB_API_KEYS", "")
+    assert Settings().api_keys == []
+
+
+def test_server_limits_have_safe_defaults_and_read_the_environment(monkeypatch):
+    s = Settings()
+    assert s.max_header_bytes == 16 * 1024 and s.request_timeout_s == 15.0
+    assert s.max_connections == 512 and s.shutdown_timeout_s == 20.0
+    monkeypatch.setenv("FNB_MAX_HEADER_BYTES", "4096")
+    monkeypatch.setenv("FNB_REQUEST_TIMEOUT_S", "0.5")
+    assert (Settings().max_header_bytes, Settings().request_timeout_s) == (4096, 0.5)
+    monkeypatch.setenv("FNB_REQUEST_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        Settings()

@@ -5,6 +5,7 @@ hangs off ``app.state``, built here once per process. Models in ``FNB_PRELOAD`` 
 background thread at start-up; ``/readyz`` answers 503 until they have. The job backend
 (``/v1/jobs``: local worker processes, or a RunPod endpoint when ``FNB_JOBS_RUNPOD_ENDPOINT``
 is set) starts with the app and stops with it, so no local worker outlives the gateway.
+The OpenAPI document lists what the guards answer and the bearer scheme (``api/openapi.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fnbundle.api import classify, health, models
 from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
+from fnbundle.api.openapi import install_openapi
 from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks.classify import ClassifyService
 
@@ -102,4 +104,5 @@ def create_app(
     if manager is not None:
         app.include_router(jobs_api.router)
     install_middleware(app, settings)
+    install_openapi(app, keys=bool(settings.api_keys))
     return app

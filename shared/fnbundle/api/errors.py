@@ -9,6 +9,7 @@ goes to the log only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ _STATUS_TYPES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -35,10 +37,15 @@ _STATUS_TYPES = {
 
 
 def error_response(
-    status: int, body: dict[str, Any], retry_after: float | None = None
+    status: int,
+    body: dict[str, Any],
+    retry_after: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    headers = {"Retry-After": str(int(retry_after))} if retry_after else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    merged = dict(headers or {})
+    if retry_after:
+        merged["Retry-After"] = str(int(retry_after))
+    return JSONResponse(body, status_code=status, headers=merged or None)
 
 
 def validation_error_response(errors: list[Any]) -> JSONResponse:
@@ -59,7 +66,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TYPES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return error_response(exc.status_code, error_body(type_, message))
+        # The exception's headers carry meaning: ``Allow`` on a 405, ``Connection: close``.
+        return error_response(exc.status_code, error_body(type_, message), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -1,14 +1,19 @@
-"""Guards that run before any route: API-key check and body-size limit (pure ASGI).
+"""Guards that run before any route: API-key check, body-size limit, body deadline (pure ASGI).
 
 Key rules: the key is checked before one byte of the body is read, in constant time,
-against every configured key; a body is refused with 413 from its Content-Length before
-it is buffered, and a body without one is counted as it streams and cut off at the limit.
+against every configured key, and a request with more than one ``Authorization`` header
+is refused; a body is refused with 413 from its Content-Length before it is buffered, and
+a body without one is counted as it streams and cut off at the limit; a body that has not
+fully arrived ``request_timeout_s`` after the headers is answered 408 and its connection
+closed. A request cancelled at the end of a graceful shutdown answers 503, not 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
@@ -35,35 +40,49 @@ async def _send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+def bearer_key_ok(headers: Iterable[tuple[bytes, bytes]], keys: list[bytes]) -> bool:
+    """Exactly one ``Authorization: Bearer <key>`` header holding one of ``keys``. Two
+    headers are refused: proxies and frameworks disagree on which one counts."""
+    values = [value for name, value in headers if name.lower() == b"authorization"]
+    if len(values) != 1:
+        return False
+    scheme, _, token = values[0].partition(b" ")
+    ok = False
+    for key in keys:  # compare against every key: timing reveals nothing
+        ok |= hmac.compare_digest(token.strip(), key)
+    return ok and scheme.lower() == b"bearer"
+
+
 class GuardMiddleware:
-    def __init__(self, app: ASGIApp, *, api_keys: list[str], max_body_bytes: int):
+    def __init__(
+        self, app: ASGIApp, *, api_keys: list[str], max_body_bytes: int, body_timeout_s: float
+    ):
         self.app = app
         self.keys = [k.encode() for k in api_keys]
         self.max_body = max_body_bytes
-
-    def _authorized(self, scope: Scope) -> bool:
-        header = dict(scope.get("headers", [])).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        ok = False
-        for key in self.keys:  # compare against every key: timing reveals nothing
-            ok |= hmac.compare_digest(token.strip(), key)
-        return ok and scheme.lower() == b"bearer"
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = scope.get("headers", [])
         protected = scope["path"].startswith(PROTECTED_PREFIX)
-        if protected and self.keys and scope["method"] != "OPTIONS" and not self._authorized(scope):
+        if (
+            protected
+            and self.keys
+            and scope["method"] != "OPTIONS"
+            and not bearer_key_ok(headers, self.keys)
+        ):
             await _send_error(
                 send,
                 401,
                 "unauthorized",
-                "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                "Missing or invalid API key: send one 'Authorization: Bearer <key>' header.",
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        length = dict(scope.get("headers", [])).get(b"content-length")
+        length = dict(headers).get(b"content-length")
         if length is not None:
             try:
                 too_big = int(length) > self.max_body
@@ -78,23 +97,62 @@ class GuardMiddleware:
                     f"Request body of {int(length)} bytes is over the limit of {self.max_body} bytes.",
                 )
                 return
-            await self.app(scope, receive, send)
-            return
+        started = False
 
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._guarded_receive(receive), tracked_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when the graceful shutdown ends; the
+            # client should retry elsewhere, not read a server error.
+            if not started:
+                await _send_error(
+                    send,
+                    503,
+                    "unavailable",
+                    "The gateway shut down before this request finished; retry it.",
+                    [(b"retry-after", b"2"), (b"connection", b"close")],
+                )
+            raise
+
+    def _guarded_receive(self, receive: Receive) -> Receive:
+        """``receive`` with the body counted against the limit and a deadline on its arrival;
+        once the body is complete (or the client gone), later calls pass straight through
+        (an event stream waits on ``receive`` for the disconnect)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
         received = 0
+        body_done = False
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"The request body did not arrive within {self.body_timeout_s:g} s.",
+                    headers={"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise HTTPException(
                         413, f"Request body is over the limit of {self.max_body} bytes."
                     )
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
-        await self.app(scope, counted_receive, send)
+        return guarded_receive
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
@@ -103,7 +161,10 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     from fastapi.middleware.cors import CORSMiddleware
 
     app.add_middleware(
-        GuardMiddleware, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes
+        GuardMiddleware,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.request_timeout_s,
     )
     if settings.cors_origins:
         app.add_middleware(

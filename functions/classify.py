@@ -6,10 +6,12 @@
     FNB_MODAL_PROXY_AUTH=1 modal deploy functions/classify.py                 # Modal proxy auth on
 
 Key rules: a container loads its models once, in ``@modal.enter``, from the store on the
-Volume; the web endpoint *is* the gateway app (``create_app``), so routes, fields, limits,
-bearer-key check and error bodies are the gateway's; every scaling number comes from
-``deploy/endpoints.toml``. Importing this file loads no model and imports no torch or
-onnxruntime.
+Volume (its endpoint's model unless ``FNB_PRELOAD`` names others); a request for a model
+the container does not see reloads the Volume (at most once per few seconds) and looks
+again, so a model published after the container started is served; the web endpoint
+*is* the gateway app (``create_app``), so routes, fields, limits, bearer-key check and
+error bodies are the gateway's; every scaling number comes from ``deploy/endpoints.toml``.
+Importing this file loads no model and imports no torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger("fnbundle.functions.classify")
 
 endpoint = get_endpoint("classify")  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
+RELOAD_ON_MISS_EVERY_S = 5.0  # seconds: the most often a model miss reloads the Volume
 
 app = modal.App(spec.app)
 
@@ -70,10 +73,17 @@ class Classifier:
 
     @modal.enter(snap=False)
     def load(self) -> None:
-        if not modal.is_local():
+        on_modal = not modal.is_local()
+        if on_modal:
             volume.reload()  # see versions committed after this container's snapshot
         settings = container_settings()
-        self.service = ClassifyService(settings)
+        # A model published after this container started is on the Volume but not in this
+        # container's view of it: a miss reloads the Volume (rate-limited) and looks again.
+        self.service = ClassifyService(
+            settings,
+            refresh=volume.reload if on_modal else None,
+            refresh_every_s=RELOAD_ON_MISS_EVERY_S,
+        )
         status = self.service.preload()
         log.info("store %s; models: %s", settings.store_root, status or "(store is empty)")
         self.web_app = create_app(settings, classify_service=self.service, jobs=False)

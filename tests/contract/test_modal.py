@@ -8,11 +8,16 @@ code runs in this process through ``.local()``, which runs the ``@modal.enter`` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -251,6 +256,59 @@ def test_modal_method_preloads_the_endpoint_model_unless_told(store_env, monkeyp
     assert container_settings().preload == [MODEL]  # FNB_PRELOAD wins
     monkeypatch.delenv("FNB_PRELOAD")
     assert container_settings().preload == [get_endpoint("classify").model]
+
+
+class FakeVolume:
+    """A Modal Volume as one container sees it: ``reload`` shows what others committed."""
+
+    def __init__(self) -> None:
+        self.reloads: list[float] = []  # monotonic seconds of each reload
+        self.committed_elsewhere: list[Callable[[], Any]] = []  # seen from the next reload on
+
+    def reload(self) -> None:
+        self.reloads.append(time.monotonic())
+        while self.committed_elsewhere:
+            self.committed_elsewhere.pop(0)()
+
+
+def test_a_warm_container_serves_a_model_published_after_it_started(
+    tiny_trained, tmp_path, monkeypatch
+):
+    import modal
+
+    import functions.classify as fn
+
+    published, _result = tiny_trained
+    store = tmp_path / "store"
+    monkeypatch.setenv("FNB_STORE", str(store))  # empty when the container starts
+    monkeypatch.setenv("FNB_PRELOAD", MODEL)
+    monkeypatch.delenv("FNB_API_KEYS", raising=False)
+    volume = FakeVolume()
+    monkeypatch.setattr(fn, "volume", volume)  # Modal's cloud: the Volume and where we run
+    monkeypatch.setattr(modal, "is_local", lambda: False)
+    request = {"model": MODEL, "texts": ["Lovely and well made."]}
+
+    with TestClient(fn.Classifier().web.local()) as client:
+        assert volume.reloads  # at start
+        # A training container publishes the model and commits the Volume.
+        volume.committed_elsewhere.append(
+            lambda: shutil.copytree(published.store_root, store, dirs_exist_ok=True)
+        )
+        deadline = time.monotonic() + 4 * fn.RELOAD_ON_MISS_EVERY_S
+        while (served := client.post("/v1/classify", json=request)).status_code == 404:
+            assert time.monotonic() < deadline, "the container never reloaded the Volume"
+            time.sleep(0.2)
+        assert served.status_code == 200, served.text
+        assert served.json()["model"].startswith(f"{MODEL}-")
+        unknown = [
+            client.post("/v1/classify", json={**request, "model": "nobody"}) for _ in range(20)
+        ]
+        assert [r.status_code for r in unknown] == [404] * 20
+    # A stream of misses does not hammer the Volume: the reloads after the one at start
+    # (the preload's miss, the polling, the unknown names) stay the window apart.
+    gaps = [b - a for a, b in itertools.pairwise(volume.reloads[1:])]
+    assert len(volume.reloads) >= 3
+    assert all(gap >= fn.RELOAD_ON_MISS_EVERY_S for gap in gaps), gaps
 
 
 # --- training ------------------------------------------------------------------------------

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fnbundle.batching import DynamicBatcher
 from fnbundle.classifier import TextClassifier, pick_backend
-from fnbundle.errors import FnbError, InvalidRequest, LimitExceeded, ModelNotReady
+from fnbundle.errors import FnbError, InvalidRequest, LimitExceeded, ModelNotReady, NotFound
 from fnbundle.loading import MODEL_CACHE, load_classifier
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
@@ -60,11 +64,25 @@ class ClassifyResponse(BaseModel):
 class ClassifyService:
     """Classification for one process: limits, model cache, one batcher per loaded model."""
 
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        *,
+        refresh: Callable[[], None] | None = None,
+        refresh_every_s: float = 5.0,
+    ):
         self.settings = settings
         self.store = store or Store(settings.store_root)
         self._batchers: dict[tuple[str, str], DynamicBatcher] = {}
         self._artifacts: dict[str, Artifact] = {}
+        # Called when a model is not found (a Modal Volume's reload), so a warm container
+        # sees models published after it started; at most once per refresh_every_s seconds,
+        # so a stream of requests for an unknown name does not hammer the storage.
+        self.refresh = refresh
+        self.refresh_every_s = refresh_every_s
+        self._refreshed_at = -math.inf  # monotonic seconds
+        self._refresh_lock = threading.Lock()
 
     # --- checks -------------------------------------------------------------------------
     def check_limits(self, request: ClassifyRequest) -> None:
@@ -98,8 +116,22 @@ class ClassifyService:
 
     # --- loading ------------------------------------------------------------------------
     def artifact(self, ref: str) -> Artifact:
-        """Resolve a name or id; artifacts are immutable, so each id is read once."""
-        artifact_id = self.store.resolve_id(ref)
+        """Resolve a name or id; artifacts are immutable, so each id is read once. On a miss
+        the store is refreshed (see ``refresh``) and looked at once more."""
+        try:
+            artifact_id = self.store.resolve_id(ref)
+        except NotFound:
+            if self.refresh is None:
+                raise
+            with self._refresh_lock:
+                now = time.monotonic()
+                if now - self._refreshed_at >= self.refresh_every_s:
+                    self._refreshed_at = now
+                    try:
+                        self.refresh()
+                    except Exception:  # the miss stands; the next window tries again
+                        log.warning("refreshing the store after a miss failed", exc_info=True)
+            artifact_id = self.store.resolve_id(ref)  # still missing: NotFound again
         artifact = self._artifacts.get(artifact_id)
         if artifact is None:
             artifact = self._artifacts[artifact_id] = self.store.get(artifact_id)

@@ -13,7 +13,12 @@
 
 Key rules: nothing here imports torch or reads a weight (only the JSON header of each
 safetensors file, and for ``hf:`` bases only the headers, fetched without the weights), so
-an estimate takes milliseconds. Estimates err high: every epoch runs, a RunPod pool is timed
+an estimate takes milliseconds. An ``hf:`` base is sized from the local Hub cache when it is
+there; otherwise the Hub is asked with a hard deadline (:data:`HUB_DEADLINE_S`, at most
+:data:`HUB_LOOKUPS` lookups at once), and a Hub that is offline, unreachable or slow gives
+an estimate marked ``approximate`` (price per second only) instead of holding the request:
+the worker checks the base when the job starts. A Hub that answers "no such repository or
+revision" is a 404 / 400 at once. Estimates err high: every epoch runs, a RunPod pool is timed
 with its slowest GPU, a local core is priced as a physical Modal core. Every price carries
 its source and date.
 """
@@ -25,15 +30,18 @@ import logging
 import math
 import os
 import random
+import re
 import struct
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from fnbundle.errors import InvalidRequest, UnsafeArtifact
-from fnbundle.loading import parse_model_ref, resolve_model_dir
+from fnbundle.errors import FnbError, InvalidRequest, UnsafeArtifact, UpstreamUnavailable
+from fnbundle.loading import hf_repo_root, hub_error, parse_model_ref, resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.training.data import load_text_dataset, make_splits
 from fnbundle.training.text_classifier import LENGTH_WINDOW, TrainClassifierParams
@@ -305,8 +313,100 @@ def model_shape(base_dir: Path, *, freeze_embeddings: bool = True) -> ModelShape
     return _shape(_read_config(base_dir / "config.json"), tensors, freeze_embeddings)
 
 
+HUB_DEADLINE_S = 3.0  # seconds a submit waits for the Hub before leaving the check to the worker
+HUB_LOOKUPS = 4  # Hub lookups in flight at once (each holds a thread); more are not started
+_hub_slots = threading.BoundedSemaphore(HUB_LOOKUPS)
+SHARD_RE = re.compile(r"^[\w.-]+\.safetensors$")  # a shard named by an index: no folders
+
+T = TypeVar("T")
+
+
+class BaseNotChecked(Exception):
+    """The base could not be checked now (the Hub is offline, unreachable or slow)."""
+
+
+def _with_deadline(call: Callable[[], T], deadline_s: float) -> T:
+    """``call()`` in a daemon thread, waited for at most ``deadline_s``: a Hub client's
+    own timeouts and retries can add up to most of a minute."""
+    if not _hub_slots.acquire(blocking=False):
+        raise BaseNotChecked(f"{HUB_LOOKUPS} Hub lookups are already in flight")
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            _hub_slots.release()
+
+    thread = threading.Thread(target=run, name="fnbundle-hub-lookup", daemon=True)
+    thread.start()
+    thread.join(deadline_s)
+    if thread.is_alive():
+        raise BaseNotChecked(f"the Hub did not answer within {deadline_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return cast(T, outcome["value"])
+
+
+def _hub_cached(
+    repo: str, revision: str | None, settings: Settings, freeze: bool
+) -> tuple[ModelShape, Path | None] | None:
+    """Shape and tokenizer of a Hub base from the local Hub cache alone, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = str(settings.hf_cache) if settings.hf_cache else None
+
+    def cached(filename: str) -> Path | None:
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision)
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+        root = hf_repo_root(path.parent)
+        return path if path.resolve().is_relative_to(root) else None
+
+    config = cached("config.json")
+    if config is None:
+        return None
+    index = cached("model.safetensors.index.json")
+    files = ["model.safetensors"]
+    if index is not None:
+        try:
+            files = sorted(
+                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    if not files or not all(isinstance(f, str) and SHARD_RE.fullmatch(f) for f in files):
+        return None
+    paths = [cached(f) for f in files]
+    if any(p is None for p in paths):
+        return None
+    tensors: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        tensors.update(read_safetensors_header(cast(Path, path)))
+    return _shape(_read_config(config), tensors, freeze), cached("tokenizer.json")
+
+
+def _hub_remote(repo: str, revision: str | None, settings: Settings, freeze: bool) -> ModelShape:
+    """Shape of a Hub base from its config.json and its safetensors headers (no weights)."""
+    from huggingface_hub import get_safetensors_metadata, hf_hub_download
+
+    cache = str(settings.hf_cache) if settings.hf_cache else None
+    config = hf_hub_download(repo, "config.json", revision=revision, cache_dir=cache)
+    meta = get_safetensors_metadata(repo, revision=revision)
+    tensors = {
+        name: {"dtype": info.dtype, "shape": list(info.shape)}
+        for file in meta.files_metadata.values()
+        for name, info in file.tensors.items()
+    }
+    return _shape(_read_config(Path(config)), tensors, freeze)
+
+
 def _base_shape(ref: str, settings: Settings, freeze: bool) -> tuple[ModelShape, Path | None]:
-    """Shape and tokenizer file of a base; a Hub base is read from its headers alone."""
+    """Shape and tokenizer file of a base; a Hub base is read from the local cache, else
+    from its headers alone within :data:`HUB_DEADLINE_S` (else :class:`BaseNotChecked`)."""
     parsed = parse_model_ref(ref, field="base")
     if parsed.kind != "hf":
         folder = resolve_model_dir(ref, settings, field="base")
@@ -314,17 +414,22 @@ def _base_shape(ref: str, settings: Settings, freeze: bool) -> tuple[ModelShape,
         return model_shape(folder, freeze_embeddings=freeze), (
             tokenizer if tokenizer.is_file() else None
         )
-    from huggingface_hub import get_safetensors_metadata, hf_hub_download
-
-    cache = str(settings.hf_cache) if settings.hf_cache else None
-    config = hf_hub_download(parsed.name, "config.json", revision=parsed.revision, cache_dir=cache)
-    meta = get_safetensors_metadata(parsed.name, revision=parsed.revision)
-    tensors = {
-        name: {"dtype": info.dtype, "shape": list(info.shape)}
-        for file in meta.files_metadata.values()
-        for name, info in file.tensors.items()
-    }
-    return _shape(_read_config(Path(config)), tensors, freeze), None
+    repo, revision = parsed.name, parsed.revision
+    cached = _hub_cached(repo, revision, settings, freeze)
+    if cached is not None:
+        return cached
+    try:
+        shape = _with_deadline(
+            lambda: _hub_remote(repo, revision, settings, freeze), HUB_DEADLINE_S
+        )
+    except (BaseNotChecked, FnbError):
+        raise
+    except Exception as exc:
+        error = hub_error(exc, repo, revision, field="base")
+        if isinstance(error, UpstreamUnavailable):
+            raise BaseNotChecked(error.message) from None
+        raise error from None
+    return shape, None
 
 
 # --- time ------------------------------------------------------------------------------
@@ -460,19 +565,66 @@ def _token_lengths(
 
 
 class Estimate(BaseModel):
+    """What a job will need and cost. An ``approximate`` estimate (the base could not be
+    checked yet) has only the price per second; the sizes and totals are None."""
+
     task: str
     platform: Platform
     gpu: str  # catalogue name, or "cpu"; also the calibration key
     usd_per_s: float
-    memory: MemoryEstimate
+    memory: MemoryEstimate | None
     examples: int
-    steps: int
-    tokens: int  # processed, training and evaluation passes together
-    flops_per_token: float  # mean over ``tokens``; what Calibration.record needs
-    seconds: float
-    usd: float
+    steps: int | None
+    tokens: int | None  # processed, training and evaluation passes together
+    flops_per_token: float | None  # mean over ``tokens``; what Calibration.record needs
+    seconds: float | None
+    usd: float | None
     assumptions: list[str]
+    approximate: bool = False
     catalogue_as_of: str = CATALOGUE_AS_OF
+
+
+def _approximate(
+    task: str,
+    platform: str,
+    base: str,
+    examples: int,
+    settings: Settings,
+    gpu: str | None,
+    reason: str,
+) -> Estimate:
+    """The price per second alone, for a base that cannot be checked now. Without a named
+    GPU a cloud job is priced at the platform's dearest one: estimates err high."""
+    checked = f"{base} was not checked at submit ({reason}); the worker checks it when it starts"
+    if platform == "local":
+        cores = local_cores(settings)
+        device, usd_per_s = "cpu", cpu_usd_per_s(cores)
+        priced = f"priced as {cores} Modal CPU cores; memory not included (its size is unknown)"
+    else:
+        chosen = (
+            get_gpu(platform, gpu)
+            if gpu is not None
+            else max(CATALOGUE[platform].values(), key=lambda g: g.usd_per_s)
+        )
+        device, usd_per_s = chosen.name, chosen.usd_per_s
+        priced = f"priced at {chosen.name} ({chosen.note})" + (
+            "" if gpu else ", the dearest GPU, until the base's size is known"
+        )
+    return Estimate(
+        task=task,
+        platform=cast(Platform, platform),
+        gpu=device,
+        usd_per_s=usd_per_s,
+        memory=None,
+        examples=examples,
+        steps=None,
+        tokens=None,
+        flops_per_token=None,
+        seconds=None,
+        usd=None,
+        assumptions=[checked, priced],
+        approximate=True,
+    )
 
 
 def estimate_job(
@@ -495,7 +647,10 @@ def estimate_job(
         p.data, settings.data_roots, text_column=p.text_column, label_column=p.label_column
     )
     splits = make_splits(ds, p.eval_split, p.seed)
-    shape, tokenizer_file = _base_shape(p.base, settings, p.freeze_embeddings)
+    try:
+        shape, tokenizer_file = _base_shape(p.base, settings, p.freeze_embeddings)
+    except BaseNotChecked as exc:
+        return _approximate(task, platform, p.base, len(ds.texts), settings, gpu, str(exc))
     lengths, counted = _token_lengths(ds.texts, tokenizer_file, p.max_length)
 
     def tokens_of(rows: list[int], seed: int | None) -> int:

@@ -67,6 +67,12 @@ class ArtifactCorrupt(FnbError):
     status, type = 503, "artifact_corrupt"
 
 
+class UpstreamUnavailable(FnbError):
+    """A service we depend on (the Hugging Face Hub) did not answer; retry later."""
+
+    status, type = 503, "upstream_unavailable"
+
+
 class UnsafeArtifact(FnbError):
     """A model in a format that can execute code on load (pickle, remote code)."""
 

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
-from fnbundle.errors import ArtifactCorrupt, FnbError, InvalidRequest, NotFound, UnsafeArtifact
+from fnbundle.errors import (
+    ArtifactCorrupt,
+    FnbError,
+    InvalidRequest,
+    NotFound,
+    UnsafeArtifact,
+    UpstreamUnavailable,
+)
 from fnbundle.settings import Backend, Settings
 from fnbundle.store import Artifact, Store, is_unsafe_file, validate_name
 
@@ -122,18 +129,56 @@ def builtin_dir(name: str) -> Path:
     return Path(spec.origin).parent / folder
 
 
+def hub_error(exc: BaseException, repo: str, revision: str | None, *, field: str) -> FnbError:
+    """What a failed Hub call means to a user: 404 for an unknown (or private) repository,
+    400 for an unknown revision, a missing file or a refusal, 503 when the Hub cannot be
+    reached (offline mode, connection errors, timeouts, its own 5xx)."""
+    from huggingface_hub import errors as hub
+
+    ref = f"hf:{repo}" + (f"@{revision}" if revision else "")
+    if isinstance(exc, hub.GatedRepoError):
+        return InvalidRequest(
+            f"{ref} is gated on the Hub: accept its terms there and set HF_TOKEN.", field=field
+        )
+    if isinstance(exc, hub.RepositoryNotFoundError):
+        return NotFound(
+            f"{ref}: no such repository on the Hub (a private one needs HF_TOKEN).", field=field
+        )
+    if isinstance(exc, hub.RevisionNotFoundError):
+        return InvalidRequest(f"{ref}: the repository has no revision {revision!r}.", field=field)
+    if isinstance(exc, hub.RemoteEntryNotFoundError | hub.NotASafetensorsRepoError):
+        return InvalidRequest(
+            f"{ref} has no config.json or safetensors weights; only safe formats load.",
+            field=field,
+        )
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, hub.HfHubHTTPError) and status is not None and 400 <= status < 500:
+        return InvalidRequest(f"The Hub refused {ref} (HTTP {status}).", field=field)
+    log.warning("Hub call for %s failed: %s: %s", ref, type(exc).__name__, exc)
+    return UpstreamUnavailable(
+        f"The Hugging Face Hub could not be reached for {ref} ({type(exc).__name__}); "
+        "retry later, or put the model in the local Hub cache.",
+        field=field,
+        retry_after=30,
+    )
+
+
 def download_hf(repo: str, revision: str | None, settings: Settings) -> Path:
-    """Download the safe files of a Hub repository (cached) and return the local folder."""
+    """Download the safe files of a Hub repository (cached) and return the local folder;
+    a failure is the :func:`hub_error` it means, never a bare exception."""
     from huggingface_hub import snapshot_download
 
     if revision is None:
         log.warning("hf:%s has no @revision; pin one so the model cannot change under you", repo)
-    folder = snapshot_download(
-        repo_id=repo,
-        revision=revision,
-        cache_dir=str(settings.hf_cache) if settings.hf_cache else None,
-        allow_patterns=HF_ALLOW_PATTERNS,
-    )
+    try:
+        folder = snapshot_download(
+            repo_id=repo,
+            revision=revision,
+            cache_dir=str(settings.hf_cache) if settings.hf_cache else None,
+            allow_patterns=HF_ALLOW_PATTERNS,
+        )
+    except Exception as exc:
+        raise hub_error(exc, repo, revision, field="base") from None
     return Path(folder)
 
 

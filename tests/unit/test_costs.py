@@ -404,3 +404,68 @@ def test_a_hub_base_is_sized_from_its_headers_alone(tiny, monkeypatch):
     hub = estimate_job("train_classifier", {**params, "base": "hf:org/tiny@abc123"}, settings)
     assert calls == [("org/tiny", "config.json", "abc123"), ("org/tiny", "headers", "abc123")]
     assert hub.memory == local.memory  # same weights, same breakdown
+
+
+def hub_cache(cache: Path, repo: str, base: Path, revision: str = "main") -> Path:
+    """``base``'s files laid out as huggingface_hub caches a download: blobs, a snapshot of
+    symlinks into them, and a ref naming the snapshot's commit."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / revision).write_text(commit)
+    for file in base.iterdir():
+        blob = folder / "blobs" / f"blob-{file.name}"
+        blob.write_bytes(file.read_bytes())
+        (folder / "snapshots" / commit / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    return folder
+
+
+def no_hub(monkeypatch):
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Hub was asked although the base is cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", refuse)
+
+
+def test_a_cached_hub_base_is_sized_from_the_cache_without_asking_the_hub(tiny, monkeypatch):
+    settings, params = tiny
+    local = estimate_job("train_classifier", params, settings)
+    hub_cache(settings.store_root.parent / "hf", "org/tiny", Path(params["base"]))
+    cached = settings.model_copy(update={"hf_cache": settings.store_root.parent / "hf"})
+    no_hub(monkeypatch)
+    hub = estimate_job("train_classifier", {**params, "base": "hf:org/tiny@main"}, cached)
+    assert not hub.approximate and hub.memory == local.memory and hub.usd == local.usd
+
+
+def test_an_unreachable_hub_gives_an_approximate_estimate_priced_high(tiny):
+    # Tests run with HF_HUB_OFFLINE=1 (tests/conftest.py) and an empty cache: no answer.
+    settings, params = tiny
+    settings = settings.model_copy(update={"hf_cache": settings.store_root.parent / "empty"})
+    hub_params = {**params, "base": "hf:org/nowhere@main"}
+    local = estimate_job("train_classifier", hub_params, settings)
+    assert local.approximate and local.gpu == "cpu" and local.usd_per_s > 0
+    assert local.seconds is None and local.usd is None and local.memory is None
+    assert "hf:org/nowhere@main was not checked" in local.assumptions[0]
+    dearest = max(CATALOGUE["modal"].values(), key=lambda g: g.usd_per_s)
+    modal = estimate_job("train_classifier", hub_params, settings, platform="modal")
+    assert modal.approximate and (modal.gpu, modal.usd_per_s) == (dearest.name, dearest.usd_per_s)
+    named = estimate_job("train_classifier", hub_params, settings, platform="modal", gpu="T4")
+    assert named.approximate and named.gpu == "T4"
+
+
+def test_an_approximate_estimate_does_not_choose_the_jobs_gpu(tiny):
+    from fnbundle.jobs.schema import JobSubmit
+    from fnbundle.jobs.submit import new_job
+
+    settings, params = tiny
+    settings = settings.model_copy(update={"hf_cache": settings.store_root.parent / "empty"})
+    req = JobSubmit(task="train_classifier", params={**params, "base": "hf:org/nowhere@main"})
+    job = new_job(req, settings, platform="modal")
+    assert job.estimate is not None and job.estimate["approximate"] is True
+    assert "seconds" not in job.estimate  # absent, not null: clients print what is there
+    assert job.gpu is None  # the worker's deployment decides, not the price guess

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 from fnbundle.errors import InvalidRequest, NotFound, UnsafeArtifact
@@ -134,3 +135,35 @@ def test_unusable_paths_are_a_clear_400(tmp_path, path, message):
     with pytest.raises(InvalidRequest, match=message) as exc:
         resolve_inside_roots(tmp_path / path, [tmp_path], field="data")
     assert exc.value.field == "data"
+
+
+def test_a_hub_base_that_cannot_be_fetched_is_503_not_a_crash(tmp_path):
+    # Tests run with HF_HUB_OFFLINE=1 (tests/conftest.py); the cache is empty.
+    from fnbundle.errors import UpstreamUnavailable
+    from fnbundle.settings import Settings
+
+    settings = Settings(store=tmp_path / "store", hf_cache=tmp_path / "hf")
+    with pytest.raises(UpstreamUnavailable, match="hf:org/nowhere@main") as exc:
+        resolve_model_dir("hf:org/nowhere@main", settings)
+    assert exc.value.status == 503 and exc.value.field == "base"
+
+
+def test_a_cached_hub_snapshot_may_link_into_its_blobs_but_nowhere_else(tmp_path):
+    from fnbundle.settings import Settings
+
+    repo = tmp_path / "hf" / "models--org--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name, data in {"config.json": "{}", "model.safetensors": ""}.items():
+        (repo / "blobs" / name).write_text(data)
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", name))
+    settings = Settings(store=tmp_path / "store", hf_cache=tmp_path / "hf")
+    assert resolve_model_dir("hf:org/tiny@main", settings) == snapshot.resolve()
+    (tmp_path / "secret.json").write_text("{}")
+    (snapshot / "tokenizer.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(UnsafeArtifact, match="tokenizer.json.*links outside"):
+        resolve_model_dir("hf:org/tiny@main", settings)

@@ -7,6 +7,10 @@ violation; a 400 for a webhook target the webhooks module would refuse, or for a
 while no ``FNB_WEBHOOK_SECRET`` is set; and, where the dataset can be read, the cost
 estimate's own refusal (an unreadable dataset, an unknown base, a GPU too small) before
 anything is queued or spawned. The trainer is imported only when a job is checked.
+
+No remote call holds a submit: a Hub base is checked from the local cache or within a few
+seconds (see :mod:`fnbundle.costs`), else the job is accepted with an estimate marked
+``approximate`` and its worker checks the base.
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ def new_job(
         from fnbundle.costs import estimate_job
 
         found = estimate_job(req.task, params, settings, platform=platform, gpu=chosen)
-        summary, chosen = found.model_dump(mode="json"), chosen or found.gpu
+        summary = found.model_dump(mode="json", exclude_none=True)
+        if not found.approximate:  # an approximate estimate's GPU is a price, not a choice
+            chosen = chosen or found.gpu
     return Job(
         id=job_id or new_job_id(),
         task=req.task,

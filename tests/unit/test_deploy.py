@@ -588,6 +588,23 @@ def test_unreachable_registry_refuses_unless_docker_can_inspect_the_manifest(tmp
     assert set(mutations(api, "saveEndpoint")) == {"fnbundle-classify"}
 
 
+def test_private_repository_the_registry_will_not_show_is_refused(tmp_path, capsys):
+    class Private(FakeRegistry):
+        def handle(self, request):
+            self.requests.append(request)
+            if str(request.url).startswith(self.REALM):
+                return httpx.Response(200, json={"token": "anon-token"})
+            challenge = f'Bearer realm="{self.REALM}",service="registry.docker.io"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    api, registry = FakeRunPod(), Private()
+    code = runpod_deploy(
+        make_root(tmp_path), FakeShell(), api, "--only", "classify", registry=registry
+    )
+    assert code == 2 and not published(api)
+    assert "wants credentials" in capsys.readouterr().err
+
+
 def test_image_exists_builds_nothing_checks_nothing_and_publishes(tmp_path):
     api, registry, shell = FakeRunPod(), FakeRegistry(down=True), docker()
     code = runpod_deploy(

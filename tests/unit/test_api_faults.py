@@ -80,3 +80,30 @@ def test_a_model_that_cannot_serve_is_503_with_its_reason_and_the_others_serve(
         assert one["state"] == "failed" and one["reason"] == models[bad.id]["reason"]
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+
+
+def test_broken_aliases_and_manifests_never_break_the_models_list(tmp_path):
+    store = Store(tmp_path)
+    healthy = publish_tiny(store, "healthy")
+    odd = publish_tiny(store, "odd")
+    manifest = json.loads((odd.path / "manifest.json").read_text())
+    manifest.update(labels=5, backends="all")
+    (odd.path / "manifest.json").write_text(json.dumps(manifest))
+    (store.aliases_dir / "listy.json").write_text("[1, 2]")
+    (store.aliases_dir / "escape.json").write_text(json.dumps({"id": "../../etc"}))
+    with TestClient(create_app(Settings(store=tmp_path), jobs=False)) as client:
+        for name, status in (("healthy", 200), ("odd", 503)):  # both loads have ended
+            r = client.post("/v1/classify", json={"model": name, "texts": ["good"]})
+            assert r.status_code == status, r.text
+        listed = client.get("/v1/models")
+        assert listed.status_code == 200, listed.text
+        models = {m["id"]: m for m in listed.json()["data"]}
+        assert models[healthy.id]["state"] == "ready"
+        assert models[odd.id]["state"] == "failed" and "label names" in models[odd.id]["reason"]
+        for alias in ("listy", "escape"):
+            for r in (
+                client.get(f"/v1/models/{alias}"),
+                client.post("/v1/classify", json={"model": alias, "texts": ["good"]}),
+            ):
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["type"] == "artifact_corrupt"

@@ -92,3 +92,9 @@ def test_unreadable_datasets_are_a_clear_error_naming_data(tmp_path, name, conte
     with pytest.raises(error, match=message) as exc:
         load_text_dataset(str(path), [tmp_path])
     assert exc.value.field == "data" and exc.value.status == 400
+
+
+def test_a_folder_is_not_a_dataset(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(DatasetError, match="is a folder"):
+        load_text_dataset(str(tmp_path / "d.csv"), [tmp_path])

@@ -32,7 +32,20 @@ def test_model_references(ref, kind, name, revision):
     assert (parsed.kind, parsed.name, parsed.revision) == (kind, name, revision)
 
 
-@pytest.mark.parametrize("ref", ["hf:a/b/c", "hf:../x", "hf:", "Bad Name"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "hf:a/b/c",
+        "hf:../x",
+        "hf:",
+        "Bad Name",
+        "hf:org/\ud800",
+        "hf:org/x@../../y",
+        "hf:org/x y",
+        "hf:" + "x" * 300,
+        "hf:org/x@" + "r" * 300,
+    ],
+)
 def test_malformed_references_are_400(ref):
     with pytest.raises(InvalidRequest):
         parse_model_ref(ref)
@@ -129,7 +142,13 @@ def test_a_symlinked_subfolder_cannot_leave_the_model_folder(tmp_path):
 
 @pytest.mark.parametrize(
     ("path", "message"),
-    [("a" * 5000, "over the limit of 1024"), ("a" * 300, "too long"), ("x\x00y", "Invalid")],
+    [
+        ("a" * 5000, "over the limit of 1024"),
+        ("a" * 300, "too long"),
+        ("x\x00y", "Invalid"),
+        ("x\ud800y", "Invalid"),
+        ("x\ny", "Invalid"),
+    ],
 )
 def test_unusable_paths_are_a_clear_400(tmp_path, path, message):
     with pytest.raises(InvalidRequest, match=message) as exc:

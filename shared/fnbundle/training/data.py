@@ -68,6 +68,8 @@ def load_text_dataset(
     label_column: str = "label",
 ) -> TextDataset:
     path = resolve_inside_roots(data, roots, field="data")
+    if path.is_dir():
+        raise DatasetError(f"Dataset {data} is a folder; name a .csv or .jsonl file.", field="data")
     if not path.is_file():
         raise NotFound(f"Dataset {data} does not exist.", field="data")
     try:

@@ -6,13 +6,18 @@ Two inputs: the training params themselves (one call, as ``fnbundle train classi
 checkpoints live under ``<volume>/fnbundle/jobs/<id>/``, so a second run of the same job
 on any worker resumes from its checkpoint. A job yields typed job events (JobEvent JSON:
 ``{"seq", "type", "at", "data"}``) and ends with its terminal ``state`` event; when RunPod
-cancels the run, the handler tells the trainer to stop (it saves a checkpoint first).
+cancels the run, the handler tells the trainer to stop (it saves a checkpoint first). On
+RunPod, a worker of a GPU endpoint without a usable CUDA device (an old host driver, a CPU
+torch) refuses to train: the job ends failed naming the cause, instead of a CPU run billed
+as a GPU one (``cuda_versions`` in deploy/endpoints.toml keeps such hosts away).
 
 Key rules: importing this file loads nothing (torch and transformers are imported by
 ``setup()`` under ``__main__``, once per worker, before ``runpod.serverless.start``). The
 handler is an async generator that never raises: it yields the trainer's typed events
 (``{"type": "start" | "step" | "eval" | "epoch" | "checkpoint" | "log" | "published", ...}``)
-as they happen, then exactly one ``{"type": "result", "model_id", "metrics", ...}``, or a single
+as they happen, step events thinned to one per ``STEP_EVENTS_EVERY_S`` (the last step before
+any other event always kept; see :class:`~fnbundle.jobs.runpod_run.StepThinner`), then
+exactly one ``{"type": "result", "model_id", "metrics", ...}``, or a single
 ``{"error": "<JSON>"}`` when the input is bad or training fails: the gateway's error
 object ``{"type", "message", "field"?}`` encoded as a string, because RunPod carries a
 failed job's error as a string (a yielded error object would reach the caller as its
@@ -42,8 +47,13 @@ from typing import Any
 import runpod
 from fnbundle.contract import error_result, run_task
 from fnbundle.endpoints import get_endpoint
-from fnbundle.jobs.runpod_run import run_volume_job
-from fnbundle.runpod_worker import job_output, worker_concurrency, worker_settings
+from fnbundle.jobs.runpod_run import StepThinner, run_volume_job
+from fnbundle.runpod_worker import (
+    job_output,
+    require_cuda,
+    worker_concurrency,
+    worker_settings,
+)
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
@@ -70,6 +80,16 @@ def on_runpod() -> bool:
     # The SDK posts progress to this URL; off RunPod it is unset and every update would
     # only log a failed post.
     return "RUNPOD_WEBHOOK_POST_OUTPUT" in os.environ
+
+
+def gpu_check() -> Callable[[], None] | None:
+    """What a worker of this GPU endpoint checks before it trains: a usable CUDA device.
+    None off RunPod (it sets RUNPOD_POD_ID on every worker): a local ``--rp_serve_api`` or
+    ``--test_input`` run trains on the CPU it has."""
+    spec = get_endpoint(ENDPOINT).runpod
+    if spec.compute != "GPU" or "RUNPOD_POD_ID" not in os.environ:
+        return None
+    return lambda: require_cuda(spec.cuda_versions)
 
 
 class ProgressReporter:
@@ -135,18 +155,28 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     def train(emit: Callable[[Any], None], stop: threading.Event) -> None:
         try:
             settings = _settings or setup()
+            check = gpu_check()
             if is_job:
                 gpus = get_endpoint(ENDPOINT).runpod.gpu_ids
-                run_volume_job(
-                    payload, settings, gpu=gpus[0] if gpus else None, emit=emit, stop=stop
-                )
+                gpu = gpus[0] if gpus else None
+                run_volume_job(payload, settings, gpu=gpu, emit=emit, stop=stop, preflight=check)
                 return
+            thin: StepThinner[dict[str, Any]] = StepThinner()
+
+            def emit_thinned(event: dict[str, Any]) -> None:
+                for item in thin(event.get("type"), event):
+                    emit(item)
+
+            def train_here(params: TrainClassifierParams) -> Any:
+                if check is not None:
+                    check()  # no usable GPU: an error, not a CPU run billed as a GPU one
+                return train_classifier(params, settings, emit_thinned)
+
             status, body = run_task(
-                TrainClassifierParams,
-                payload,
-                lambda params: train_classifier(params, settings, emit),
-                settings.max_body_bytes,
+                TrainClassifierParams, payload, train_here, settings.max_body_bytes
             )
+            for item in thin.flush():
+                emit(item)
         except Exception as exc:  # a bad job, or setup failed: this worker cannot train
             status, body = error_result(exc)
         emit(final_event(status, body))

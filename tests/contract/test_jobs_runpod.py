@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 from fnbundle.api import create_app
 from fnbundle.errors import QueueFull
 from fnbundle.jobs.runpod_backend import RunPodJobs, RunPodUnavailable
+from fnbundle.jobs.runpod_run import STEP_EVENTS_EVERY_S
 from fnbundle.jobs.schema import JobStatus, JobSubmit
 from fnbundle.settings import Settings
 from fnbundle.store import Store
@@ -377,6 +379,7 @@ def test_submit_follow_and_publish_on_runpod(runpod, tiny_base, monkeypatch):
         "params": params(Path("small.csv"), tiny_base, "rp-job"),  # relative: on the volume
         "idempotency_key": "k1",
     }
+    started = time.monotonic()
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -385,10 +388,15 @@ def test_submit_follow_and_publish_on_runpod(runpod, tiny_base, monkeypatch):
     assert [i["job_id"] for i in fake.inputs] == [job_id]  # one /run
 
     events = follow(client, job_id)
+    elapsed_s = time.monotonic() - started
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert states(events) == ["queued", "running", "succeeded"] and events[-1]["type"] == "state"
     done = steps(events)
-    assert done == list(range(1, done[-1] + 1))
+    assert done == sorted(set(done)) and done[0] == 1  # thinned, never backwards
+    checkpoints = [e["data"]["step"] for e in events if e["type"] == "checkpoint"]
+    assert checkpoints and set(checkpoints) <= set(done)  # each checkpoint's step is shown
+    # One step event per STEP_EVENTS_EVERY_S, plus the last one before each other event.
+    assert len(done) <= 1 + (len(events) - len(done)) + elapsed_s / STEP_EVENTS_EVERY_S
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["attempts"] == 1
     assert job["progress"]["step"] == done[-1] == job["progress"]["total_steps"]
@@ -463,7 +471,7 @@ def test_a_lost_worker_fails_the_job_and_a_retry_resumes_from_the_volume(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one seq, both runs
     assert states(events) == ["queued", "running", "failed", "running", "succeeded"]
     done = steps(events)
-    assert done == list(range(1, done[-1] + 1))  # never backwards, nothing repeated
+    assert done == sorted(set(done)) and done[-1] == job["progress"]["total_steps"]
     logs = [e["data"]["message"] for e in events if e["type"] == "log"]
     assert any(f"resuming from step {lost[0]}" in m for m in logs), logs
     assert f"resumed from step {lost[0]}" in logs  # the trainer loaded the checkpoint
@@ -510,6 +518,54 @@ def test_a_bad_job_input_is_one_error_output(payload, error_type, field, tmp_pat
     error = json.loads(output["error"])
     assert (error["type"], error.get("field")) == (error_type, field)
     assert not (tmp_path / "jobs").exists()  # nothing written for a refused job
+
+
+@pytest.mark.parametrize("as_job", [True, False], ids=["job", "one_call"])
+def test_a_gpu_worker_without_cuda_fails_instead_of_training_on_its_cpu(
+    as_job, tmp_path, small_csv, tiny_base, monkeypatch
+):
+    import torch
+
+    module = load_handler("train_classifier")
+    worker = Settings(
+        store=tmp_path / "store",
+        data_roots=[small_csv.parent, tiny_base.parent],
+        jobs_dir=tmp_path / "jobs",
+    )
+    module.setup(worker)
+    # On a RunPod worker of the GPU endpoint whose host driver is too old for torch's CUDA:
+    # the platform's marker and the hardware are the boundaries faked here.
+    monkeypatch.setenv("RUNPOD_POD_ID", "pod-old-driver")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    job_id = "job-20260101000000-0000abcd"
+    job = {"task": "train_classifier", "params": params(small_csv, tiny_base, "rp-gpu")}
+    payload = {"job": job, "job_id": job_id} if as_job else job["params"]
+
+    async def collect() -> list[dict[str, Any]]:
+        return [e async for e in module.handler({"id": "rp-gpu", "input": payload})]
+
+    events = asyncio.run(collect())
+
+    assert not [e for e in events if e.get("type") in ("start", "step", "checkpoint")]
+    if as_job:
+        assert states(events) == ["running", "failed"]
+        data = events[-1]["data"]
+        assert data["reason"] == "unfit_worker"
+        error = data["error"]
+        record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+        assert record["status"] == "failed" and record["error"] == error
+        assert not (tmp_path / "jobs" / job_id / "checkpoints").exists()
+    else:
+        [output] = events
+        error = json.loads(output["error"])
+    assert error["type"] == "training_failed"
+    assert error["message"].startswith("No usable CUDA device on this GPU worker: ")
+    assert "not trained on the CPU" in error["message"]
+    assert not Store(worker.store_root).list()
+
+    monkeypatch.delenv("RUNPOD_POD_ID")  # the same handler run locally trains on the CPU
+    if not as_job:
+        assert asyncio.run(collect())[-1]["type"] == "result"
 
 
 # --- the SDK's dev server -----------------------------------------------------------------

@@ -65,3 +65,20 @@ def test_worker_concurrency_comes_from_the_environment_first(endpoint, monkeypat
     monkeypatch.setenv("FNB_WORKER_CONCURRENCY", "0")
     with pytest.raises(ValueError, match="worker_concurrency"):
         Settings()
+
+
+def test_step_events_are_thinned_and_the_last_step_always_goes_out():
+    from fnbundle.jobs.runpod_run import StepThinner
+
+    now = [0.0]  # seconds on a clock the test moves
+    thin: StepThinner[str] = StepThinner(every_s=1.0, clock=lambda: now[0])
+    out: list[str] = []
+    for step in range(1, 28):  # 27 steps, 1/8 s apart, an eval after step 12
+        now[0] = step / 8
+        out += thin("step", f"step {step}")
+        if step == 12:
+            out += thin("eval", "eval 1")
+    out += thin.flush()
+    # Step 1, then one a second (9, 17, 25); 12 before the eval; 27, the last, at the end.
+    assert out == ["step 1", "step 9", "step 12", "eval 1", "step 17", "step 25", "step 27"]
+    assert thin.flush() == []

@@ -13,23 +13,30 @@ estimate; a relative ``data`` path names a file under the first data root, the v
 as attempt + 1; a failed or timed-out job runs again only when the input says ``retry``;
 a finished job is not run again, its last state event is sent once more. Events continue
 after both the folder's last seq and the input's ``after_seq`` (what the client already
-holds), so the client never receives a seq twice. A cancelled run (RunPod stops the
-handler) sets ``stop``: the trainer saves a checkpoint and the job ends ``cancelled``.
+holds), so the client never receives a seq twice. Step events are thinned
+(:class:`StepThinner`): at most one per :data:`STEP_EVENTS_EVERY_S`, and the newest step
+always goes out before any other event, so the stream and the folder stay small, seqs stay
+gapless and every epoch, checkpoint and state is preceded by its last step. A cancelled run
+(RunPod stops the handler) sets ``stop``: the trainer saves a checkpoint and the job ends
+``cancelled``. A worker that cannot run the job as declared (a GPU endpoint's worker
+without a usable CUDA device) ends it ``failed`` with the cause before training starts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fnbundle.contract import parse
-from fnbundle.errors import InvalidRequest
-from fnbundle.jobs.attempt import Attempt, deliver_webhook
+from fnbundle.errors import FnbError, InvalidRequest
+from fnbundle.jobs.attempt import Attempt, AttemptStore, deliver_webhook
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import anchor_data, new_job
@@ -37,16 +44,54 @@ from fnbundle.settings import Settings
 
 log = logging.getLogger("fnbundle.jobs.runpod")
 
+# Seconds between two step events in a job's stream: every event is a line on the network
+# volume and an item RunPod's /stream hands out, and a progress bar needs no more.
+STEP_EVENTS_EVERY_S = 1.0
+
+T = TypeVar("T")
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class StepThinner(Generic[T]):
+    """Thins a stream's step events: a step goes out if ``every_s`` passed since the last one
+    that did; otherwise it is held, and the newest held step goes out before the next other
+    event (or at :meth:`flush`), so the last step before an epoch, a checkpoint or the end
+    is never lost. Every other event goes out as it comes."""
+
+    def __init__(
+        self, every_s: float = STEP_EVENTS_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ):
+        self.every_s, self.clock = every_s, clock
+        self.sent_at = -math.inf  # clock seconds of the last step that went out
+        self.held: T | None = None
+
+    def __call__(self, kind: str | None, item: T) -> list[T]:
+        """What goes out now for ``item`` (an event of type ``kind``), in order."""
+        if kind != "step":
+            return [*self.flush(), item]
+        now = self.clock()
+        if now - self.sent_at < self.every_s:
+            self.held = item
+            return []
+        self.sent_at, self.held = now, None
+        return [item]
+
+    def flush(self) -> list[T]:
+        """The held step, if any (at the end of a stream)."""
+        held, self.held = self.held, None
+        return [] if held is None else [held]
+
+
 class VolumeStore:
     """A job's folder on the network volume: ``job.json`` (the JobRow, replaced atomically),
     ``events.jsonl`` (one JobEvent per line) and ``checkpoints/``. It is the attempt's
-    store; ``emit`` gets every event it appends (the handler yields them). That the job
-    is still this run's is checked at every stop poll (a newer run counts a newer attempt)."""
+    store; ``emit`` gets every event it appends (the handler yields them). Step events
+    pass a :class:`StepThinner`; a write whose only event is a held step does not touch the
+    volume (the record catches up at the next write). That the job is still this run's is
+    checked at every stop poll (a newer run counts a newer attempt)."""
 
     def __init__(
         self,
@@ -62,6 +107,7 @@ class VolumeStore:
         self.attempt = 0
         self.row: JobRow | None = None
         self.last_seq = max(after_seq, *(e.seq for e in self.events()), 0)
+        self.thin: StepThinner[tuple[str, dict[str, Any]]] = StepThinner()
 
     def load(self) -> JobRow | None:
         try:
@@ -97,9 +143,12 @@ class VolumeStore:
     def write(self, events: Sequence[tuple[str, dict[str, Any]]], **fields: Any) -> None:
         if self.row is None:
             raise LostJob(f"no record in {self.folder}")
-        for type_, data in events:
+        kept = [out for event in events for out in self.thin(event[0], event)]
+        for type_, data in kept:
             self.append(type_, data)
-        self.save(self.row.model_copy(update=fields))
+        self.row = self.row.model_copy(update=fields)
+        if kept or not events:
+            self.save(self.row)
 
     def cancel_requested(self) -> bool:
         row = self.load()
@@ -113,6 +162,8 @@ class VolumeStore:
     def finish(self, to: JobStatus, *, reason: str | None, **fields: Any) -> Job | None:
         if self.row is None:
             return None
+        for type_, data in self.thin.flush():  # the last step, before the state event
+            self.append(type_, data)
         done = self.row.model_copy(update={**fields, "status": to, "finished_at": _now()})
         outcome = {k: getattr(done, k) for k in ("model_id", "error") if getattr(done, k)}
         self.save(done)
@@ -188,6 +239,20 @@ def open_volume_job(
     return store, row
 
 
+def refuse_unfit(store: AttemptStore, preflight: Callable[[], None] | None) -> Job | None:
+    """Run ``preflight``; if it raises an FnbError, end the job failed with that error (its
+    ``reason``: ``unfit_worker``) and return it. None: go ahead and train."""
+    if preflight is None:
+        return None
+    try:
+        preflight()
+    except FnbError as exc:
+        log.error("this worker cannot run the job: %s", exc.message)
+        error = {**exc.to_body()["error"], "reason": "unfit_worker"}
+        return store.finish(JobStatus.failed, reason="unfit_worker", error=error)
+    return None
+
+
 def volume_jobs_root(settings: Settings, volume: Path | None = None) -> Path:
     """Job folders: on the network volume when one is mounted, unless FNB_JOBS_DIR says."""
     from fnbundle.runpod_worker import VOLUME
@@ -205,16 +270,20 @@ def run_volume_job(
     gpu: str | None = None,
     emit: Callable[[dict[str, Any]], None] = lambda _event: None,
     stop: threading.Event | None = None,
+    preflight: Callable[[], None] | None = None,
 ) -> Job | None:
     """One run of a job input: claim, train (resuming from the volume), write the outcome,
-    send the webhook. Bad input raises its FnbError before anything is written."""
+    send the webhook. Bad input raises its FnbError before anything is written; a
+    ``preflight`` that raises one (no usable GPU) fails the claimed job before training."""
     store, row = open_volume_job(
         payload, settings, volume_jobs_root(settings), gpu=gpu, emit=emit, stop=stop
     )
     if row is None:
         return None
     try:
-        finished = Attempt(settings, row, store).run(store.checkpoints)
+        finished = refuse_unfit(store, preflight) or Attempt(settings, row, store).run(
+            store.checkpoints
+        )
     except LostJob as exc:
         log.warning("job %s: stopping without an outcome: %s", row.id, exc)
         return None

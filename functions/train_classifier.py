@@ -1,37 +1,48 @@
 """Modal app for ``train_classifier``: fine-tune, export and publish a classifier into the
-Volume, as one call or as a training job behind the gateway's ``/v1/jobs`` routes.
+Volume as a training job, behind the gateway's ``/v1/jobs`` routes or from your terminal.
 
-    modal run functions/train_classifier.py --data data/reviews.csv --name sentiment
     modal deploy functions/train_classifier.py     # JobsApi.web serves /v1/jobs
+    modal run --detach functions/train_classifier.py --data data/reviews.csv --name sentiment
 
-The local entrypoint uploads the CSV into the Volume's datasets folder and runs ``train``
-on a GPU container. ``JobsApi.web`` answers the job routes with
+The local entrypoint uploads the CSV into the Volume's datasets folder, submits a job to
+``TrainJobs.train_job`` and follows it in the terminal; ``--detach`` keeps the job running
+if the terminal goes (then watch it with ``fnbundle jobs watch <id>`` against JobsApi).
+``JobsApi.web`` answers the job routes with
 :class:`~fnbundle.jobs.modal_backend.ModalJobs`, which spawns ``TrainJobs.train_job``; job
 records and events live in the ``fnbundle-jobs`` Dict, checkpoints under
-``/vol/jobs/<job id>/checkpoints``. Key rules: ``train`` takes the same parameters as
-``fnbundle train classifier`` and answers like the other runtimes (the result, or
-``{"error": {...}}``); a new model version is committed to the Volume only once it is
-completely published, so a serving container never sees half a model; ``train_job``
-commits after every checkpoint, so the container Modal starts after a preemption resumes
-instead of starting over. Importing this file imports no torch.
+``/vol/jobs/<job id>/checkpoints``.
+
+Key rules: a new model version is committed to the Volume only once it is completely
+published, so a serving container never sees half a model; ``train_job`` commits after
+every checkpoint, so the container Modal starts after a preemption resumes instead of
+starting over. Modal retries nothing else (``retries=0``): a run ends ``timed_out`` with a
+checkpoint :data:`FINISH_MARGIN_S` before the function's timeout, and ``POST
+/v1/jobs/<id>/retry`` resumes it. On Modal, a container without a usable CUDA device
+fails the job before training instead of training on its CPU. JobsApi's timeout is the
+declaration's ``web_timeout_s``, and its event streams end cleanly before it (clients
+reconnect with ``Last-Event-ID``). Importing this file imports no torch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import modal
 from fastapi import FastAPI
-from fnbundle.contract import run_task
+from fnbundle.contract import parse
 from fnbundle.endpoints import get_endpoint
-from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs, web_app
+from fnbundle.errors import FnbError, NotFound
+from fnbundle.jobs.db import new_job_id
+from fnbundle.jobs.modal_backend import DICT_NAME, DictState, ModalJobs, web_app
 from fnbundle.jobs.modal_run import run_modal_job
-from fnbundle.jobs.submit import anchor_data
+from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
+from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
-from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+from fnbundle.training.text_classifier import TrainClassifierParams
 
 from functions.images import DATASETS_DIR, VOLUME_DIR, gpu_image, options, volume
 
@@ -39,47 +50,20 @@ log = logging.getLogger("fnbundle.functions.train_classifier")
 
 endpoint = get_endpoint("train_classifier")  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
-STEP_LOG_EVERY = 20  # steps between progress lines in the function's log
+MINUTES = 60  # seconds
 DEFAULTS = {name: field.default for name, field in TrainClassifierParams.model_fields.items()}
 JOBS_DIR = VOLUME_DIR / "jobs"  # one folder per job: /vol/jobs/<job id>/checkpoints
 WEB_MAX_INPUTS = 100  # requests per web container: an event stream stays open for a whole job
+WEB_TIMEOUT_S = spec.web_timeout_s or spec.timeout_s  # seconds one web request may last
+# Seconds kept after a job's own time limit for the last checkpoint, export and publish,
+# so the job ends timed_out before Modal kills the container at the function's timeout.
+FINISH_MARGIN_S = min(10 * MINUTES, spec.timeout_s // 4)
+EXECUTION_LIMIT_S = spec.timeout_s - FINISH_MARGIN_S  # seconds one run of a job may train
+STREAM_END_MARGIN_S = 30  # seconds: an event stream ends cleanly before WEB_TIMEOUT_S
+WATCH_POLL_S = 2.0  # seconds between reads of the job's events in the terminal
 
 app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
-gpu_function = dict(
-    image=gpu_image,
-    volumes={VOLUME_DIR: volume},
-    gpu=spec.gpu,
-    cpu=spec.cpu,  # cores: tokenization and the ONNX parity check run on CPU
-    memory=spec.memory_mib,  # MiB
-    min_containers=spec.min_containers,
-    max_containers=spec.max_containers,
-    scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
-    timeout=spec.timeout_s,  # seconds for one training run
-    retries=spec.retries,  # a preempted or crashed container runs the job again
-)
-
-
-def log_event(event: dict[str, Any]) -> None:
-    if event.get("type") != "step" or event["step"] % STEP_LOG_EVERY == 0:
-        log.info("%s", json.dumps(event))
-
-
-@app.function(**gpu_function)
-def train(params: dict[str, Any]) -> dict[str, Any]:
-    """Train and publish; return the TrainResult body or ``{"error": {...}}``.
-
-    A relative ``data`` path names a file under the first data root (on Modal: the Volume's
-    datasets folder, where the local entrypoint uploads it)."""
-    settings = Settings()
-    _status, body = run_task(
-        TrainClassifierParams,
-        anchor_data(params, settings),
-        lambda p: train_classifier(p, settings, log_event),
-    )
-    if "error" not in body and not modal.is_local():
-        volume.commit()  # publish to every container that mounts the Volume
-    return body
 
 
 def jobs_root() -> Path:
@@ -97,7 +81,26 @@ def reload_volume() -> None:
         volume.reload()  # see checkpoints and datasets committed by other containers
 
 
-@app.cls(**gpu_function)
+def gpu_check() -> None:
+    """In a GPU container: a usable CUDA device, or the job fails (a local run uses the CPU)."""
+    if spec.gpu and not modal.is_local():
+        require_cuda()
+
+
+@app.cls(
+    image=gpu_image,
+    volumes={VOLUME_DIR: volume},
+    gpu=spec.gpu,
+    cpu=spec.cpu,  # cores: tokenization and the ONNX parity check run on CPU
+    memory=spec.memory_mib,  # MiB
+    min_containers=spec.min_containers,
+    max_containers=spec.max_containers,
+    scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
+    timeout=spec.timeout_s,  # seconds for one run of a job
+    # Modal restarts a preempted input without any retries; a retry would only rerun a
+    # timed-out one, which ends timed_out by itself (see FINISH_MARGIN_S).
+    retries=0,
+)
 class TrainJobs:
     """The training side of ``/v1/jobs``: one job per call, spawned by ModalJobs."""
 
@@ -107,7 +110,14 @@ class TrainJobs:
         the Dict has no record of it. Returns the job as JSON."""
         reload_volume()
         return run_modal_job(
-            job_id, submit, Settings(), job_state, jobs_root=jobs_root(), commit=commit_volume
+            job_id,
+            submit,
+            Settings(),
+            job_state,
+            jobs_root=jobs_root(),
+            commit=commit_volume,
+            preflight=gpu_check,
+            time_limit_s=EXECUTION_LIMIT_S,
         )
 
 
@@ -121,6 +131,7 @@ def spawn_job(job_id: str, submit: dict[str, Any]) -> str:
     secrets=options.secrets(),  # FNB_API_KEYS, when FNB_MODAL_SECRET names a Secret
     min_containers=spec.min_containers,
     scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
+    timeout=WEB_TIMEOUT_S,  # Modal's default of 300 s would cut every event stream
 )
 @modal.concurrent(max_inputs=WEB_MAX_INPUTS)
 class JobsApi:
@@ -133,11 +144,35 @@ class JobsApi:
         jobs = ModalJobs(
             settings, spawn=spawn_job, state=job_state, gpu=spec.gpu, refresh=reload_volume
         )
-        self.web_app = web_app(settings, jobs)
+        self.web_app = web_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:
         return self.web_app
+
+
+def watch(job_id: str, call_id: str) -> JobStatus:
+    """Print the job's events from the Dict until it ends; return how it ended."""
+    jobs = ModalJobs(Settings(), spawn=spawn_job, state=job_state, gpu=spec.gpu)
+    after = 0
+    while True:
+        try:
+            job = jobs.get(job_id)
+        except NotFound:  # the container has not written the record yet
+            if jobs.check_call(call_id) != "pending":
+                raise SystemExit(
+                    f"job {job_id} was refused before it started; `modal app logs {spec.app}` "
+                    "has the reason"
+                ) from None
+            time.sleep(WATCH_POLL_S)
+            continue
+        for event in jobs.events(job_id, after):
+            after = event.seq
+            if event.type != "step":  # steps: the progress in the job record
+                print(f"{event.type}: {json.dumps(event.data)}")  # noqa: T201 - the command's output
+        if job.status in TERMINAL:
+            return job.status
+        time.sleep(WATCH_POLL_S)
 
 
 @app.local_entrypoint()
@@ -151,23 +186,39 @@ def main(
     max_length: int = DEFAULTS["max_length"],
     seed: int = DEFAULTS["seed"],
 ) -> None:
-    """Upload ``data`` into the Volume, train on Modal, print the result as JSON."""
+    """Upload ``data`` into the Volume, submit a training job, follow it to its end."""
     local = Path(data)
     if not local.is_file():
         raise SystemExit(f"{data}: no such file")
+    try:
+        params = parse(
+            TrainClassifierParams,
+            {
+                "data": local.name,  # relative: under the Volume's datasets folder
+                "name": name,
+                "base": base,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "batch_size": batch_size,
+                "max_length": max_length,
+                "seed": seed,
+            },
+        )
+    except FnbError as exc:
+        raise SystemExit(f"--{(exc.field or '').replace('_', '-')}: {exc.message}") from None
     with volume.batch_upload(force=True) as batch:  # force: a re-run replaces the upload
         batch.put_file(local, f"/{DATASETS_DIR.relative_to(VOLUME_DIR)}/{local.name}")
-    params = {
-        "data": local.name,
-        "name": name,
-        "base": base,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "max_length": max_length,
-        "seed": seed,
-    }
-    result = train.remote(params)
-    print(json.dumps(result, indent=2))  # noqa: T201 - the command's output is the result
-    if "error" in result:
+    job_id = new_job_id()
+    submit = JobSubmit(task="train_classifier", params=params.model_dump(exclude_unset=True))
+    call_id = spawn_job(job_id, submit.model_dump(mode="json"))
+    DictState(job_state).set_call(job_id, call_id)  # the deployed JobsApi can check the call
+    print(  # noqa: T201 - the command's output
+        f"job {job_id} submitted (Modal call {call_id}).\n"
+        f"Run with `modal run --detach` to keep it training if this terminal goes; watch it\n"
+        f"with `fnbundle jobs watch {job_id} --url <JobsApi URL>` after `modal deploy "
+        f"functions/train_classifier.py`."
+    )
+    status = watch(job_id, call_id)
+    print(f"job {job_id} {status.value}")  # noqa: T201 - the command's output
+    if status != JobStatus.succeeded:
         raise SystemExit(1)

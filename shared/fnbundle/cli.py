@@ -12,7 +12,7 @@ import ipaddress
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -370,8 +370,10 @@ class Gateway:
         return response.json()
 
     def events(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Every event after ``after``, live, until the terminal state; a dropped stream is
-        resumed with ``Last-Event-ID`` so no event is lost or repeated."""
+        """Every event after ``after``, live, until the terminal state. A stream that ends
+        or breaks without it is resumed with ``Last-Event-ID``, so no event is lost or
+        repeated: at once after the server's planned end (its ``retry:``), with backoff after
+        a failure."""
         import time
 
         import httpx
@@ -382,6 +384,7 @@ class Gateway:
         failures, connected = 0, False
         while True:
             headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+            retry_ms: list[int] = []  # the server's reconnect delay, when it sent one
             try:
                 with self.http.stream(
                     "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
@@ -390,12 +393,15 @@ class Gateway:
                         response.read()
                         raise _fail(_api_error(response))
                     connected = True
-                    for event in _sse_events(response.iter_lines()):
+                    for event in _sse_events(response.iter_lines(), retry_ms.append):
                         failures = 0
                         after = event["seq"]
                         yield event
                         if event["type"] == "state" and event["data"].get("status") in TERMINAL:
                             return
+                if retry_ms:  # the server's planned end (its stream time limit): resume
+                    time.sleep(retry_ms[-1] / 1000)
+                    continue
                 problem: Exception = ConnectionError("the stream ended before the job did")
             except httpx.TransportError as exc:
                 problem = exc
@@ -422,8 +428,11 @@ def _api_error(response: Any) -> str:
     return message
 
 
-def _sse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """Parse ``text/event-stream`` lines into JobEvent dicts (pings and comments skipped)."""
+def _sse_events(
+    lines: Iterable[str], on_retry: Callable[[int], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Parse ``text/event-stream`` lines into JobEvent dicts (pings and comments skipped);
+    a ``retry:`` field (milliseconds before reconnecting) goes to ``on_retry``."""
     data: list[str] = []
     for line in lines:
         if line == "":
@@ -432,6 +441,10 @@ def _sse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             data = []
         elif line.startswith("data:"):
             data.append(line[5:].removeprefix(" "))
+        elif line.startswith("retry:") and on_retry is not None:
+            value = line[6:].strip()
+            if value.isdigit():
+                on_retry(int(value))
     if data:
         yield json.loads("\n".join(data))
 

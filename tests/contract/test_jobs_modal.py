@@ -16,17 +16,22 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from fnbundle.endpoints import get_endpoint
 from fnbundle.store import Store
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.contract.conftest import JOB_WAIT_S, follow, states, steps
 
 pytestmark = [
@@ -63,13 +68,13 @@ class FakeModal:
         def call() -> None:
             if call_id in self.crashed:
                 return
-            for _ in range(1 + get_endpoint("train_classifier").modal.retries):
+            while True:
                 self.runs += 1
                 try:
                     TrainJobs().train_job.local(job_id, submit)
                     return
-                except Preempted:
-                    continue  # Modal starts the input again in a new container
+                except Preempted:  # Modal starts the input again in a new container,
+                    continue  # whatever the function's retries
 
         thread = threading.Thread(target=call, name=call_id, daemon=True)
         self.threads[call_id] = thread
@@ -97,6 +102,7 @@ class Modal:
     state: dict[str, Any]  # the "modal.Dict"
     commits: list[int]  # one entry per Volume commit
     store: Path
+    app: FastAPI  # JobsApi's web app
 
 
 @pytest.fixture
@@ -120,8 +126,9 @@ def modal(
     monkeypatch.setattr(fn, "commit_volume", lambda: commits.append(1))
     monkeypatch.setattr(backend, "cancel_call", fake.cancel)
     monkeypatch.setattr(backend, "call_state", fake.check)
-    with TestClient(fn.JobsApi().web.local()) as client:
-        yield Modal(client, fake, state, commits, tmp_path / "store")
+    app = fn.JobsApi().web.local()
+    with TestClient(app) as client:
+        yield Modal(client, fake, state, commits, tmp_path / "store", app)
         fake.join()
 
 
@@ -239,6 +246,123 @@ def test_a_preempted_container_resumes_from_the_committed_checkpoint(modal, tiny
     assert any(m == "resumed from step 3" for m in logs), logs  # the trainer loaded it
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["attempts"] == 2
+
+
+def test_a_run_at_the_functions_time_limit_ends_timed_out_and_a_retry_resumes(
+    modal, tiny_base, monkeypatch
+):
+    import functions.train_classifier as fn
+
+    client, fake = modal.client, modal.fake
+    # The function's timeout, shortened: the run must stop itself before Modal kills it.
+    monkeypatch.setattr(fn, "EXECUTION_LIMIT_S", 3.0)
+    long_job = params(tiny_base, "modal-timeout", epochs=100, patience=0)
+    r = client.post("/v1/jobs", json={"task": "train_classifier", "params": long_job})
+    job_id = r.json()["id"]
+
+    first = follow(client, job_id)
+    fake.join()
+    assert states(first) == ["queued", "running", "timed_out"]
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "timed_out" and job["error"]["type"] == "timed_out"
+    assert fake.runs == 1 and len(fake.calls) == 1  # Modal did not run it again from scratch
+    saved = job["last_checkpoint_step"]
+    assert saved and saved < job["progress"]["total_steps"]
+
+    retried = client.post(f"/v1/jobs/{job_id}/retry")
+    assert retried.status_code == 202
+    events = follow(client, job_id)
+    fake.join()
+    assert states(events)[3:] == ["queued", "running", "timed_out"]
+    logs = [e["data"]["message"] for e in events if e["type"] == "log"]
+    assert f"resumed from step {saved}" in logs  # from the checkpoint, not from step 1
+    again = [e["data"]["step"] for e in events[len(first) :] if e["type"] == "step"]
+    assert again and min(again) > saved
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempts"] == 2
+
+
+def test_a_gpu_container_without_cuda_fails_the_job_instead_of_training_on_its_cpu(
+    modal, tiny_base, monkeypatch
+):
+    import modal as modal_sdk
+    import torch
+
+    import functions.train_classifier as fn
+
+    client, fake = modal.client, modal.fake
+    # In a Modal container of the GPU function, on a host whose driver torch cannot use:
+    # where the code runs, the Volume and the hardware are the boundaries faked here.
+    monkeypatch.setattr(modal_sdk, "is_local", lambda: False)
+    monkeypatch.setattr(fn, "volume", SimpleNamespace(reload=lambda: None, commit=lambda: None))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = client.post(
+        "/v1/jobs", json={"task": "train_classifier", "params": params(tiny_base, "modal-gpu")}
+    )
+    job_id = r.json()["id"]
+
+    events = follow(client, job_id)
+    fake.join()
+    assert states(events) == ["queued", "running", "failed"]
+    assert not [e for e in events if e["type"] in ("step", "checkpoint")]  # never trained
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed" and fake.runs == 1
+    assert job["error"]["type"] == "training_failed"
+    assert job["error"]["message"].startswith("No usable CUDA device on this GPU worker: ")
+    assert job["model_id"] is None and not modal.store.exists()
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """``app`` on a real uvicorn on 127.0.0.1 in a thread, stopped on leaving."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_a_stream_cut_at_the_web_time_limit_is_resumed_by_the_cli_client(modal, tiny_base):
+    from fnbundle.cli import Gateway
+
+    client = modal.client
+    modal.app.state.max_stream_s = 1.0  # JobsApi's web timeout, shortened to seconds
+    r = client.post(
+        "/v1/jobs",
+        json={"task": "train_classifier", "params": params(tiny_base, "modal-sse", epochs=4)},
+    )
+    job_id = r.json()["id"]
+
+    with serve(modal.app) as url:
+        with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", timeout=60) as cut:
+            lines = list(cut.iter_lines())
+        # The server ends the stream itself, before the platform would cut it: no terminal
+        # state, a comment and a retry delay, so any SSE client reconnects.
+        assert "retry: 1000" in lines and any(line.startswith(":") for line in lines)
+        seen = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+        assert "succeeded" not in states(seen)
+
+        gateway = Gateway(url, None)
+        connections: list[str] = []
+        gateway.http.event_hooks["request"].append(lambda req: connections.append(req.url.path))
+        events = list(gateway.events(job_id))
+
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # each event once
+    assert states(events) == ["queued", "running", "succeeded"]
+    assert events[-1]["type"] == "state"
+    assert len(connections) >= 2  # resumed after at least one cut
+    modal.fake.join()
 
 
 def test_a_call_that_died_fails_the_job_and_retry_spawns_it_again(modal, tiny_base):

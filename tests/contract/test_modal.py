@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,14 +175,20 @@ def test_classify_deploy_options_add_the_key_secret_and_proxy_auth(tmp_path):
 
 def test_training_decorators_come_from_endpoints_toml(tmp_path):
     spec = get_endpoint("train_classifier").modal
-    [train] = decorators("train_classifier", offline_env(tmp_path))["function"]
+    seen = decorators("train_classifier", offline_env(tmp_path))
+    assert "function" not in seen  # no raw training function: every run is a job
+    train, web = seen["cls"]  # TrainJobs, JobsApi
     assert train["image"] == "gpu_image" and train["volumes"] == {"/vol": "volume"}
     assert (train["gpu"], train["cpu"], train["memory"]) == (spec.gpu, spec.cpu, spec.memory_mib)
-    assert (train["timeout"], train["retries"]) == (spec.timeout_s, spec.retries)
     assert (train["max_containers"], train["scaledown_window"]) == (
         spec.max_containers,
         spec.scaledown_window_s,
     )
+    # Modal restarts a preempted input by itself; a retry would rerun a timed-out job.
+    assert (train["timeout"], train["retries"]) == (spec.timeout_s, 0)
+    # The jobs API's web requests (event streams) last up to the declared web timeout, not
+    # Modal's default of 300 s.
+    assert spec.web_timeout_s and web["timeout"] == spec.web_timeout_s
 
 
 # --- the classify contract ---------------------------------------------------------------
@@ -321,45 +328,91 @@ def train_env(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     return store
 
 
-def test_train_local_publishes_a_model_the_classifier_serves(train_env, tiny_base, monkeypatch):
-    from functions.classify import Classifier
-    from functions.train_classifier import train
+class FakeUpload:
+    """``volume.batch_upload()``: files land in the test's datasets folder."""
 
-    result = train.local(
-        {
-            "data": "reviews.csv",  # relative: under the first data root
-            "name": "modal-tiny",
-            "base": str(tiny_base),
-            "epochs": 1,
-            "learning_rate": 3e-3,
-        }
+    def __init__(self, datasets: Path):
+        self.datasets = datasets
+
+    def __enter__(self) -> FakeUpload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def put_file(self, local: Path, remote: str) -> None:
+        self.datasets.mkdir(parents=True, exist_ok=True)
+        shutil.copy(local, self.datasets / Path(remote).name)
+
+
+def test_modal_run_submits_a_job_follows_it_and_publishes(
+    train_env, tiny_base, tmp_path, monkeypatch, capsys
+):
+    """``modal run functions/train_classifier.py ...``: the entrypoint, with Modal's cloud
+    (the Volume upload, spawn, the Dict) faked; the job runs through ``train_job.local``."""
+    import threading
+
+    import fnbundle.jobs.modal_backend as backend
+
+    import functions.train_classifier as fn
+    from functions.classify import Classifier
+
+    datasets = tmp_path / "datasets"
+    monkeypatch.setenv("FNB_DATA_ROOTS", f"{datasets},{tiny_base.parent}")
+    monkeypatch.setenv("FNB_JOBS_DIR", str(tmp_path / "jobs"))
+    monkeypatch.setattr(fn, "WATCH_POLL_S", 0.2)
+    state: dict[str, Any] = {}
+    runs: list[threading.Thread] = []
+
+    def spawn(job_id: str, submit: dict[str, Any]) -> str:
+        run = threading.Thread(target=fn.TrainJobs().train_job.local, args=(job_id, submit))
+        runs.append(run)
+        run.start()
+        return f"fc-{len(runs)}"
+
+    monkeypatch.setattr(fn, "job_state", state)
+    monkeypatch.setattr(fn, "spawn_job", spawn)
+    monkeypatch.setattr(fn.volume, "batch_upload", lambda force: FakeUpload(datasets))
+    monkeypatch.setattr(
+        backend, "call_state", lambda call: "pending" if runs[0].is_alive() else "done"
     )
 
-    assert "error" not in result, result
-    assert result["name"] == "modal-tiny" and result["epochs_run"] == 1
-    assert Store(train_env).resolve_id("modal-tiny") == result["model_id"]
+    fn.main(
+        data=str(REPO / "data" / "reviews.csv"),
+        name="modal-tiny",
+        base=str(tiny_base),
+        epochs=1,
+        learning_rate=3e-3,
+    )
+
+    out = capsys.readouterr().out
+    job_id = re.search(r"job (job-[0-9]{14}-[0-9a-f]{8}) submitted", out).group(1)
+    assert "modal run --detach" in out and f"fnbundle jobs watch {job_id}" in out
+    assert out.rstrip().endswith(f"job {job_id} succeeded")
+    assert state[f"call:{job_id}"] == "fc-1"  # the deployed JobsApi can check the call
+    assert len(runs) == 1
+    model_id = state[f"job:{job_id}"]["model_id"]
+    assert Store(train_env).resolve_id("modal-tiny") == model_id
     monkeypatch.setenv("FNB_PRELOAD", "modal-tiny")
     body = Classifier().classify.local({"model": "modal-tiny", "texts": ["Great value."]})
-    assert body["model"] == result["model_id"]
-    assert body["predictions"][0]["label"] in {"positive", "negative"}
+    assert body["model"] == model_id
 
 
 @pytest.mark.parametrize(
-    ("params", "type_", "field"),
+    ("args", "words"),
     [
-        ({"data": "reviews.csv", "name": "Not A Slug"}, "validation_error", "name"),
-        ({"data": "reviews.csv"}, "validation_error", "name"),
-        ({"data": "reviews.csv", "name": "x", "epochs": 0}, "validation_error", "epochs"),
-        ({"data": "reviews.csv", "name": "x", "lr": 1}, "validation_error", "lr"),
-        ({"data": "../../../etc/passwd", "name": "x"}, "invalid_request", "data"),
-        ({"data": "no-such-file.csv", "name": "x"}, "not_found", "data"),
+        ({"name": "Not A Slug"}, "--name:"),
+        ({"name": "x", "epochs": 0}, "--epochs:"),
+        ({"name": "x", "data": "no-such-file.csv"}, "no-such-file.csv: no such file"),
     ],
 )
-def test_train_local_answers_bad_params_with_an_error_body(train_env, params, type_, field):
-    from functions.train_classifier import train
+def test_modal_run_refuses_bad_arguments_before_uploading(args, words, monkeypatch):
+    import functions.train_classifier as fn
 
-    body = train.local(params)
+    def no_upload(force: bool) -> None:
+        raise AssertionError("uploaded a dataset for a refused run")
 
-    assert set(body) == {"error"}, body
-    assert (body["error"]["type"], body["error"].get("field")) == (type_, field)
-    assert not (train_env / "models").exists()
+    monkeypatch.setattr(fn.volume, "batch_upload", no_upload)
+    with pytest.raises(SystemExit) as refused:
+        fn.main(**{"data": str(REPO / "data" / "reviews.csv"), **args})
+    assert words in str(refused.value)

@@ -7,11 +7,14 @@ touches the job database; every failure leaves in the one error shape of ``api/e
 server-sent event stream (``id: <seq>``, ``event: <type>``, ``data: <JobEvent JSON>``):
 it replays from the start, or after ``?after=N`` / ``Last-Event-ID`` (the header wins, so a
 reconnecting browser ``EventSource`` resumes where it stopped), and ends after the
-terminal ``state`` event.
+terminal ``state`` event, or, where the app sets ``app.state.max_stream_s`` (a platform
+that cuts long requests, such as Modal's web timeout), cleanly before the cut with a
+``retry:`` line and no terminal event, so clients resume without losing an event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 # is a 404 (a 400 for ``before``) without a lookup.
 JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
 PING_S = 15  # seconds between keep-alive comments, under the usual proxy idle timeouts
+RECONNECT_MS = 1000  # milliseconds a client waits before resuming a stream that hit its limit
 MAX_LIST = 200  # jobs per page of GET /v1/jobs
 
 router = APIRouter(tags=["jobs"])
@@ -215,13 +219,37 @@ def job_events(
         str | None, Header(description="Set by a reconnecting EventSource; wins over 'after'.")
     ] = None,
 ) -> JobEventStream:
-    """Follow a job live: every event since ``after`` (default: the start), then new ones."""
+    """Follow a job live: every event since ``after`` (default: the start), then new ones.
+    Where the platform cuts long requests, the stream ends before it with a ``retry:`` and
+    a comment, without a terminal ``state`` event: reconnect with ``Last-Event-ID``."""
     start = _resume_point(after, last_event_id)
     manager = _manager(request)
     manager.get(_checked_id(job_id))  # a 404 before the stream starts, not inside it
+    max_stream_s: float | None = getattr(request.app.state, "max_stream_s", None)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in manager.follow(job_id, after=start):
-            yield ServerSentEvent(data=event.model_dump_json(), event=event.type, id=str(event.seq))
+        loop = asyncio.get_running_loop()
+        deadline = None if max_stream_s is None else loop.time() + max_stream_s
+        events = manager.follow(job_id, after=start)
+        try:
+            while True:
+                left = None if deadline is None else max(deadline - loop.time(), 0.0)
+                try:  # wait_for, not timeout(): a deadline must not fire while we yield
+                    event = await asyncio.wait_for(anext(events), left)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    yield ServerSentEvent(
+                        comment="stream time limit; reconnect with Last-Event-ID",
+                        retry=RECONNECT_MS,
+                    )
+                    return
+                yield ServerSentEvent(
+                    data=event.model_dump_json(), event=event.type, id=str(event.seq)
+                )
+        finally:
+            close = getattr(events, "aclose", None)  # an async generator: end its polling
+            if close is not None:
+                await close()
 
     return JobEventStream(stream(), ping=PING_S)

@@ -428,8 +428,10 @@ class ModalJobs(JobBackend):
         return self.state.public(self._spawn(queued, req))
 
 
-def web_app(settings: Settings, jobs: JobBackend) -> FastAPI:
-    """The job routes alone, with the gateway's error bodies, API-key check and limits."""
+def web_app(settings: Settings, jobs: JobBackend, *, max_stream_s: float | None = None) -> FastAPI:
+    """The job routes alone, with the gateway's error bodies, API-key check and limits.
+    ``max_stream_s``: how long an event stream may last before it ends cleanly (under the
+    web function's timeout, which would cut it without a final event)."""
     from fastapi import FastAPI
 
     from fnbundle import __version__
@@ -453,6 +455,7 @@ def web_app(settings: Settings, jobs: JobBackend) -> FastAPI:
     )
     app.state.settings = settings
     app.state.jobs = jobs
+    app.state.max_stream_s = max_stream_s
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

@@ -13,6 +13,7 @@ model is on the Volume for every container).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.modal_backend import PLATFORM, DictState, KeyValue
+from fnbundle.jobs.runpod_run import refuse_unfit
 from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
@@ -95,10 +97,15 @@ def run_modal_job(
     *,
     jobs_root: Path,
     commit: Callable[[], None],
+    preflight: Callable[[], None] | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     """The training function's body: claim the job, train (resuming from its checkpoints in
     ``<jobs_root>/<job id>/checkpoints``, on the Volume), write the outcome; returns the job
-    as JSON."""
+    as JSON. A ``preflight`` that raises an FnbError (no usable GPU) fails the job before
+    training; ``time_limit_s`` (this execution's, the function's timeout less the time to
+    save and publish) ends the job ``timed_out`` with a checkpoint before Modal would kill
+    the container."""
     from fnbundle.api.jobs import JOB_ID
 
     if not JOB_ID.fullmatch(job_id):
@@ -125,9 +132,12 @@ def run_modal_job(
         }
     )
     state.save(row)
-    run = Attempt(settings, row, ModalAttemptStore(state, job_id, attempt, commit))
+    store = ModalAttemptStore(state, job_id, attempt, commit)
+    run = Attempt(settings, row, store)
+    if time_limit_s is not None:
+        run.deadline = min(run.deadline, time.time() + time_limit_s)
     try:
-        finished = run.run(jobs_root / job_id / "checkpoints")
+        finished = refuse_unfit(store, preflight) or run.run(jobs_root / job_id / "checkpoints")
     except LostJob as exc:
         log.warning("job %s: stopping without an outcome: %s", job_id, exc)
         mark_cancelled(state, job_id, attempt)

@@ -7,7 +7,10 @@ no cancel is flagged, else LostJob and the attempt stops writing; a flagged job'
 closed as ``cancelled`` without a second state event (the web endpoint wrote it); the
 Volume is committed after every checkpoint (a preempted input resumes from it in the next
 container) and before the outcome is written (no reader sees ``succeeded`` before the
-model is on the Volume for every container).
+model is on the Volume for every container). A run stops itself ``timed_out`` (with a
+checkpoint) at ``time_limit_s``, before Modal's function timeout would kill it without an
+outcome; a container that fails its ``preflight`` (no usable GPU) fails the job before
+training.
 """
 
 from __future__ import annotations

@@ -251,7 +251,8 @@ def _modal_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
         flags = " ".join(
             f"--{k} {shlex.quote(str(v))}" for k, v in example_input(endpoint, "modal").items()
         )
-        entry["invoke"] = f"modal run {spec.file} {flags}".strip()
+        # --detach: the job keeps training when the terminal goes (it is a job either way).
+        entry["invoke"] = f"modal run --detach {spec.file} {flags}".strip()
     return entry
 
 

@@ -110,14 +110,16 @@ RUNPOD_CUDA_VERSIONS = (
 # Tasks that answer one request at a time; the others are training jobs, served on Modal by
 # a jobs web app (the job routes) next to the training function.
 SERVING_TASKS = frozenset({"classify", "embed", "generate"})
-# Modal keys a training app does not apply: it runs one job per container (no
-# @modal.concurrent), keeps no spare containers and takes no memory snapshot.
-MODAL_KEYS_NOT_FOR_TRAINING = (
-    "max_inputs",
-    "target_inputs",
-    "buffer_containers",
-    "enable_memory_snapshot",
-)
+# Modal keys a training app does not apply, and why.
+MODAL_KEYS_NOT_FOR_TRAINING = {
+    "max_inputs": "it runs one job per container (no @modal.concurrent)",
+    "target_inputs": "it runs one job per container (no @modal.concurrent)",
+    "buffer_containers": "it keeps no spare containers",
+    "enable_memory_snapshot": "it takes no memory snapshot",
+    # Modal restarts a preempted input by itself; a retry would only rerun a timed-out run,
+    # which instead ends timed_out with a checkpoint that POST /v1/jobs/<id>/retry resumes.
+    "retries": "it runs with retries=0 and resumes a job from its checkpoint instead",
+}
 # Worker environment that deploy sets from the declaration; an ``env`` table may not set it.
 DEPLOY_SET_ENV = {"FNB_WORKER_CONCURRENCY": "concurrency"}
 # Keys that used to be declared but that nothing applies, and what to do instead.
@@ -343,10 +345,10 @@ class Endpoint(_Spec):
             return self
         unapplied = [key for key in MODAL_KEYS_NOT_FOR_TRAINING if key in declared]
         if unapplied:
-            raise ValueError(
-                f"{', '.join('modal.' + key for key in unapplied)}: a training app runs one "
-                "job per container and does not apply them; remove them"
+            reasons = "; ".join(
+                f"modal.{key}: {MODAL_KEYS_NOT_FOR_TRAINING[key]}" for key in unapplied
             )
+            raise ValueError(f"a training app does not apply these keys, remove them: {reasons}")
         return self
 
 

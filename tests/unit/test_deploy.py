@@ -224,7 +224,7 @@ def test_dry_run_modal_plans_every_endpoint_scaled_to_zero(tmp_path):
         assert entry["steps"] == [{"run": ["modal", "deploy", "--tag", "t1", spec.file]}]
     assert "/v1/classify" in plan["endpoints"]["classify"]["curl"]
     assert plan["endpoints"]["train_classifier"]["invoke"].startswith(
-        "modal run functions/train_classifier.py --data "
+        "modal run --detach functions/train_classifier.py --data "
     )
 
 
@@ -453,7 +453,10 @@ def test_modal_deploy_runs_each_app_and_prints_its_url(tmp_path, capsys):
     ]
     out = capsys.readouterr().out
     assert f"curl -s {url}/v1/classify" in out
-    assert "modal run functions/train_classifier.py --data data/reviews.csv --name sentiment" in out
+    assert (
+        "modal run --detach functions/train_classifier.py --data data/reviews.csv --name sentiment"
+        in out
+    )
 
 
 def test_modal_token_in_the_config_file_is_enough(tmp_path):
@@ -856,3 +859,67 @@ def test_training_endpoint_without_any_network_volume_is_refused(tmp_path, capsy
     assert "train_classifier" in message and "--network-volume" in message
     # A serving endpoint may serve models baked into its image.
     assert runpod_deploy(make_root(tmp_path / "b"), docker(), api, "--only", "classify") == 0
+
+
+# Declaration key -> the Modal argument that applies it (in @app.function, @app.cls or
+# @modal.concurrent). web_timeout_s is the timeout of a training app's web class.
+MODAL_ARGUMENTS = {
+    "gpu": "gpu",
+    "cpu": "cpu",
+    "memory_mib": "memory",
+    "min_containers": "min_containers",
+    "max_containers": "max_containers",
+    "buffer_containers": "buffer_containers",
+    "scaledown_window_s": "scaledown_window",
+    "timeout_s": "timeout",
+    "retries": "retries",
+    "enable_memory_snapshot": "enable_memory_snapshot",
+    "max_inputs": "max_inputs",
+    "target_inputs": "target_inputs",
+    "web_timeout_s": "timeout",
+}
+
+
+def modal_arguments(app_file: str, monkeypatch) -> dict[str, list[Any]]:
+    """Every keyword the app passes to Modal's decorators, recorded while it imports (Modal's
+    own decorators still run: an import touches no network)."""
+    import modal
+
+    seen: dict[str, list[Any]] = {}
+
+    def recording(original):
+        def record(*args, **kwargs):
+            for key, value in kwargs.items():
+                seen.setdefault(key, []).append(value)
+            return original(*args, **kwargs)
+
+        return record
+
+    monkeypatch.setattr(modal.App, "function", recording(modal.App.function))
+    monkeypatch.setattr(modal.App, "cls", recording(modal.App.cls))
+    monkeypatch.setattr(modal, "concurrent", recording(modal.concurrent))
+    monkeypatch.syspath_prepend(str(REPO))  # the apps import functions.images
+    spec = importlib.util.spec_from_file_location(
+        f"recorded_{Path(app_file).stem}", REPO / app_file
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen["app"] = [module.app.name]
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(load_endpoints(DECLARATION)))
+def test_every_declared_modal_key_reaches_the_apps_decorators(name, monkeypatch):
+    """A declared key the app does not pass to Modal must be refused by the declaration."""
+    endpoint = load_endpoints(DECLARATION)[name]
+    seen = modal_arguments(endpoint.modal.file, monkeypatch)
+    assert seen["app"] == [endpoint.modal.app]
+    declared = endpoint.modal.model_fields_set - {"app", "file"}
+    assert declared <= set(MODAL_ARGUMENTS), "map the new key to the Modal argument applying it"
+    unapplied = [
+        key
+        for key in sorted(declared)
+        if getattr(endpoint.modal, key) not in seen.get(MODAL_ARGUMENTS[key], [])
+    ]
+    assert not unapplied, f"{endpoint.modal.file} does not apply modal.{', '.join(unapplied)}"

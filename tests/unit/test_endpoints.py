@@ -258,11 +258,12 @@ def test_runpod_network_volume_gb_is_refused_with_what_to_do(tmp_path):
         ("target_inputs", 1),
         ("buffer_containers", 1),
         ("enable_memory_snapshot", True),
+        ("retries", 2),
     ],
 )
 def test_modal_concurrency_and_snapshot_keys_are_refused_on_a_training_app(tmp_path, key, value):
     message = refused(tmp_path, {key: value}, task="train_classifier")
-    assert f"modal.{key}" in message and "training app" in message
+    assert f"modal.{key}" in message and "training app does not apply" in message
     assert getattr(accepted(tmp_path, {key: value}).modal, key) == value  # a serving app takes it
 
 

@@ -1,8 +1,12 @@
 """The gateway's guards and error contract, on an app whose store holds no real model."""
 
+import asyncio
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from fnbundle.api import create_app
+from fnbundle.api.middleware import GuardMiddleware
 from fnbundle.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -183,3 +187,35 @@ def test_cors_preflight_allows_configured_origins(tmp_path):
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_request_cancelled_at_the_end_of_a_shutdown_answers_503():
+    """uvicorn cancels what still runs when its graceful shutdown ends: the client reads a
+    503 it may retry, not a 500."""
+    started = asyncio.Event()
+
+    async def slow_route(scope, receive, send):
+        started.set()
+        await asyncio.sleep(3600)  # seconds: far beyond any shutdown
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def scenario():
+        guard = GuardMiddleware(slow_route, api_keys=[], max_body_bytes=1024, body_timeout_s=5)
+        scope = {"type": "http", "path": "/v1/classify", "method": "POST", "headers": []}
+        task = asyncio.create_task(guard(scope, receive, send))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert sent[0]["status"] == 503
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["type"] == "unavailable"

@@ -259,6 +259,18 @@ def train_classifier_cmd(
     console.print(
         f"held-out accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on {m['eval_examples']} examples"
     )
+    # Overall figures hide a gap on short texts, the ones people type first.
+    table = Table(title="held-out by length")
+    for column in ("words", "examples", "accuracy", "macro-F1"):
+        table.add_column(column, justify="left" if column == "words" else "right")
+    for bucket, row in (m.get("by_length") or {}).items():
+        if row is None:
+            table.add_row(bucket, "0", "-", "-")
+        else:
+            table.add_row(
+                bucket, str(row["examples"]), f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}"
+            )
+    console.print(table)
 
 
 # --- predict ----------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """Training a classifier end to end with a tiny random-init BERT (seconds, not minutes)."""
 
+import csv
 import json
+import re
+import subprocess
+import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,6 +13,7 @@ from fnbundle.errors import TrainingFailed
 from fnbundle.loading import load_classifier
 from fnbundle.settings import Settings
 from fnbundle.store import Store, sha256_file
+from fnbundle.training.metrics import length_bucket
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
 from tests.conftest import REPO, REVIEWS
@@ -39,6 +45,15 @@ def test_artifact_is_complete_and_described_by_its_manifest(tiny_trained):
     assert set(metrics) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
     assert np.array(metrics["confusion_matrix"]["matrix"]).sum() == metrics["eval_examples"]
     assert set(metrics["per_class"]["positive"]) == {"precision", "recall", "f1", "support"}
+    # Per-length figures, with as many rows per length as the held-out split holds.
+    with REVIEWS.open(newline="", encoding="utf-8") as f:
+        held_out = [r["text"] for r in csv.DictReader(f) if r["split"] == "test"]
+    counts = Counter(length_bucket(t) for t in held_out)
+    assert set(counts) == {"1-5", "6-20", "21+"}  # the fixed set has every length
+    assert {b: v["examples"] for b, v in metrics["by_length"].items()} == counts
+    for bucket in metrics["by_length"].values():
+        assert 0 <= bucket["accuracy"] <= 1 and 0 <= bucket["macro_f1"] <= 1
+    assert m["metrics"]["by_length"] == metrics["by_length"] == result.metrics["by_length"]
     for backend in ("onnx-fp32", "onnx-int8"):
         record = m["export"][backend]
         assert {"agreement", "max_prob_diff", "passed"} <= set(record)
@@ -117,3 +132,65 @@ def test_nan_loss_stops_training_as_diverged_and_publishes_nothing(tiny_base, tm
     with pytest.raises(TrainingFailed, match="diverged"):
         train_classifier(params, settings)
     assert Store(tmp_path / "store").list() == []
+
+
+def test_cli_summary_shows_accuracy_per_length_and_marks_an_empty_length(tiny_base, tmp_path):
+    """A user whose data has no long texts sees that, not a made-up figure."""
+    with REVIEWS.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if length_bucket(r["text"]) != "21+"]
+    data = tmp_path / "no-long.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["text", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    env = {
+        "FNB_STORE": str(tmp_path / "store"),
+        "FNB_DATA_ROOTS": f"{tmp_path},{tiny_base.parent}",
+        "COLUMNS": "120",
+        "PATH": "/usr/bin:/bin",
+    }
+    args = ["--data", str(data), "--name", "nolong", "--base", str(tiny_base), "--epochs", "1"]
+    run = subprocess.run(
+        [sys.executable, "-m", "fnbundle.cli", "train", "classifier", *args, "--no-onnx"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    table = run.stdout[run.stdout.index("held-out by length") :]
+    rows = [[c for c in re.split(r"[\s│┃|]+", line) if c] for line in table.splitlines()]
+    shown = {r[0]: r[1:] for r in rows if r and r[0] in ("1-5", "6-20", "21+")}
+    metrics = json.loads(
+        (Store(tmp_path / "store").resolve("nolong").path / "metrics.json").read_text()
+    )
+    by_length = metrics["by_length"]
+    assert by_length["21+"] is None and shown["21+"] == ["0", "-", "-"]
+    for bucket in ("1-5", "6-20"):
+        figures = by_length[bucket]
+        assert shown[bucket] == [
+            str(figures["examples"]),
+            f"{figures['accuracy']:.3f}",
+            f"{figures['macro_f1']:.3f}",
+        ]
+
+
+def test_a_training_job_reports_accuracy_per_length(tmp_path, tiny_base):
+    from fnbundle.jobs.manager import JobManager
+    from fnbundle.jobs.schema import JobStatus, JobSubmit
+
+    from tests.model.test_jobs import job_settings, params, wait_terminal
+
+    manager = JobManager(job_settings(tmp_path, tiny_base), max_running=1)
+    manager.start()
+    try:
+        body = {"task": "train_classifier", "params": params(tiny_base, "bylen", epochs=1)}
+        job, _ = manager.submit(JobSubmit.model_validate(body))
+        done = wait_terminal(manager, job.id)
+    finally:
+        manager.stop()
+    assert done.status == JobStatus.succeeded, done.error
+    artifact = Store(manager.settings.store_root).resolve("bylen")
+    assert set(done.metrics["by_length"]) == {"1-5", "6-20", "21+"}
+    assert done.metrics["by_length"] == artifact.manifest["metrics"]["by_length"]

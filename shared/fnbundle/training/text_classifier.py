@@ -1,9 +1,11 @@
 """Fine-tune a transformers encoder into a text classifier, export it, publish it.
 
 Key rules: deterministic for a given seed (seeded shuffles, deterministic kernels); the
-reported metrics come from rows the model never trained or early-stopped on; a NaN or
-infinite loss stops training as ``diverged``; nothing reaches the store until the whole
-artifact (weights, ONNX exports with parity, metrics, curves, manifest) is complete.
+reported metrics come from rows the model never trained or early-stopped on, overall and
+per text length (``by_length``: 1-5, 6-20, 21+ words, ``null`` for a length with no rows,
+see :mod:`fnbundle.training.metrics`); a NaN or infinite loss stops training as
+``diverged``; nothing reaches the store until the whole artifact (weights, ONNX exports
+with parity, metrics, curves, manifest) is complete.
 
 With a :class:`TrainControl` the run survives being killed: it checkpoints every
 ``checkpoint_every`` steps and after every epoch's evaluation, and a new run with the same
@@ -447,7 +449,10 @@ class _Trainer:
             model.load_state_dict(self.best_state)
         test_loss, preds = self._evaluate(model, splits.test, ds, label_ids)
         metrics = classification_metrics(
-            [label_ids[ds.labels[i]] for i in splits.test], preds, labels
+            [label_ids[ds.labels[i]] for i in splits.test],
+            preds,
+            labels,
+            texts=[ds.texts[i] for i in splits.test],  # for the per-length figures
         )
         metrics["eval_loss"] = round(test_loss, 5)
         model.to("cpu")  # saved, exported and parity-checked on CPU, where it will serve
@@ -499,7 +504,8 @@ class _Trainer:
                 "base_model": p.base,
                 "labels": labels,
                 "metrics": {
-                    k: metrics[k] for k in ("accuracy", "macro_f1", "eval_loss", "eval_examples")
+                    k: metrics[k]
+                    for k in ("accuracy", "macro_f1", "eval_loss", "eval_examples", "by_length")
                 },
                 "training": {
                     **p.model_dump(),

@@ -245,12 +245,12 @@ def test_modal_web_endpoint_guards_like_the_gateway(modal_web, gateway):
 def test_modal_web_endpoint_takes_the_bearer_key_from_its_secret(store_env, monkeypatch):
     from functions.classify import Classifier
 
-    monkeypatch.setenv("FNB_API_KEYS", "key-from-secret")  # what the Secret injects
+    monkeypatch.setenv("FNB_API_KEYS", "key-from-the-modal-secret")  # what the Secret injects
     with TestClient(Classifier().web.local()) as client:
         refused = client.post("/v1/classify", json=GOOD)
         wrong = client.post("/v1/classify", json=GOOD, headers={"Authorization": "Bearer nope"})
         ok = client.post(
-            "/v1/classify", json=GOOD, headers={"Authorization": "Bearer key-from-secret"}
+            "/v1/classify", json=GOOD, headers={"Authorization": "Bearer key-from-the-modal-secret"}
         )
     assert refused.status_code == wrong.status_code == 401
     assert refused.json()["error"]["type"] == "unauthorized"

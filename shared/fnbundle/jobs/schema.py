@@ -68,7 +68,7 @@ MAX_TIMEOUT_S = 7 * 24 * 3600  # seconds: a week, RunPod's longest execution tim
 
 def gpu_names() -> dict[str, str]:
     """Every GPU of the price catalogue, upper-cased name -> the catalogue's spelling."""
-    from fnbundle.costs import CATALOGUE  # the catalogue lives with its prices
+    from fnbundle.platforms.catalogue import CATALOGUE
 
     return {name.upper(): name for gpus in CATALOGUE.values() for name in gpus}
 

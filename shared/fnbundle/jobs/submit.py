@@ -92,7 +92,7 @@ def new_job(
     summary: dict[str, Any] | None = None
     chosen = req.gpu or gpu
     if estimate:
-        from fnbundle.costs import estimate_job
+        from fnbundle.platforms.estimates import estimate_job
 
         found = estimate_job(req.task, params, settings, platform=platform, gpu=chosen)
         summary = found.model_dump(mode="json", exclude_none=True)

@@ -40,6 +40,7 @@ from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store, validate_name
 from fnbundle.tasks.embed import TASK
 from fnbundle.tasks.embed.model import TextEmbedder
+from fnbundle.training import fusion
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,8 @@ def _pooled_encoder(info: BaseInfo, additive_mask: bool) -> Any:
 
         def forward(self, input_ids: Any, attention_mask: Any, *token_type_ids: Any) -> Any:
             mask = attention_mask
-            if additive_mask:
-                # The classic additive mask (0 keeps a token, the float minimum drops it):
-                # ORT's attention fusion recognises it, transformers 5's own mask ops not.
-                keep = attention_mask[:, None, None, :].to(torch.float32)
-                mask = (1.0 - keep) * torch.finfo(torch.float32).min
+            if additive_mask:  # what ORT's attention fusion recognises
+                mask = fusion.additive_mask(attention_mask)
             extra = {"token_type_ids": token_type_ids[0]} if token_type_ids else {}
             hidden = self.encoder(input_ids=input_ids, attention_mask=mask, **extra)
             hidden = hidden.last_hidden_state
@@ -257,78 +255,6 @@ def export_onnx(module: Any, info: BaseInfo, path: Path) -> None:
             opset_version=ONNX_OPSET,
             dynamo=False,  # the TorchScript exporter handles HF encoders without extra deps
         )
-
-
-def scale_as_div(src: Path, dst: Path) -> int:
-    """Rewrite ``scores * (1/sqrt(d))`` as ``scores / sqrt(d)`` in every attention block.
-
-    transformers 5 scales attention scores with a Mul; ORT's BERT attention fusion then
-    takes the scale for the mask's Mul (both feed the same Add) and fuses nothing. A Div
-    is what it matches. Returns the number of rewritten nodes.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {init.name: init for init in graph.initializer}
-
-    def scalar(name: str) -> np.ndarray | None:
-        node = producer.get(name)
-        if node is not None and node.op_type == "Constant" and node.attribute:
-            value = numpy_helper.to_array(node.attribute[0].t)
-        elif name in initializers:
-            value = numpy_helper.to_array(initializers[name])
-        else:
-            return None
-        return value if value.size == 1 and float(value.reshape(())) != 0 else None
-
-    rewritten = 0
-    for node in graph.node:
-        if node.op_type != "Mul" or len(node.input) != 2:
-            continue
-        source = producer.get(node.input[0])
-        value = scalar(node.input[1])
-        adds = consumers.get(node.output[0], [])
-        if (
-            source is None
-            or source.op_type != "MatMul"
-            or value is None
-            or len(adds) != 1
-            or adds[0].op_type != "Add"
-            or not any(c.op_type == "Softmax" for c in consumers.get(adds[0].output[0], []))
-        ):
-            continue
-        name = f"{node.name or node.output[0]}_divisor"
-        graph.initializer.append(
-            numpy_helper.from_array(np.asarray(1.0 / value, value.dtype), name)
-        )
-        node.op_type = "Div"
-        node.input[1] = name
-        rewritten += 1
-    onnx.save(model, str(dst))
-    return rewritten
-
-
-def fuse_graph(src: Path, dst: Path, info: BaseInfo) -> dict[str, int]:
-    """ONNX Runtime's transformer optimizer, offline and hardware-neutral (opt_level 0:
-    the session applies its own optimizations at load). Returns the fused operator counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    optimized = optimize_model(
-        str(src),
-        model_type="bert",
-        num_heads=int(info.config.get("num_attention_heads", 0)),
-        hidden_size=int(info.config.get("hidden_size", 0)),
-        opt_level=0,
-    )
-    optimized.save_model_to_file(str(dst))
-    return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
 def quantize_int8(src: Path, dst: Path) -> dict[str, Any]:
@@ -497,8 +423,8 @@ def _export_fp32(
         return plain, record
     divided, fused = work / "divided.onnx", work / "fused.onnx"
     try:
-        rewritten = scale_as_div(plain, divided)
-        ops = fuse_graph(divided, fused, info)
+        rewritten = fusion.scale_as_div(plain, divided)
+        ops = fusion.fuse_graph(divided, fused, info.config)
         fused_record = fp32_parity(
             reference, served_vectors(fused, tokenizer, info, texts, settings)
         )

@@ -61,11 +61,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 def _valid(status: int, body: bytes) -> bool:
-    """A 200 with exactly one prediction: what every request here asks for."""
+    """A 200 with exactly one prediction or one embedding (``data``, OpenAI's shape): what
+    every request here asks for."""
     if status != 200:
         return False
-    predictions = json.loads(body).get("predictions")
-    return isinstance(predictions, list) and len(predictions) == 1
+    answer = json.loads(body)
+    rows = answer.get("predictions", answer.get("data"))
+    return isinstance(rows, list) and len(rows) == 1
 
 
 @dataclass

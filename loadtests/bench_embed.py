@@ -1,0 +1,250 @@
+"""The embeddings benchmark, and 128-token throughput against this CPU's int8 bound.
+
+Systems, side by side in one run:
+
+* E1: a naive FastAPI endpoint calling ``SentenceTransformer.encode`` per request, PyTorch
+  fp32 (``loadtests/baseline_st.py``);
+* ours: ``fnbundle serve`` answering ``POST /v1/embeddings`` (ONNX Runtime int8, dynamic
+  batching), the same process also serving the classifier;
+* E2: an in-process ONNX Runtime session on the embedder's ``model.int8.onnx``, batches of
+  32, no HTTP.
+
+Targets: embeddings of short reviews at 32 clients >= 3x E1 and >= 0.8x E2; 128-token
+embeddings and 128-token classification through the gateway at 32 clients >= 0.5 of
+:data:`INT8_BOUND` (MiniLM-L6 int8 at 128 tokens on 2 cores of this CPU class).
+
+Key rule: as in ``bench_classify.py``, every figure is a median over at least 5
+interleaved rounds (E1, ours, E2 for each scenario, then the next round) on the same
+machine, targets are judged on ratios of paired measurements, and the report says which
+targets each round met.
+
+Run: ``make bench-embed`` (= ``.venv/bin/python loadtests/bench_embed.py``); ``--quick``
+for a smoke check. Raw numbers go to ``.bench/embed.json``, Markdown next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from baseline_onnx import OnnxBatchBaseline
+from bench_classify import FNBUNDLE, START_TIMEOUT_S, clean_env, console, ensure_model, machine
+from loadgen import closed_loop, free_port, request_bytes, server
+from review_texts import REPO, long_texts, short_reviews
+
+INT8_BOUND = 127.0  # sequences/s: MiniLM-L6 int8, 128 tokens, 2 cores, AVX2 without VNNI
+LONG_TOKENS = 128  # tokens per long text, [CLS] and [SEP] included
+E2_BATCH = 32  # texts per E2 forward pass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    route: str  # /v1/embeddings or /v1/classify
+    long: bool  # 128-token texts instead of short reviews
+    systems: tuple[str, ...]
+
+
+SCENARIOS = (
+    Scenario(
+        "embed-short", "embeddings, short reviews", "/v1/embeddings", False, ("E1", "ours", "E2")
+    ),
+    Scenario("embed-long", "embeddings, 128 tokens", "/v1/embeddings", True, ("ours", "E2")),
+    Scenario("classify-long", "classification, 128 tokens", "/v1/classify", True, ("ours",)),
+)
+# (name, scenario, baseline: a system or "bound", goal): ours / baseline >= goal
+TARGETS = (
+    ("embeddings >= 3x E1", "embed-short", "E1", 3.0),
+    ("embeddings >= 0.8x E2", "embed-short", "E2", 0.8),
+    ("128-token embeddings >= 0.5 of the int8 bound", "embed-long", "bound", 0.5),
+    ("128-token classification >= 0.5 of the int8 bound", "classify-long", "bound", 0.5),
+)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Embeddings benchmark: ours vs E1 vs E2, and the bound."
+    )
+    p.add_argument("--store", type=Path, default=REPO / ".bench" / "store", help="model store")
+    p.add_argument("--model", default="minilm", help="embedding model (imported if missing)")
+    p.add_argument("--classifier", default="sentiment", help="classifier (trained if missing)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (>= 5 for the doc)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads for every system")
+    p.add_argument("--out", type=Path, default=REPO / ".bench" / "embed.json")
+    p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke check")
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 2, 2.0, 0.5
+    return args
+
+
+def ensure_embedder(store: Path, name: str) -> Path:
+    """The artifact folder of ``name``, imported from ``builtin:minilm`` if missing."""
+    from fnbundle.settings import Settings
+    from fnbundle.store import Store
+    from fnbundle.tasks.embed.export import import_embedder
+
+    if name not in Store(store).latest_ids():
+        console.print(f"[bold]importing builtin:minilm as {name!r}[/] into {store}")
+        import_embedder("builtin:minilm", name, Settings(store=store))
+    return Store(store).resolve(name).path
+
+
+def texts_of(tokenizer_file: Path, tokens: int) -> list[str]:
+    """Real reviews cut to ``tokens`` tokens (special ones included) for every tokenizer
+    here: the embedder truncates at 256, not 128, so the texts themselves are cut."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    out = []
+    for text in long_texts(tokenizer_file):
+        ids = tokenizer.encode(text).ids[1 : tokens - 1]
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+def embed_batches(artifact: Path, threads: int) -> OnnxBatchBaseline:
+    """E2: B2's session and loop on the embedder's int8 graph, truncating where the model
+    stops (256 tokens for MiniLM). B2 applies a softmax to what the graph returns: on 32
+    vectors of 384 numbers that is well under 0.1% of a batch's time."""
+    e2 = OnnxBatchBaseline(artifact, threads)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    e2.tokenizer.enable_truncation(max_length=int(manifest["max_tokens"]))
+    return e2
+
+
+def body(args: argparse.Namespace, route: str, text: str) -> dict[str, Any]:
+    if route == "/v1/classify":
+        return {"model": args.classifier, "texts": [text]}
+    return {"model": args.model, "input": [text]}
+
+
+def start(name: str, args: argparse.Namespace, embedder: Path):  # -> context manager
+    port = free_port()
+    threads = str(args.threads)
+    if name == "E1":
+        from fnbundle.loading import builtin_dir
+
+        command = [sys.executable, str(REPO / "loadtests" / "baseline_st.py")]
+        command += ["--model-dir", str(builtin_dir("minilm")), "--port", str(port)]
+        command += ["--threads", threads]
+        env = clean_env(OMP_NUM_THREADS=threads)
+    else:
+        command = [*FNBUNDLE, "serve", "--port", str(port)]
+        env = clean_env(
+            FNB_STORE=str(args.store),
+            FNB_THREADS=threads,
+            FNB_PRELOAD=f"{args.model},{args.classifier}",
+        )
+    probe = request_bytes(port, "/v1/embeddings", body(args, "/v1/embeddings", "A probe."))
+    log = args.out.parent / "logs" / f"embed-{name}.log"
+    return server(name, command, env, port, probe, log, START_TIMEOUT_S)
+
+
+def measure(srv: Any, route: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    payloads = [request_bytes(srv.port, route, body(args, route, t)) for t in texts]
+    if args.warmup > 0:
+        closed_loop(srv.port, payloads, args.clients, args.warmup)
+    r = closed_loop(srv.port, payloads, args.clients, args.duration)
+    return {"throughput": r.throughput, "p50_ms": r.percentile(50), "errors": r.errors}
+
+
+def round_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round and target: ours / baseline in that round, and whether it met the goal."""
+    out = []
+    for rnd in sorted({r["round"] for r in rows}):
+        got = {(r["scenario"], r["system"]): r["throughput"] for r in rows if r["round"] == rnd}
+        for name, scenario, baseline, goal in TARGETS:
+            ours = got.get((scenario, "ours"))
+            base = INT8_BOUND if baseline == "bound" else got.get((scenario, baseline))
+            if ours is None or not base:
+                continue
+            ratio = ours / base
+            out.append({"round": rnd, "target": name, "ratio": ratio, "met": ratio >= goal})
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows, per_round = results["rows"], results["round_ratios"]
+    lines = ["| scenario | system | texts/s (median) | p50 ms |", "|---|---|--:|--:|"]
+    for sc in SCENARIOS:
+        for system in sc.systems:
+            mine = [r for r in rows if r["scenario"] == sc.key and r["system"] == system]
+            if mine:
+                tps = statistics.median(r["throughput"] for r in mine)
+                p50 = [r["p50_ms"] for r in mine if "p50_ms" in r]
+                cell = f"{statistics.median(p50):.1f}" if p50 else "per batch of 32"
+                lines.append(f"| {sc.title} | {system} | {tps:.1f} | {cell} |")
+    rounds = sorted({r["round"] for r in per_round})
+    lines += [
+        "",
+        "| target | " + " | ".join(f"round {r + 1}" for r in rounds) + " | median | met |",
+        "|---|" + "--:|" * len(rounds) + "--:|---|",
+    ]
+    for name, _scenario, _baseline, goal in TARGETS:
+        mine = [r for r in per_round if r["target"] == name]
+        if not mine:
+            continue
+        cells = " | ".join(f"{r['ratio']:.2f}{'' if r['met'] else ' (no)'}" for r in mine)
+        median = statistics.median(r["ratio"] for r in mine)
+        lines.append(f"| {name} | {cells} | {median:.2f} | {'yes' if median >= goal else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    t_start = time.perf_counter()
+    embedder = ensure_embedder(args.store, args.model)
+    classifier = ensure_model(args.store, args.classifier)
+    texts = {False: short_reviews(), True: texts_of(embedder / "tokenizer.json", LONG_TOKENS)}
+    e2 = embed_batches(embedder, args.threads)
+    info = machine()
+    console.print(f"[bold]machine[/] {info}\n[bold]models[/] {embedder}, {classifier}")
+    rows: list[dict[str, Any]] = []
+    with start("E1", args, embedder) as e1_srv, start("ours", args, embedder) as ours_srv:
+        servers = {"E1": e1_srv, "ours": ours_srv}
+        for rnd in range(args.rounds):
+            for sc in SCENARIOS:
+                for name in sc.systems:
+                    if name == "E2":
+                        r = e2.run(texts[sc.long], E2_BATCH, args.duration)
+                        m: dict[str, Any] = {"throughput": r.throughput}
+                    else:
+                        m = measure(servers[name], sc.route, texts[sc.long], args)
+                    rows.append({"round": rnd, "scenario": sc.key, "system": name, **m})
+                    console.print(
+                        f"round {rnd + 1}/{args.rounds} {sc.key:>13} {name:>4}: "
+                        f"{m['throughput']:7.1f} texts/s"
+                        + (f", {m['errors']} errors" if m.get("errors") else "")
+                    )
+    results = {
+        "command": " ".join(["python", *sys.argv]),
+        "machine": info,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "int8_bound": INT8_BOUND,
+        "elapsed_s": time.perf_counter() - t_start,
+        "rows": rows,
+        "round_ratios": round_ratios(rows),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results)
+    args.out.with_suffix(".md").write_text(md)
+    console.print(md)
+    console.print(f"raw numbers in {args.out}; took {results['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

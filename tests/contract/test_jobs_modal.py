@@ -201,11 +201,12 @@ def test_cancel_stops_the_training_through_the_dict_flag(modal, tiny_base):
             answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
 
     events = follow(client, job_id, cancel_at_first_step)
-    assert answers[0].status_code == 200 and answers[0].json()["status"] == "cancelled"
+    answer = answers[0].json()  # the truthful answer: still running, asked to stop
+    assert answers[0].status_code == 200, answer
+    assert answer["status"] == "running" and answer["cancel_requested"] is True
     assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
-    [(call_id, _)] = fake.calls
-    assert fake.cancelled == [call_id]
-    fake.join()  # the flag stopped the training: nothing killed the thread
+    assert fake.cancelled == []  # the flag stopped the training: the call was not killed
+    fake.join()
     after = client.get(f"/v1/jobs/{job_id}/events?after={events[-1]['seq']}")
     assert "event:" not in after.text  # nothing written once it was cancelled
     job = client.get(f"/v1/jobs/{job_id}").json()
@@ -237,8 +238,9 @@ def test_a_preempted_container_resumes_from_the_committed_checkpoint(modal, tiny
     events = follow(client, job_id)
     fake.join()
     assert fake.runs == 2 and len(fake.calls) == 1  # one call, run twice
-    assert states(events) == ["queued", "running", "running", "succeeded"]
-    assert [e["data"].get("attempt") for e in events if e["type"] == "state"][1:3] == [1, 2]
+    # The lost container's job goes back to the queue, then the next run claims it.
+    assert states(events) == ["queued", "running", "queued", "running", "succeeded"]
+    assert [e["data"].get("attempt") for e in events if e["type"] == "state"][1:4] == [1, None, 2]
     done = steps(events)
     assert done == sorted(set(done)) and done == list(range(1, done[-1] + 1))
     logs = [e["data"]["message"] for e in events if e["type"] == "log"]

@@ -297,6 +297,29 @@ def test_cancel_and_retry_of_jobs_that_are_not_running(settings):
         manager.get("job-unknown")
 
 
+def test_cancel_of_a_running_job_answers_running_with_the_request_flagged(settings):
+    manager = JobManager(settings)  # not started: no worker, so nothing stops it
+    job_id = put_in(manager.db, JobStatus.running)
+    answer = manager.cancel(job_id)
+    assert answer.status == JobStatus.running and answer.cancel_requested
+    assert manager.cancel(job_id) == answer  # asked again: nothing new is written
+    assert [e.type for e in manager.events(job_id)] == ["state", "state", "log"]
+    manager.db.transition(job_id, JobStatus.cancelled, reason="cancelled")  # the worker stops
+    assert manager.get(job_id).status == JobStatus.cancelled
+
+
+def test_retry_resets_the_last_attempts_end_and_time_allowance(settings):
+    manager = JobManager(settings)
+    job_id = put_in(manager.db, JobStatus.running)
+    manager.db.update(job_id, run_s=42.0, cost_usd=0.5)
+    manager.db.transition(job_id, JobStatus.timed_out, error={"type": "timed_out", "message": "x"})
+    retried = manager.retry(job_id)
+    row = manager.db.get(job_id)
+    assert retried.status == JobStatus.queued and retried.error is None
+    assert retried.finished_at is None and not retried.cancel_requested
+    assert row.run_s == 0.0 and row.retry_base == 1 and row.cost_usd == 0.5
+
+
 def test_follow_replays_then_ends_with_the_terminal_state(settings):
     manager = JobManager(settings)
     job_id = put_in(manager.db, JobStatus.running)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from fnbundle.errors import Conflict, NotFound, QueueFull
-from fnbundle.jobs.schema import TERMINAL, TRANSITIONS, Job, JobEvent, JobStatus
+from fnbundle.jobs import state
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for the lock before giving up
@@ -140,6 +141,15 @@ def _encode(column: str, value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
+
+
+def _as_columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """Job fields as columns: the ``cancel_requested`` column holds the request's time."""
+    out = dict(fields)
+    out.pop("cancel_requested", None)
+    if "cancel_requested_at" in out:
+        out["cancel_requested"] = out.pop("cancel_requested_at")
+    return out
 
 
 def _row_to_job(row: sqlite3.Row) -> JobRow:
@@ -393,21 +403,20 @@ class JobDB:
 
         Sets ``fields`` in the same UPDATE and appends a ``state`` event
         ``{"status", "reason"?, **event}`` (after a ``log`` event with ``log``, if given).
-        With ``owner`` the move happens only while that process owns the job. Terminal states stamp ``finished_at`` and clear
-        the worker; ``queued`` clears them and the cancel request. Raises NotFound, or
+        With ``owner`` the move happens only while that process owns the job. Terminal
+        states stamp ``finished_at`` and clear the worker; ``queued`` clears them and the
+        cancel request (the resets of :mod:`fnbundle.jobs.state`). Raises NotFound, or
         Conflict when the job is in a state that cannot move to ``to``.
         """
-        sources = {s for s, targets in TRANSITIONS.items() if to in targets}
-        if from_ is not None:
-            sources &= set(from_)
+        sources = state.sources(to, from_)
         if to in TERMINAL:
-            fields.setdefault("finished_at", now_iso())
-            fields.setdefault("worker_pid", None)
+            resets = {**state.FINISH_RESETS, "finished_at": now_iso()}
         elif to == JobStatus.queued:
-            fields.setdefault("finished_at", None)
-            fields.setdefault("worker_pid", None)
-            fields.setdefault("cancel_requested", None)
-            fields.setdefault("deadline", None)
+            resets = state.QUEUE_RESETS
+        else:
+            resets = {}
+        for name, value in _as_columns(resets).items():
+            fields.setdefault(name, value)
         sets, args = self._set_clause(fields)
         where = f"id = ? AND status IN ({', '.join('?' * len(sources)) or 'NULL'})"
         where_args: list[Any] = [job_id, *(s.value for s in sources)]
@@ -432,6 +441,29 @@ class JobDB:
             if reason:
                 data["reason"] = reason
             self._append(conn, job_id, "state", data | (event or {}))
+            return self._get(conn, job_id)
+
+    def apply(self, job_id: str, move: state.Move, *, expect: JobStatus) -> JobRow:
+        """Write a move of :mod:`fnbundle.jobs.state` if the job is still ``expect`` (a
+        compare-and-set): its fields and its events in one transaction. Conflict when the
+        job moved meanwhile (the caller reads it again and decides anew)."""
+        fields = _as_columns({k: v for k, v in move.fields.items() if k != "status"})
+        to = move.status or expect
+        sets, args = self._set_clause(fields)
+        with self._write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = ?{', ' + sets if sets else ''} "
+                "WHERE id = ? AND status = ?",
+                [to.value, *args, job_id, expect.value],
+            )
+            if cur.rowcount == 0:
+                current = self._get(conn, job_id)  # NotFound if there is no such job
+                raise Conflict(
+                    f"Job {job_id} is {current.status.value}, no longer {expect.value}.",
+                    field="status",
+                )
+            for type_, data in move.events:
+                self._append(conn, job_id, type_, data)
             return self._get(conn, job_id)
 
     def claim_next(self, job_id: str | None = None) -> JobRow | None:
@@ -465,20 +497,6 @@ class JobDB:
                 (pid, job_id, pid),
             )
             return cur.rowcount == 1
-
-    def request_cancel(self, job_id: str) -> bool:
-        """Flag a running job to stop (the first request's time is kept); False if the
-        job is not running."""
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET cancel_requested = ? "
-                "WHERE id = ? AND status = 'running' AND cancel_requested IS NULL",
-                (time.time(), job_id),
-            )
-            if cur.rowcount == 1:
-                self._append(conn, job_id, "log", {"level": "info", "message": "cancel requested"})
-                return True
-            return self._get(conn, job_id).status == JobStatus.running
 
     def update(
         self,
@@ -515,11 +533,6 @@ class JobDB:
                 raise Conflict(f"Job {job_id} is {current.status.value}.", field="status")
             for type_, data in events:
                 self._append(conn, job_id, type_, data)
-
-    def append_event(self, job_id: str, type_: str, data: dict[str, Any]) -> JobEvent:
-        with self._write() as conn:
-            self._get(conn, job_id)
-            return self._append(conn, job_id, type_, data)
 
 
 def _ensure_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:

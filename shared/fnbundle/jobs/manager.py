@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fnbundle.errors import Conflict, QueueFull
+from fnbundle.jobs import state
 from fnbundle.jobs.attempt import deliver_webhook
 from fnbundle.jobs.db import JobDB, JobRow
-from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import new_job
 from fnbundle.jobs.worker import job_dir, settings_env
 from fnbundle.settings import Settings
@@ -196,57 +197,35 @@ class JobManager:
         return [row.public() for row in rows]
 
     def cancel(self, job_id: str) -> Job:
-        """Queued: cancelled at once. Running: asked to stop; it ends ``cancelled`` within
-        seconds (cooperatively, else by signal). Cancelled: returned as is. Other finished
-        states: Conflict."""
+        """Queued: cancelled at once. Running: answered ``running`` with
+        ``cancel_requested: true``; it ends ``cancelled`` within seconds (cooperatively,
+        else by signal). Cancelled: returned as is. Other finished states: Conflict
+        (:func:`fnbundle.jobs.state.cancel`)."""
         for _ in range(5):  # the job may move between our read and our write
             job = self.db.get(job_id)
-            if job.status == JobStatus.queued:
-                try:
-                    done = self.db.transition(
-                        job_id, JobStatus.cancelled, from_=[JobStatus.queued], reason="cancelled"
-                    )
-                except Conflict:
-                    continue
-                self._notify(done)
-                return done.public()
-            if job.status == JobStatus.running:
-                if not self.db.request_cancel(job_id):
-                    continue
-                self._wake.set()
-                return self.get(job_id)
-            if job.status == JobStatus.cancelled:
+            move = state.cancel(job_id, job.status, job.cancel_requested)
+            if move is None:
                 return job.public()
-            raise Conflict(
-                f"Job {job_id} already ended {job.status.value}; only a queued or running job "
-                "can be cancelled.",
-                field="status",
-            )
+            try:
+                row = self.db.apply(job_id, move, expect=job.status)
+            except Conflict:
+                continue
+            if row.status == JobStatus.cancelled:
+                self._notify(row)
+            self._wake.set()  # the scheduler signals a worker that ignores the request
+            return row.public()
         raise Conflict(f"Job {job_id} keeps changing state; try again.", field="status")
 
     def retry(self, job_id: str) -> Job:
         """Queue a failed or timed-out job again; it resumes from its newest checkpoint."""
         job = self.db.get(job_id)
-        if job.status not in RETRYABLE:
-            raise Conflict(
-                f"Job {job_id} is {job.status.value}; only a failed or timed-out job can be "
-                "retried.",
-                field="status",
-            )
+        move = state.retry(job_id, job.status, job.attempts)
         if self.db.count(JobStatus.queued) >= self.max_queued:
             raise QueueFull(
                 f"{self.max_queued} jobs are already queued; try again later.",
                 retry_after=self.db.queue_wait_s(),
             )
-        row = self.db.transition(
-            job_id,
-            JobStatus.queued,
-            from_=RETRYABLE,
-            reason="retry",
-            error=None,
-            run_s=0.0,  # a fresh time allowance; the cost keeps adding up
-            retry_base=job.attempts,
-        )
+        row = self.db.apply(job_id, move, expect=job.status)
         self._wake.set()
         return row.public()
 
@@ -374,16 +353,9 @@ class JobManager:
             self._requeue(job, f"worker died ({how})")
 
     def _requeue(self, job: JobRow, why: str) -> None:
-        step = job.last_checkpoint_step
-        where = f"resuming from step {step}" if step else "starting again from the beginning"
         try:
-            self.db.transition(
-                job.id,
-                JobStatus.queued,
-                from_=[JobStatus.running],
-                reason="resume",
-                log=f"{why}; {where}",
-            )
+            move = state.requeue(job.id, job.status, why, job.last_checkpoint_step)
+            self.db.apply(job.id, move, expect=JobStatus.running)
         except Conflict:
             return
         self._wake.set()

@@ -18,12 +18,14 @@ Key rules:
   ``put(..., skip_if_exists=True)``: racing writers never overwrite each other; the loser
   takes the next number. A record is written by the web endpoint only while no attempt
   owns it (submit, retry, and failing a call that died without an outcome).
-* Cancel is final at once: the flag, the ``cancelled`` state event, then
-  ``FunctionCall.cancel()``. Readers show a flagged job that has not finished as
-  ``cancelled``; an attempt that sees the flag stops writing events and marks its record
-  cancelled. A job that finished first answers 409, as on the local runtime.
+* Cancel follows :mod:`fnbundle.jobs.state` as every backend does: a queued job is
+  cancelled at once (record, state event, ``FunctionCall.cancel()``); a running one gets
+  the flag and answers ``running`` with ``cancel_requested: true``, its attempt stops with
+  a checkpoint and writes ``cancelled``; a call still running twice the grace period after
+  the flag is cancelled by the next reader, which writes ``cancelled``. A job that
+  finished first answers 409. A retry removes the flag.
 * Every write of an attempt checks that the record is still ``running`` with its attempt
-  number and that no cancel is flagged; else LostJob, and it stops.
+  number; else LostJob, and it stops.
 * Modal runs a preempted input again in a new container (and retries a crashed one): that
   attempt finds the record ``running``, counts attempt + 1 and resumes from the newest
   checkpoint committed to the Volume. The Volume is committed after every checkpoint and
@@ -47,10 +49,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from fnbundle.errors import Conflict, InvalidRequest, NotFound
+from fnbundle.jobs import state
 from fnbundle.jobs.attempt import deliver_webhook
 from fnbundle.jobs.backend import JobBackend, select_jobs
 from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.state import Move
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 
@@ -74,6 +78,8 @@ class KeyValue(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def __setitem__(self, key: str, value: Any) -> None: ...
+
+    def pop(self, key: str, default: Any = None) -> Any: ...
 
 
 def default_state() -> KeyValue:
@@ -168,17 +174,22 @@ class DictState:
         return None if value is None else str(value)
 
     def public(self, row: JobRow) -> Job:
-        """The job as readers see it: a flagged job that has not finished is cancelled."""
-        at = self.cancelled_at(row.id)
-        if at is not None and row.status not in TERMINAL:
-            row = row.model_copy(
-                update={
-                    "status": JobStatus.cancelled,
-                    "cancel_requested": True,
-                    "finished_at": datetime.fromtimestamp(at, UTC),
-                }
-            )
+        """The job as readers see it: a running job with the cancel flag set says so."""
+        if row.status == JobStatus.running and self.cancelled_at(row.id) is not None:
+            row = row.model_copy(update={"cancel_requested": True})
         return row.public()
+
+    def apply(self, row: JobRow, move: Move) -> JobRow:
+        """Append a move's events, then save the record it leaves (see :mod:`.state`)."""
+        for type_, data in move.events:
+            self.append_event(row.id, type_, data)
+        moved = row.model_copy(update=move.fields)
+        self.save(moved)
+        return moved
+
+    def clear_cancel(self, job_id: str) -> None:
+        """Remove a cancel flag (a retried job starts without one)."""
+        self.d.pop(f"cancel:{job_id}", None)
 
     # --- events ----------------------------------------------------------------------
 
@@ -291,34 +302,44 @@ class ModalJobs(JobBackend):
             await asyncio.sleep(poll_s)
 
     def _check_call(self, row: JobRow, force: bool = False) -> JobRow:
-        """Fail a job whose call ended without an outcome (Modal gave up retrying)."""
+        """End a job whose call ended without an outcome (Modal gave up retrying, or a
+        cancelled job's container was stopped): ``cancelled`` if a cancel was asked, else
+        ``failed``. A running job that ignores its cancel flag past twice the grace period
+        has its call cancelled."""
         if row.status not in (JobStatus.queued, JobStatus.running):
-            return row
-        if self.state.cancelled_at(row.id) is not None:
             return row
         now = time.monotonic()
         if not force and now - self._checked.get(row.id, -CHECK_CALL_EVERY_S) < CHECK_CALL_EVERY_S:
             return row
         self._checked[row.id] = now
         call_id = self.state.call_id(row.id)
-        if call_id is None or self.check_call(call_id) == "pending":
+        if call_id is None:
             return row
+        asked = self.state.cancelled_at(row.id)
+        if self.check_call(call_id) == "pending":
+            if asked is None or time.time() - asked < 2 * self.settings.jobs_cancel_grace_s:
+                return row
+            self._cancel_call(row.id, call_id)  # it did not stop by itself: stop it
         latest = self._row(row.id)  # it may have written its outcome meanwhile
         if latest.status in TERMINAL:
             return latest
+        if asked is not None:
+            return self._end(latest, JobStatus.cancelled, "cancelled", None)
         message = "The training function ended without writing an outcome; its Modal logs have the details."
         return self._end(
             latest, JobStatus.failed, "worker_died", {"type": "worker_died", "message": message}
         )
 
     def _end(self, row: JobRow, to: JobStatus, reason: str, error: dict[str, Any] | None) -> JobRow:
-        self.state.append_event(row.id, "state", {"status": to.value, "reason": reason})
-        done = row.model_copy(
-            update={"status": to, "error": error, "finished_at": datetime.now(UTC)}
-        )
-        self.state.save(done)
+        done = self.state.apply(row, state.finish(row.id, row.status, to, reason, error=error))
         self._notify(self.state.public(done))
         return done
+
+    def _cancel_call(self, job_id: str, call_id: str) -> None:
+        try:
+            self.cancel_call(call_id)
+        except Exception:
+            log.warning("job %s: cancelling call %s failed", job_id, call_id, exc_info=True)
 
     def _notify(self, job: Job) -> None:
         if job.webhook_url:
@@ -372,51 +393,32 @@ class ModalJobs(JobBackend):
         return row
 
     def cancel(self, job_id: str) -> Job:
-        """Queued or running: cancelled at once, and its call too. Cancelled: answered as
-        is. Any other finished state: Conflict."""
+        """As every backend (:func:`fnbundle.jobs.state.cancel`): queued, cancelled at once
+        and its call too; running, the Dict's cancel flag is set and the attempt stops
+        (with a checkpoint) and writes ``cancelled``; cancelled, answered as is; any other
+        finished state, Conflict."""
         row = self._row(job_id)
         job = self.state.public(row)
-        if job.status == JobStatus.cancelled:
-            return job
-        if job.status in TERMINAL:
-            raise Conflict(
-                f"Job {job_id} already ended {job.status.value}; only a queued or running job "
-                "can be cancelled.",
-                field="status",
-            )
-        if self.state.put_new(f"cancel:{job_id}", time.time()):
-            self.state.append_event(job_id, "log", {"level": "info", "message": "cancel requested"})
-            self.state.append_event(job_id, "state", {"status": "cancelled", "reason": "cancelled"})
+        move = state.cancel(job_id, job.status, job.cancel_requested)
+        if move is None or not self.state.put_new(f"cancel:{job_id}", time.time()):
+            return self.state.public(self._row(job_id))
+        if move.status == JobStatus.cancelled:  # queued: no attempt owns the record
+            done = self.state.apply(row, move)
             call_id = self.state.call_id(job_id)
             if call_id is not None:
-                try:
-                    self.cancel_call(call_id)
-                except Exception:
-                    log.warning("job %s: cancelling call %s failed", job_id, call_id, exc_info=True)
-            self._notify(self.state.public(self._row(job_id)))
+                self._cancel_call(job_id, call_id)
+            self._notify(self.state.public(done))
+        else:  # running: the attempt owns the record; only its events are appended here
+            for type_, data in move.events:
+                self.state.append_event(job_id, type_, data)
         return self.state.public(self._row(job_id))
 
     def retry(self, job_id: str) -> Job:
         """Spawn a failed or timed-out job again; it resumes from its newest checkpoint."""
         row = self._row(job_id)
-        job = self.state.public(row)
-        if job.status not in RETRYABLE:
-            raise Conflict(
-                f"Job {job_id} is {job.status.value}; only a failed or timed-out job can be "
-                "retried.",
-                field="status",
-            )
-        self.state.append_event(job_id, "state", {"status": "queued", "reason": "retry"})
-        queued = row.model_copy(
-            update={
-                "status": JobStatus.queued,
-                "error": None,
-                "finished_at": None,
-                "run_s": 0.0,  # a fresh time allowance; the cost keeps adding up
-                "retry_base": row.attempts,
-            }
-        )
-        self.state.save(queued)
+        move = state.retry(job_id, row.status, row.attempts)
+        self.state.clear_cancel(job_id)
+        queued = self.state.apply(row, move)
         req = JobSubmit(
             task=row.task,
             params=row.params,

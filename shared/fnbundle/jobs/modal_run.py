@@ -2,9 +2,10 @@
 train with the Dict as the attempt's store, write the outcome.
 
 Key rules (the Dict's layout and the rest are in :mod:`fnbundle.jobs.modal_backend`):
-every write checks that the record is still ``running`` with this attempt's number and that
-no cancel is flagged, else LostJob and the attempt stops writing; a flagged job's record is
-closed as ``cancelled`` without a second state event (the web endpoint wrote it); the
+every move is one of :mod:`fnbundle.jobs.state` (a container that finds its job running
+requeues it, then claims it as attempt + 1); every write checks that the record is still
+``running`` with this attempt's number, else LostJob and the attempt stops writing; the
+cancel flag stops the trainer (with a checkpoint) and the attempt writes ``cancelled``; the
 Volume is committed after every checkpoint (a preempted input resumes from it in the next
 container) and before the outcome is written (no reader sees ``succeeded`` before the
 model is on the Volume for every container). A run stops itself ``timed_out`` (with a
@@ -18,15 +19,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fnbundle.jobs import state
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.modal_backend import PLATFORM, DictState, KeyValue
 from fnbundle.jobs.runpod_run import refuse_unfit
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 
@@ -40,8 +41,6 @@ class ModalAttemptStore:
         self.state, self.job_id, self.attempt, self.commit = state, job_id, attempt, commit
 
     def _mine(self) -> JobRow:
-        if self.state.cancelled_at(self.job_id) is not None:
-            raise LostJob(f"job {self.job_id} was cancelled")
         row = self.state.record(self.job_id)
         if row is None or row.status != JobStatus.running or row.attempts != self.attempt:
             raise LostJob(f"job {self.job_id} is no longer attempt {self.attempt}'s")
@@ -67,29 +66,30 @@ class ModalAttemptStore:
         try:
             row = self._mine()
         except LostJob:
-            mark_cancelled(self.state, self.job_id, self.attempt)
             return None
-        self.state.append_event(self.job_id, "state", {"status": to.value, "reason": reason})
-        done = row.model_copy(update={**fields, "status": to, "finished_at": datetime.now(UTC)})
-        self.state.save(done)
+        done = self.state.apply(row, state.finish(self.job_id, row.status, to, reason, **fields))
         return done.public()
 
 
-def mark_cancelled(state: DictState, job_id: str, attempt: int) -> None:
-    """A cancelled job's record, if this attempt still holds it (its events are written)."""
-    row = state.record(job_id)
-    if state.cancelled_at(job_id) is None or row is None or row.status in TERMINAL:
-        return
-    if row.attempts == attempt:
-        state.save(
-            row.model_copy(
-                update={
-                    "status": JobStatus.cancelled,
-                    "cancel_requested": True,
-                    "finished_at": datetime.now(UTC),
-                }
-            )
-        )
+def claim(state_: DictState, row: JobRow) -> JobRow | None:
+    """This execution's attempt of ``row``: a job left running by a lost container is
+    requeued first (it resumes from its checkpoint); a flagged one ends ``cancelled``
+    instead. None when there is nothing to train."""
+    flagged = state_.cancelled_at(row.id) is not None
+    if row.status == JobStatus.running:
+        if flagged:
+            state_.apply(row, state.finish(row.id, row.status, JobStatus.cancelled, "cancelled"))
+            return None
+        why = "the training container stopped"
+        row = state_.apply(row, state.requeue(row.id, row.status, why, row.last_checkpoint_step))
+    if row.status != JobStatus.queued:
+        return None
+    if flagged:  # cancelled while queued: the web endpoint may not have closed it yet
+        move = state.cancel(row.id, row.status, cancel_requested=False)
+        if move is not None:
+            state_.apply(row, move)
+        return None
+    return state_.apply(row, state.claim(row.id, row.status, row.attempts, row.started_at))
 
 
 def run_modal_job(
@@ -113,29 +113,17 @@ def run_modal_job(
 
     if not JOB_ID.fullmatch(job_id):
         return {"error": {"type": "invalid_request", "message": f"Invalid job id {job_id[:80]!r}."}}
-    state = DictState(d)
-    row = state.record(job_id)
+    state_ = DictState(d)
+    row = state_.record(job_id)
     if row is None:  # spawned without the web endpoint: check the job here
         req = JobSubmit.model_validate(submit)
         req = req.model_copy(update={"params": anchor_data(req.params, settings)})
-        row = state.create(new_job(req, settings, job_id=job_id, platform=PLATFORM))
-    if state.cancelled_at(job_id) is not None or row.status in TERMINAL:
-        mark_cancelled(state, job_id, row.attempts)
-        return state.public(state.record(job_id) or row).model_dump(mode="json")
-    if row.status == JobStatus.running and row.last_checkpoint_step:
-        message = f"the training container stopped; resuming from step {row.last_checkpoint_step}"
-        state.append_event(job_id, "log", {"level": "warning", "message": message})
-    attempt = row.attempts + 1
-    state.append_event(job_id, "state", {"status": "running", "attempt": attempt})
-    row = row.model_copy(
-        update={
-            "status": JobStatus.running,
-            "attempts": attempt,
-            "started_at": row.started_at or datetime.now(UTC),
-        }
-    )
-    state.save(row)
-    store = ModalAttemptStore(state, job_id, attempt, commit)
+        row = state_.create(new_job(req, settings, job_id=job_id, platform=PLATFORM))
+    claimed = claim(state_, row)
+    if claimed is None:
+        return state_.public(state_.record(job_id) or row).model_dump(mode="json")
+    row, attempt = claimed, claimed.attempts
+    store = ModalAttemptStore(state_, job_id, attempt, commit)
     run = Attempt(settings, row, store)
     if time_limit_s is not None:
         run.deadline = min(run.deadline, time.time() + time_limit_s)
@@ -143,8 +131,7 @@ def run_modal_job(
         finished = refuse_unfit(store, preflight) or run.run(jobs_root / job_id / "checkpoints")
     except LostJob as exc:
         log.warning("job %s: stopping without an outcome: %s", job_id, exc)
-        mark_cancelled(state, job_id, attempt)
         finished = None
     if finished is not None:
         deliver_webhook(settings, finished)
-    return state.public(state.record(job_id) or row).model_dump(mode="json")
+    return state_.public(state_.record(job_id) or row).model_dump(mode="json")

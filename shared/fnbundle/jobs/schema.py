@@ -37,9 +37,11 @@ TERMINAL = frozenset(
 )
 RETRYABLE = frozenset({JobStatus.failed, JobStatus.timed_out})
 
-# Allowed moves. running -> queued happens when a worker dies and the job waits to resume.
+# Allowed moves. running -> queued happens when a worker dies and the job waits to resume;
+# queued -> failed when a platform could not start it (a Modal spawn refused, a call that
+# died before it claimed the job).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.running: frozenset(TERMINAL | {JobStatus.queued}),
     JobStatus.failed: frozenset({JobStatus.queued}),  # retry
     JobStatus.timed_out: frozenset({JobStatus.queued}),  # retry

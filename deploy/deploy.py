@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fnbundle.endpoints import SERVING_TASKS, Endpoint, load_endpoints
+from fnbundle.endpoints import Endpoint, load_endpoints
 from fnbundle.errors import FnbError
+from fnbundle.tasks import REGISTRY
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -63,8 +64,9 @@ MODAL_BEARER = '-H "Authorization: Bearer $FNB_API_KEY"'
 MODAL_PROXY = '-H "Modal-Key: $MODAL_PROXY_TOKEN_ID" -H "Modal-Secret: $MODAL_PROXY_TOKEN_SECRET"'
 RUNPOD_BEARER = '-H "Authorization: Bearer $RUNPOD_API_KEY"'
 
-GATEWAY_ROUTES = {"classify": "/v1/classify", "embed": "/v1/embeddings"}
-EXAMPLE_TEXTS = ["Arrived early and works great.", "Cold food, rude staff."]
+# What deploy knows of a task comes from the registry: its route and example request.
+SERVING_TASKS = frozenset(REGISTRY.serving)
+GATEWAY_ROUTES = {task.slug: task.route for task in REGISTRY.serving.values()}
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # long lines stay whole
 
@@ -96,8 +98,9 @@ class Options:
 # --- the plan (pure) -------------------------------------------------------------------
 def example_input(endpoint: Endpoint, target: str) -> dict[str, Any]:
     """The JSON body a client sends: the gateway's body, also RunPod's ``input``."""
-    if endpoint.task == "classify":
-        return {"model": endpoint.model or "sentiment", "texts": EXAMPLE_TEXTS}
+    if endpoint.task in REGISTRY.serving:
+        example = REGISTRY.serving[endpoint.task].example
+        return {**example, "model": endpoint.model or example["model"]}
     if endpoint.task == "train_classifier":
         # `modal run` uploads a local file; a RunPod worker reads datasets from the volume.
         data = (
@@ -200,7 +203,7 @@ def _modal_headers(options: Options) -> str:
 
 def _gateway_curl(url: str, endpoint: Endpoint, options: Options) -> str:
     if endpoint.task in SERVING_TASKS:
-        route = GATEWAY_ROUTES.get(endpoint.task, f"/v1/{endpoint.task}")
+        route = GATEWAY_ROUTES[endpoint.task]
         body = example_input(endpoint, "modal")
     else:  # a training app serves the job routes; a relative path names a Volume dataset
         route = "/v1/jobs"

@@ -26,14 +26,16 @@ from fnbundle.api import create_app
 from fnbundle.contract import run_task
 from fnbundle.endpoints import get_endpoint
 from fnbundle.runpod_worker import preload_endpoint_model
+from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings
-from fnbundle.tasks.classify import ClassifyRequest, ClassifyService
+from fnbundle.tasks import REGISTRY
 
 from functions.images import VOLUME_DIR, cpu_image, options, volume
 
 log = logging.getLogger("fnbundle.functions.classify")
 
-endpoint = get_endpoint("classify")  # its entry in deploy/endpoints.toml
+task = REGISTRY.serving_task("classify")
+endpoint = get_endpoint(task.slug)  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
 RELOAD_ON_MISS_EVERY_S = 5.0  # seconds: the most often a model miss reloads the Volume
 
@@ -61,7 +63,7 @@ def container_settings() -> Settings:
 )
 @modal.concurrent(max_inputs=spec.max_inputs, target_inputs=spec.target_inputs)
 class Classifier:
-    """One container: a ClassifyService whose models load before the first request."""
+    """One container: a model host whose models load before the first request."""
 
     @modal.enter(snap=True)
     def import_runtime(self) -> None:
@@ -79,14 +81,14 @@ class Classifier:
         settings = container_settings()
         # A model published after this container started is on the Volume but not in this
         # container's view of it: a miss reloads the Volume (rate-limited) and looks again.
-        self.service = ClassifyService(
+        self.host = ModelHost(
             settings,
             refresh=volume.reload if on_modal else None,
             refresh_every_s=RELOAD_ON_MISS_EVERY_S,
         )
-        status = self.service.preload()
+        status = self.host.preload()
         log.info("store %s; models: %s", settings.store_root, status or "(store is empty)")
-        self.web_app = create_app(settings, classify_service=self.service, jobs=False)
+        self.web_app = create_app(settings, host=self.host, jobs=False)
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:
@@ -98,10 +100,10 @@ class Classifier:
         """The body ``POST /v1/classify`` answers for ``payload``, errors included as
         ``{"error": {...}}``; the HTTP status exists only on the web endpoint."""
         _status, body = run_task(
-            ClassifyRequest,
+            task.request_model,
             payload,
-            self.service.classify_sync,
-            self.service.settings.max_body_bytes,
+            lambda request: self.host.serve_sync(task, request),
+            self.host.settings.max_body_bytes,
         )
         return body
 

@@ -29,24 +29,26 @@ from fnbundle.runpod_worker import (
     worker_concurrency,
     worker_settings,
 )
+from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings
-from fnbundle.tasks.classify import ClassifyRequest, ClassifyService
+from fnbundle.tasks import REGISTRY
 
-ENDPOINT = "classify"  # its entry in deploy/endpoints.toml
+TASK = REGISTRY.serving_task("classify")
+ENDPOINT = TASK.slug  # its entry in deploy/endpoints.toml
 
 log = logging.getLogger("fnbundle.handlers.classify")
 
 # Built by setup(): under __main__ before the worker starts, or by the first job when a
 # test imports the handler and calls it directly.
-_service: ClassifyService | None = None
+_service: ModelHost | None = None
 
 
-def setup(settings: Settings | None = None) -> ClassifyService:
-    """Build the service and load its models (``FNB_PRELOAD``, default: the endpoint's)."""
+def setup(settings: Settings | None = None) -> ModelHost:
+    """Build the model host and load its models (``FNB_PRELOAD``, default: the endpoint's)."""
     global _service
     if settings is None:
         settings = preload_endpoint_model(worker_settings(), get_endpoint(ENDPOINT).model)
-    service = ClassifyService(settings)
+    service = ModelHost(settings)
     status = service.preload()
     log.info("store %s; models: %s", service.settings.store_root, status or "(store is empty)")
     _service = service
@@ -60,7 +62,10 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:  # no settings or store: answer the job, log the cause
         return job_output(error_result(exc)[1])
     _status, body = await run_task_async(
-        ClassifyRequest, job.get("input"), service.classify, service.settings.max_body_bytes
+        TASK.request_model,
+        job.get("input"),
+        lambda request: service.serve(TASK, request),
+        service.settings.max_body_bytes,
     )
     return job_output(body)
 

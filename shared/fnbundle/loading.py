@@ -11,7 +11,9 @@ A reference is one string:
 
 Key rules: paths never leave their root (resolved with symlinks, then checked); weights
 load only from safetensors or ONNX, never pickle, and ``trust_remote_code`` is never set;
-a loaded model is cached per process, so a request never loads one.
+a model loads through its serving task (the registry's), after the hashes of the files it
+reads are checked. Keeping loaded models (once per process, bounded) is the model host's
+job (:mod:`fnbundle.runtime.host`), so a request never loads one twice.
 """
 
 from __future__ import annotations
@@ -20,11 +22,9 @@ import importlib.util
 import json
 import logging
 import re
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from fnbundle.errors import (
     ArtifactCorrupt,
@@ -38,11 +38,10 @@ from fnbundle.settings import Backend, Settings
 from fnbundle.store import Artifact, Store, is_unsafe_file, validate_name
 
 if TYPE_CHECKING:
-    from fnbundle.classifier import TextClassifier
+    from fnbundle.tasks.base import ServingTask
+    from fnbundle.tasks.classify.model import TextClassifier
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 RefKind = Literal["store", "builtin", "hf", "path"]
 
@@ -95,8 +94,9 @@ def parse_model_ref(ref: str, *, field: str = "model") -> ModelRef:
     return ModelRef("store", validate_name(ref, field=field))
 
 
-def _encodable(text: str) -> bool:
-    """A lone surrogate (``"\\ud800"`` in JSON) names no file and breaks every message."""
+def encodable(text: str) -> bool:
+    """False for text with a lone surrogate (``"\\ud800"`` in JSON): it names no file,
+    no tokenizer can encode it, and it breaks every message."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -112,7 +112,7 @@ def resolve_inside_roots(path: str | Path, roots: list[Path], *, field: str) -> 
             f"Path is {len(raw)} characters long, over the limit of {MAX_PATH_CHARS}.",
             field=field,
         )
-    if "\x00" in raw or "%" in raw or not raw.isprintable() or not _encodable(raw):
+    if "\x00" in raw or "%" in raw or not raw.isprintable() or not encodable(raw):
         raise InvalidRequest(f"Invalid path {raw[:200]!r}.", field=field)
     try:
         resolved = Path(raw).expanduser().resolve()
@@ -265,66 +265,50 @@ def resolve_model_dir(ref: str, settings: Settings, *, field: str = "base") -> P
     return check_safe_model_dir(folder, roots)
 
 
-# --- loaded models, cached per process ------------------------------------------------
-class _Entry:
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: object = None
-        self.error: BaseException | None = None
+# --- loading a model through its task ------------------------------------------------
+def load_artifact(
+    artifact: Artifact,
+    task: ServingTask[Any, Any, Any],
+    backend: str,
+    settings: Settings,
+    store: Store,
+) -> Any:
+    """Load ``artifact`` for ``task`` with ``backend`` (already picked): the files that
+    backend reads are hash-checked first, and any failure is a user-facing FnbError (an
+    unexpected one becomes ArtifactCorrupt, a 503 naming the model, with the traceback
+    in the log). No caching: servers keep models in the model host."""
+    store.verify(artifact, hash_files=task.files(artifact, backend))
+    try:
+        return task.load(artifact, backend, settings)
+    except FnbError:
+        raise
+    except Exception as exc:
+        log.exception("loading model %s failed", artifact.id)
+        raise ArtifactCorrupt(
+            f"Model {artifact.id} failed to load ({type(exc).__name__}); the server log "
+            "has the details."
+        ) from None
 
 
-class ModelCache:
-    """Loads each key once per process; concurrent callers wait for the same load.
+def load_model(
+    ref: str | Artifact,
+    settings: Settings,
+    backend: str | None = None,
+    store: Store | None = None,
+    *,
+    task: str | None = None,
+) -> Any:
+    """The model ``ref`` (store name, id or artifact) loaded by its serving task (the
+    manifest's ``task``; ``task`` given: a model of another task is a 400). ``backend``
+    None: the task's default (``FNB_CLASSIFY_BACKEND`` for classifiers, else ``auto``)."""
+    from fnbundle.tasks import REGISTRY
 
-    A failed load is remembered (the same artifact id cannot heal), so a corrupt model
-    answers its error at once while other models keep serving.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._lock = threading.Lock()
-
-    def state(self, key: tuple[str, str]) -> str | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if not entry.done.is_set():
-            return "loading"
-        return "failed" if entry.error else "ready"
-
-    def reason(self, key: tuple[str, str]) -> str | None:
-        """Why the load of ``key`` failed (the user-facing message), or None."""
-        entry = self._entries.get(key)
-        if entry is None or not entry.done.is_set() or entry.error is None:
-            return None
-        error = entry.error
-        return error.message if isinstance(error, FnbError) else type(error).__name__
-
-    def get_or_load(self, key: tuple[str, str], loader: Callable[[], T]) -> T:
-        with self._lock:
-            entry = self._entries.get(key)
-            owner = entry is None
-            if entry is None:
-                entry = self._entries[key] = _Entry()
-        if owner:
-            try:
-                entry.value = loader()
-            except BaseException as exc:
-                entry.error = exc
-            finally:
-                entry.done.set()
-        else:
-            entry.done.wait()
-        if entry.error is not None:
-            raise entry.error
-        return cast(T, entry.value)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-MODEL_CACHE = ModelCache()
+    store = store or Store(settings.store_root)
+    artifact = ref if isinstance(ref, Artifact) else store.resolve(ref)
+    serving = REGISTRY.serving_task(task or artifact.task)
+    serving.check_artifact(artifact)
+    chosen = serving.pick_backend(artifact, backend or serving.default_backend(settings))
+    return load_artifact(artifact, serving, chosen, settings, store)
 
 
 def load_classifier(
@@ -333,29 +317,6 @@ def load_classifier(
     backend: Backend | str | None = None,
     store: Store | None = None,
 ) -> TextClassifier:
-    """The text classifier ``ref`` (store name, id or artifact), loaded once per process.
-
-    The manifest hashes of the files the chosen backend reads are verified first.
-    """
-    from fnbundle.classifier import TextClassifier, pick_backend
-
-    store = store or Store(settings.store_root)
-    artifact = ref if isinstance(ref, Artifact) else store.resolve(ref)
-    if artifact.task != "classify":
-        raise InvalidRequest(f"Model {artifact.id} is a {artifact.task!r} model, not a classifier.")
-    chosen = pick_backend(artifact, backend or settings.backend)
-
-    def load() -> TextClassifier:
-        store.verify(artifact, hash_files=TextClassifier.files_for(artifact, chosen))
-        try:
-            return TextClassifier.load(artifact, chosen, settings)
-        except FnbError:
-            raise
-        except Exception as exc:  # remembered as the model's reason: a 503, not a 500 each time
-            log.exception("loading model %s failed", artifact.id)
-            raise ArtifactCorrupt(
-                f"Model {artifact.id} failed to load ({type(exc).__name__}); the server log "
-                "has the details."
-            ) from None
-
-    return MODEL_CACHE.get_or_load((artifact.id, chosen), load)
+    """:func:`load_model` for a classifier (its callers in the training tests)."""
+    model: TextClassifier = load_model(ref, settings, backend, store, task="classify")
+    return model

@@ -7,9 +7,11 @@ their own.
 
 from __future__ import annotations
 
+import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +21,9 @@ MIB = 1024 * KIB  # bytes
 HOURS = 3600  # seconds
 
 Backend = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
+# Old setting name -> new one: accepted (as FNB_<OLD> or keyword) for one release, with a
+# DeprecationWarning; the new name wins when both are given.
+RENAMED = {"max_tokens": "max_input_tokens", "backend": "classify_backend"}
 # A bearer key shorter than this is guessable (or a quoting slip like FNB_API_KEYS='""').
 MIN_API_KEY_CHARS = 16
 
@@ -77,10 +82,33 @@ class Settings(BaseSettings):
     )
     max_texts: int = Field(64, gt=0, description="Texts per classify request.")
     max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
-    max_tokens: int = Field(128, gt=0, le=4096, description="Tokens kept per text.")
+    max_input_tokens: int = Field(
+        128,
+        gt=0,
+        le=4096,
+        validation_alias=AliasChoices("FNB_MAX_INPUT_TOKENS", "max_input_tokens"),
+        description="Tokens kept per classified text (longer texts are truncated); "
+        "FNB_MAX_TOKENS is its deprecated name.",
+    )
 
     # --- serving -------------------------------------------------------------------
-    backend: Backend = "auto"
+    classify_backend: Backend = Field(
+        "auto",
+        validation_alias=AliasChoices("FNB_CLASSIFY_BACKEND", "classify_backend"),
+        description="Backend of classify requests that name none; FNB_BACKEND is its "
+        "deprecated name.",
+    )
+    model_cache_mib: float = Field(
+        4096,
+        gt=0,
+        description="Loaded models' artifact files (MiB) beyond which the least recently used "
+        "models are unloaded.",
+    )
+    model_retry_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds after a failed model load before a request tries loading it again.",
+    )
     preload: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"],
         description="Models loaded at start-up ('*' = every model in the store).",
@@ -155,6 +183,30 @@ class Settings(BaseSettings):
         description="RunPod API key for jobs_runpod_endpoint (RUNPOD_API_KEY works too).",
     )
     # --- end of jobs ---------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """Old names (keywords or FNB_* variables) still work for one release, with a warning;
+        the new name wins when both are given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for old, new in RENAMED.items():
+            given_new = any(k in data for k in (new, f"FNB_{new.upper()}"))
+            env_old = f"FNB_{old.upper()}"
+            if old in data:
+                value, said = data.pop(old), f"the setting {old!r} is deprecated: use {new!r}"
+            elif env_old in os.environ:
+                value, said = os.environ[env_old], f"{env_old} is deprecated: use FNB_{new.upper()}"
+            else:
+                continue
+            warnings.warn(
+                f"{said} (the old name goes in the next release).", DeprecationWarning, stacklevel=2
+            )
+            if not given_new:
+                data[new] = value
+        return data
 
     @field_validator(
         "data_roots", "api_keys", "cors_origins", "preload", "webhook_allowed_hosts", mode="before"

@@ -3,7 +3,7 @@
 Layout (identical on local disk, a Modal Volume and a RunPod network volume)::
 
     <root>/models/<id>/          one complete artifact per folder, never modified
-        manifest.json            task, labels, base model, created, files (size, sha256), ...
+        manifest.json            task, base model, created, files (size, sha256), ...
         model.safetensors, model.onnx, model.int8.onnx, tokenizer.json, ...
     <root>/aliases/<name>.json   {"id": ...}: the newest complete version of <name>
     <root>/.staging/<id>/        artifacts being written; readers never look here
@@ -147,14 +147,6 @@ class Artifact:
     def task(self) -> str:
         return str(self.manifest.get("task", ""))
 
-    @property
-    def labels(self) -> list[str]:
-        """The label names; a malformed list reads as none (loading refuses the model)."""
-        labels = self.manifest.get("labels")
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            return []
-        return labels
-
     def file(self, rel: str) -> Path:
         """The real path of a manifest file, refused if it is a symlink or leaves the folder."""
         if rel not in self.manifest.get("files", {}):
@@ -162,12 +154,12 @@ class Artifact:
         return inside_artifact(self.id, self.path, rel)
 
     def summary(self) -> dict[str, Any]:
+        """What every artifact says about itself; its task adds its own fields (labels)."""
         m = self.manifest
         return {
             "id": self.id,
             "name": self.name,
             "task": self.task,
-            "labels": self.labels,
             "base_model": m.get("base_model"),
             "created": m.get("created"),
             "metrics": m.get("metrics", {}),

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from fnbundle.errors import InvalidRequest, LimitExceeded
-from fnbundle.loading import MODEL_CACHE, builtin_dir
+from fnbundle.loading import builtin_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store, sha256_file
 from fnbundle.tasks.embed.export import PARITY_TEXTS, import_embedder
@@ -291,9 +291,3 @@ def test_importing_the_task_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _forget_loaded_models():
-    yield
-    MODEL_CACHE.clear()  # other modules' stores are different folders with other ids

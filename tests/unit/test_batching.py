@@ -2,7 +2,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from fnbundle.batching import DynamicBatcher
+from fnbundle.runtime.batching import DynamicBatcher
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 from fnbundle.errors import InvalidRequest, NotFound, UnsafeArtifact
 from fnbundle.loading import (
-    ModelCache,
     builtin_dir,
     check_safe_model_dir,
     parse_model_ref,
@@ -85,28 +84,6 @@ def test_remote_code_and_pickle_only_models_are_refused(tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"\x80")
     with pytest.raises(UnsafeArtifact, match="pickle"):
         check_safe_model_dir(pickled)
-
-
-def test_model_cache_loads_once_and_remembers_failures():
-    cache = ModelCache()
-    calls = []
-
-    def load():
-        calls.append(1)
-        return object()
-
-    first = cache.get_or_load(("m", "b"), load)
-    assert cache.get_or_load(("m", "b"), load) is first and len(calls) == 1
-    assert cache.state(("m", "b")) == "ready"
-
-    def broken():
-        calls.append(1)
-        raise RuntimeError("corrupt")
-
-    for _ in range(2):
-        with pytest.raises(RuntimeError):
-            cache.get_or_load(("bad", "b"), broken)
-    assert cache.state(("bad", "b")) == "failed" and len(calls) == 2
 
 
 def test_a_symlinked_file_in_a_model_folder_cannot_leave_the_roots(tmp_path):

@@ -64,3 +64,34 @@ def test_server_limits_have_safe_defaults_and_read_the_environment(monkeypatch):
     monkeypatch.setenv("FNB_REQUEST_TIMEOUT_S", "0")
     with pytest.raises(ValueError, match="request_timeout_s"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("old_env", "new_env", "field", "value"),
+    [
+        ("FNB_MAX_TOKENS", "FNB_MAX_INPUT_TOKENS", "max_input_tokens", 64),
+        ("FNB_BACKEND", "FNB_CLASSIFY_BACKEND", "classify_backend", "onnx-fp32"),
+    ],
+)
+def test_renamed_settings_still_work_for_a_release_with_a_warning(
+    monkeypatch, old_env, new_env, field, value
+):
+    monkeypatch.setenv(old_env, str(value))
+    with pytest.warns(DeprecationWarning, match=f"{old_env} is deprecated: use {new_env}"):
+        assert getattr(Settings(), field) == value
+    old_kw = {"max_input_tokens": "max_tokens", "classify_backend": "backend"}[field]
+    monkeypatch.delenv(old_env)
+    with pytest.warns(DeprecationWarning, match=f"'{old_kw}' is deprecated"):
+        assert getattr(Settings(**{old_kw: value}), field) == value
+    monkeypatch.setenv(old_env, str(value))
+    monkeypatch.setenv(new_env, "32" if field == "max_input_tokens" else "torch")
+    with pytest.warns(DeprecationWarning):  # the new name wins
+        assert getattr(Settings(), field) == (32 if field == "max_input_tokens" else "torch")
+
+
+def test_the_new_names_give_no_warning(monkeypatch, recwarn):
+    monkeypatch.setenv("FNB_MAX_INPUT_TOKENS", "64")
+    monkeypatch.setenv("FNB_CLASSIFY_BACKEND", "onnx-int8")
+    s = Settings()
+    assert (s.max_input_tokens, s.classify_backend) == (64, "onnx-int8")
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]

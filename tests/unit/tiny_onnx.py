@@ -81,3 +81,60 @@ def publish_tiny(
                 "default_backend": "onnx-fp32",
             },
         )
+
+
+EMBED_DIMENSIONS = 4
+
+
+def _embed_onnx_model(seed: int = 0) -> bytes:
+    """Masked sum of one random vector per token, L2-normalised: padding never counts."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(seed).normal(size=(len(WORDS), EMBED_DIMENSIONS))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["vectors"]),
+            helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"]),
+            helper.make_node("Mul", ["vectors", "mask3"], ["kept"]),
+            helper.make_node("ReduceSum", ["kept", "tokens_axis"], ["summed"], keepdims=0),
+            helper.make_node("LpNormalization", ["summed"], ["embedding"], axis=-1, p=2),
+        ],
+        "tiny-embed",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(table.astype(np.float32), "table"),
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "last"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "tokens_axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def publish_tiny_embedder(store: Store, name: str, *, max_tokens: int = 16) -> Artifact:
+    """A tiny ``embed`` artifact (4 dimensions, this module's words) served by ONNX Runtime."""
+    with store.staging(name) as staged:
+        (staged / "tokenizer.json").write_text(_tokenizer_json(), encoding="utf-8")
+        (staged / "model.onnx").write_bytes(_embed_onnx_model())
+        return store.publish(
+            staged,
+            {
+                "name": name,
+                "task": "embed",
+                "base_model": "tiny-onnx-embed",
+                "dimensions": EMBED_DIMENSIONS,
+                "max_tokens": max_tokens,
+                "vocab_size": len(WORDS),
+                "tokenizer": {"pad_token_id": 0},
+                "backends": ["onnx-fp32"],
+                "default_backend": "onnx-fp32",
+            },
+        )

@@ -3,7 +3,9 @@
 Key rule: every error leaves as ``{"error": {"type", "message", "field"?}}`` with the
 status of its :class:`~fnbundle.errors.FnbError` type; malformed JSON is a 400, a schema
 violation a 422 naming the field path, and an unexpected exception a 500 whose traceback
-goes to the log only.
+goes to the log only. A route whose task has OpenAI's error style (``/v1/embeddings``)
+gets the same statuses with OpenAI's body, ``{"error": {"message", "type", "param",
+"code"}}``: ``param`` is our ``field``, ``code`` our ``type``, so SDK clients read it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fnbundle.contract import validation_failure
@@ -36,6 +39,53 @@ _STATUS_TYPES = {
 }
 
 
+# OpenAI's error ``type`` by status (its API answers these; the rest are server errors).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI's error class: invalid_request_error, server_error, ...")
+    param: str | None = Field(description="The request field at fault (a dotted path).")
+    code: str | None = Field(description="fnbundle's error type: not_found, limit_exceeded, ...")
+
+
+class OpenAIErrorBody(BaseModel):
+    """The error shape of routes in OpenAI's style (``/v1/embeddings``)."""
+
+    error: OpenAIErrorDetail
+
+
+def openai_error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Our error body as OpenAI's, for the same status."""
+    ours = body.get("error", {})
+    return {
+        "error": {
+            "message": ours.get("message", "Request failed."),
+            "type": _OPENAI_TYPES.get(status, "server_error"),
+            "param": ours.get("field"),
+            "code": ours.get("type"),
+        }
+    }
+
+
+def _styled(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    openai_paths: set[str] = getattr(request.app.state, "openai_paths", set())
+    return openai_error_body(status, body) if request.url.path in openai_paths else body
+
+
 def error_response(
     status: int,
     body: dict[str, Any],
@@ -48,28 +98,29 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=merged or None)
 
 
-def validation_error_response(errors: list[Any]) -> JSONResponse:
-    exc = validation_failure(errors)
-    return error_response(exc.status, exc.to_body())
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to its status and body; the body's shape follows the route's
+    task (``app.state.openai_paths``: the routes in OpenAI's error style)."""
+
     @app.exception_handler(FnbError)
-    async def _fnb(_: Request, exc: FnbError) -> JSONResponse:
-        return error_response(exc.status, exc.to_body(), exc.retry_after)
+    async def _fnb(request: Request, exc: FnbError) -> JSONResponse:
+        body = _styled(request, exc.status, exc.to_body())
+        return error_response(exc.status, body, exc.retry_after)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error_response(list(exc.errors()))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        failure = validation_failure(list(exc.errors()))
+        return error_response(failure.status, _styled(request, failure.status, failure.to_body()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = _STATUS_TYPES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        body = _styled(request, exc.status_code, error_body(type_, message))
         # The exception's headers carry meaning: ``Allow`` on a 405, ``Connection: close``.
-        return error_response(exc.status_code, error_body(type_, message), headers=exc.headers)
+        return error_response(exc.status_code, body, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, internal_error_body())
+        return error_response(500, _styled(request, 500, internal_error_body()))

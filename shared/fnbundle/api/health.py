@@ -31,7 +31,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> dict[str, Any] | JSONResponse:
     """200 once the preloaded models are loaded; 503 before (or if none could load). With
     API keys set, the per-model detail needs a valid bearer key."""
-    readiness = request.app.state.readiness
+    readiness = request.app.state.host.readiness
     keys = [k.encode() for k in request.app.state.settings.api_keys]
     status = "ready" if readiness.ready else "loading"
     if readiness.done and not readiness.ready:

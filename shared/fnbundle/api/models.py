@@ -1,40 +1,36 @@
 """GET /v1/models and GET /v1/models/{model}: what the store holds.
 
 Key rule: each model says its state (``not_loaded``, ``loading``, ``ready``, ``failed``) and,
-when it failed, the ``reason`` a request for it is answered with (a 503).
+when it failed, the ``reason`` a request for it is answered with (a 503); its task (from
+the registry) adds its own fields (a classifier's labels). A model whose task no serving
+task declares is listed as ``failed`` with that reason.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
-from fnbundle.classifier import pick_backend
 from fnbundle.errors import FnbError
-from fnbundle.loading import MODEL_CACHE
+from fnbundle.store import NAME_RE
+from fnbundle.tasks import REGISTRY
 
 router = APIRouter(tags=["models"])
 
 
 def _describe(request: Request, ref: str, latest: set[str]) -> dict[str, Any]:
-    service = request.app.state.classify
-    artifact = service.artifact(ref)
+    host = request.app.state.host
+    artifact = host.artifact(ref)
+    described: dict[str, Any] = {**artifact.summary(), "latest": artifact.id in latest}
     try:
-        key = (artifact.id, pick_backend(artifact, service.settings.backend))
-    except FnbError as exc:  # no weights the configured backend can use
-        return {
-            **artifact.summary(),
-            "latest": artifact.id in latest,
-            "state": "failed",
-            "reason": exc.message,
-        }
-    described = {
-        **artifact.summary(),
-        "latest": artifact.id in latest,
-        "state": MODEL_CACHE.state(key) or "not_loaded",
-    }
-    reason = MODEL_CACHE.reason(key)
+        task = REGISTRY.serving_task(artifact.task)
+        described.update(task.describe(artifact))
+        key = (artifact.id, task.pick_backend(artifact, task.default_backend(host.settings)))
+    except FnbError as exc:  # no task serves it, or no weights its backend can use
+        return {**described, "state": "failed", "reason": exc.message}
+    described["state"] = host.state(key) or "not_loaded"
+    reason = host.reason(key)
     if reason is not None:
         described["reason"] = reason
     return described
@@ -43,13 +39,25 @@ def _describe(request: Request, ref: str, latest: set[str]) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """Every model version in the store, newest last; ``latest`` marks what a name serves."""
-    store = request.app.state.classify.store
+    store = request.app.state.host.store
     latest = set(store.latest_ids().values())
     return {"data": [_describe(request, a.id, latest) for a in store.list()]}
 
 
+# The store's name rule, documented (not enforced here): the store answers a name it
+# rejects with a 400 naming the rule, like every other route that takes a model name.
+ModelName = Annotated[
+    str,
+    Path(
+        description="A model name (its newest version) or version id: 1-80 lowercase "
+        "letters, digits, '-' or '_', starting with a letter or digit.",
+        json_schema_extra={"pattern": NAME_RE.pattern, "maxLength": 80},
+    ),
+]
+
+
 @router.get("/v1/models/{model}")
-async def get_model(model: str, request: Request) -> dict[str, Any]:
+async def get_model(model: ModelName, request: Request) -> dict[str, Any]:
     """One model (by name or version id) with its metrics and manifest summary."""
-    store = request.app.state.classify.store
+    store = request.app.state.host.store
     return _describe(request, model, set(store.latest_ids().values()))

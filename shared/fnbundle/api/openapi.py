@@ -3,7 +3,10 @@
 Key rule: the document lists every status a route can really answer, each error in the
 one error shape, and the bearer scheme the ``/v1`` routes need when API keys are set, so
 generated clients and schema fuzzers see the truth. It is done once here for every route
-(the guards are shared), not route by route; a route's own declaration wins.
+(the guards are shared), not route by route; a route's own declaration wins. A serving
+task's route in OpenAI's error style documents OpenAI's error body, or ours for what the
+guards answer before the route is reached; its request schema carries the limits of this
+gateway's settings (the task's ``document``).
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from fnbundle.api.errors import OpenAIErrorBody
 from fnbundle.api.jobs import ErrorBody
 from fnbundle.api.middleware import PROTECTED_PREFIX
+from fnbundle.settings import Settings
+from fnbundle.tasks import REGISTRY
 
 SCHEME = "bearer"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+OPENAI_ERROR_REF = {"$ref": "#/components/schemas/OpenAIErrorBody"}
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 # What the guards and the error handlers answer, by status.
@@ -32,10 +39,11 @@ DESCRIPTIONS = {
 }
 
 
-def _error(status: int) -> dict[str, Any]:
+def _error(status: int, openai: bool = False) -> dict[str, Any]:
+    schema = {"anyOf": [OPENAI_ERROR_REF, ERROR_REF]} if openai else ERROR_REF
     return {
         "description": DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": ERROR_REF}},
+        "content": {"application/json": {"schema": schema}},
     }
 
 
@@ -51,13 +59,22 @@ def _statuses(path: str, operation: dict[str, Any], keys: bool) -> list[int]:
     return sorted(set(codes))
 
 
-def complete(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
-    """``schema`` with the bearer scheme, per-route security and the guards' errors."""
+def complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``schema`` with the bearer scheme, per-route security, the guards' errors and the
+    serving tasks' limits."""
+    keys = bool(settings.api_keys)
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(error_schema.pop("$defs", {}))
-    schemas.setdefault("ErrorBody", error_schema)
+    for name, model in (("ErrorBody", ErrorBody), ("OpenAIErrorBody", OpenAIErrorBody)):
+        error_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(error_schema.pop("$defs", {}))
+        schemas.setdefault(name, error_schema)
+    openai_paths = set()
+    for task in REGISTRY.serving.values():
+        if task.request_model.__name__ in schemas:
+            task.document(schemas[task.request_model.__name__], settings)
+        if task.error_style == "openai":
+            openai_paths.add(task.route)
     components.setdefault("securitySchemes", {})[SCHEME] = {
         "type": "http",
         "scheme": "bearer",
@@ -68,27 +85,28 @@ def complete(schema: dict[str, Any], *, keys: bool) -> dict[str, Any]:
             if method not in METHODS:
                 continue
             responses = operation.setdefault("responses", {})
+            openai = path in openai_paths
             # FastAPI's own 422 describes its `detail` list; ours is the error shape.
             if "HTTPValidationError" in str(responses.get("422", "")):
-                responses["422"] = _error(422)
+                responses["422"] = _error(422, openai)
             if not path.startswith(PROTECTED_PREFIX):
                 continue
             if keys:
                 operation["security"] = [{SCHEME: []}]
             for status in _statuses(path, operation, keys):
-                responses.setdefault(str(status), _error(status))
+                responses.setdefault(str(status), _error(status, openai))
     if "HTTPValidationError" not in str(schema.get("paths")):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
     return schema
 
 
-def install_openapi(app: FastAPI, *, keys: bool) -> None:
+def install_openapi(app: FastAPI, settings: Settings) -> None:
     """Make ``app.openapi()`` answer the completed document (built once, then cached)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(FastAPI.openapi(app), keys=keys)
+            app.openapi_schema = complete(FastAPI.openapi(app), settings)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

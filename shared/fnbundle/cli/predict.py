@@ -27,11 +27,13 @@ def predict_classify(
     """Classify texts in-process with a model from the store."""
     from pydantic import ValidationError
 
-    from fnbundle.tasks.classify import ClassifyRequest, ClassifyService
+    from fnbundle.runtime.host import ModelHost
+    from fnbundle.tasks import REGISTRY
+    from fnbundle.tasks.classify.schema import ClassifyRequest
 
     try:
         request = ClassifyRequest(model=model, texts=texts, backend=backend)
-        response = ClassifyService(get_settings()).classify_sync(request)
+        response = ModelHost(get_settings()).serve_sync(REGISTRY.serving_task("classify"), request)
     except ValidationError as exc:
         raise fail(exc.errors()[0]["msg"], 2) from None
     except FnbError as exc:

@@ -1,5 +1,25 @@
-"""Tasks: one module per task slug, each with its request/response schemas and logic.
+"""Every task fnbundle serves or trains, in one registry: ``REGISTRY``.
 
-Runtimes (the gateway, Modal apps, RunPod handlers) call these and add nothing but
-transport.
+A task is a folder here (``classify/``, ``embed/``, ...) declaring a
+:class:`~fnbundle.tasks.base.ServingTask` or :class:`~fnbundle.tasks.base.TrainingTask`.
+The gateway's routes, the models routes, readiness, loading, deploy and the endpoint
+declarations read this registry instead of naming tasks.
+
+Key rule: importing the registry imports no onnxruntime, torch or transformers; a task
+imports them inside ``load`` / ``train``. Adding a task is one line below, plus its folder,
+its ``functions/<slug>.py`` and ``handlers/<slug>.py``, its entry in deploy/endpoints.toml
+and a contract fixture (tests/unit/test_registry.py fails until all exist).
 """
+
+from __future__ import annotations
+
+from fnbundle.tasks.base import Registry, ServingTask, TrainingTask
+from fnbundle.tasks.classify.serve import ClassifyTask
+from fnbundle.tasks.embed.serve import EmbedTask
+
+REGISTRY = Registry()
+REGISTRY.add(ClassifyTask())
+REGISTRY.add(EmbedTask())
+# training tasks: REGISTRY.add(TrainClassifierTask())
+
+__all__ = ["REGISTRY", "Registry", "ServingTask", "TrainingTask"]

@@ -58,6 +58,7 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
     summary: ClassVar[str]  # one line for the OpenAPI document and the CLI
     request_model: ClassVar[type[BaseModel]]
     response_model: ClassVar[type[BaseModel]]
+    noun: ClassVar[str]  # what its models are called in messages: "a classifier"
     error_style: ClassVar[ErrorStyle] = "fnbundle"
     example: ClassVar[dict[str, Any]]  # a request body that works against the demo store
 
@@ -65,12 +66,43 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
         """The store model a request names (name or version id)."""
         return str(request.model)  # type: ignore[attr-defined]
 
+    def default_backend(self, settings: Settings) -> str:
+        """The backend of a request that names none (and of preloads, GET /v1/models)."""
+        return "auto"
+
     def backend(self, request: Req, settings: Settings) -> str:
         """The backend a request asks for; ``auto`` lets the artifact choose."""
-        return "auto"
+        return self.default_backend(settings)
+
+    def check_artifact(self, artifact: Artifact) -> None:
+        """Refuse (400) a model published for another task."""
+        from fnbundle.errors import InvalidRequest
+
+        if artifact.task != self.slug:
+            raise InvalidRequest(
+                f"Model {artifact.id} is a {artifact.task!r} model, not {self.noun}.",
+                field="model",
+            )
 
     def check_limits(self, request: Req, settings: Settings) -> None:
         """Raise a LimitExceeded / InvalidRequest naming the field; runs before model work."""
+
+    def document(self, schema: dict[str, Any], settings: Settings) -> None:
+        """Write limits that come from ``settings`` into the request's OpenAPI schema."""
+
+    def describe(self, artifact: Artifact) -> dict[str, Any]:
+        """Task-specific fields of a model in GET /v1/models (a classifier's labels)."""
+        return {}
+
+    def import_base(self, ref: str, name: str, settings: Settings) -> Artifact:
+        """Publish base model ``ref`` (``builtin:``, ``hf:``, a folder) to the store as
+        ``name``, ready to serve (``fnbundle models import``); tasks whose models come
+        from training only refuse."""
+        from fnbundle.errors import InvalidRequest
+
+        raise InvalidRequest(
+            f"{self.slug} models are trained, not imported: see `fnbundle train`.", field="task"
+        )
 
     @abstractmethod
     def pick_backend(self, artifact: Artifact, requested: str) -> str:
@@ -89,11 +121,15 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
         return None
 
     @abstractmethod
-    async def run(self, model: Model, request: Req, batch: Batch | None) -> Resp:
-        """Answer one request (``batch`` is the model's batcher when ``batch_fn`` gave one)."""
+    async def run(
+        self, model: Model, request: Req, batch: Batch | None, settings: Settings
+    ) -> Resp:
+        """Answer one request (``batch`` is the model's batcher when ``batch_fn`` gave one);
+        limits that depend on the model (its vocabulary, its width) are checked here, before
+        any inference."""
 
     @abstractmethod
-    def run_sync(self, model: Model, request: Req) -> Resp:
+    def run_sync(self, model: Model, request: Req, settings: Settings) -> Resp:
         """The same answer without batching (the CLI, single-request workers)."""
 
 

@@ -10,29 +10,22 @@ Texts are tokenized with the artifact's ``tokenizer.json`` through the ``tokeniz
 library, truncated at the model's maximum length (as sentence-transformers does) and padded
 per batch, never to a fixed length. Token arrays skip the tokenizer and are fed as they are.
 
-Key rules: no torch, no transformers; loading is done once (``load_embedder`` caches per
-process) and a model that cannot serve fails at load with ``ArtifactCorrupt``, never per
+Key rules: no torch, no transformers; a server loads a model once (the model host keeps
+it) and a model that cannot serve fails at load with ``ArtifactCorrupt``, never per
 request. Thread-compatible like ``TextClassifier``: one instance serves every thread.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fnbundle.classifier import (
-    BACKEND_FILES,
-    TOKENIZER_FILE,
-    RunFn,
-    _corrupt_on_error,
-    _onnx_runner,
-    pick_backend,
-)
-from fnbundle.errors import ArtifactCorrupt, FnbError, InvalidRequest
-from fnbundle.loading import MODEL_CACHE
+from fnbundle.errors import ArtifactCorrupt, InvalidRequest
+from fnbundle.runtime.artifacts import ONNX_FILES
+from fnbundle.runtime.onnx import RunFn, corrupt_on_error, onnx_runner
+from fnbundle.runtime.tokenizer import TOKENIZER_FILE
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
 from fnbundle.tasks.embed import TASK
@@ -46,9 +39,7 @@ from fnbundle.tasks.embed.schema import (
     truncate,
 )
 
-log = logging.getLogger(__name__)
-
-ONNX_BACKENDS = ("onnx-int8", "onnx-fp32")
+ONNX_BACKENDS = tuple(ONNX_FILES)
 
 
 def _manifest_int(artifact: Artifact, key: str) -> int:
@@ -89,7 +80,7 @@ class TextEmbedder:
 
     @staticmethod
     def files_for(artifact: Artifact, backend: str) -> list[str]:
-        return [BACKEND_FILES[backend], TOKENIZER_FILE]
+        return [ONNX_FILES[backend], TOKENIZER_FILE]
 
     @classmethod
     def load(cls, artifact: Artifact, backend: str, settings: Settings) -> TextEmbedder:
@@ -106,7 +97,7 @@ class TextEmbedder:
         max_tokens = _manifest_int(artifact, "max_tokens")
         vocab_size = _manifest_int(artifact, "vocab_size")
         tok_meta = artifact.manifest.get("tokenizer", {})
-        with _corrupt_on_error(artifact, f"reading {TOKENIZER_FILE}"):
+        with corrupt_on_error(artifact, f"reading {TOKENIZER_FILE}"):
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(str(artifact.file(TOKENIZER_FILE)))
@@ -114,8 +105,8 @@ class TextEmbedder:
             # truncate where the model stops, pad per batch ourselves.
             tokenizer.no_padding()
             tokenizer.enable_truncation(max_length=max_tokens)
-        with _corrupt_on_error(artifact, f"loading {BACKEND_FILES[backend]}"):
-            run, _ = _onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
+        with corrupt_on_error(artifact, f"loading {ONNX_FILES[backend]}"):
+            run, _ = onnx_runner(str(artifact.file(ONNX_FILES[backend])), settings)
         model = cls(
             artifact.id,
             backend,
@@ -133,7 +124,7 @@ class TextEmbedder:
     def warm_up(self) -> None:
         """The first run allocates; it also proves the model gives finite, unit-length
         vectors of the width its manifest says."""
-        with _corrupt_on_error(self.model_id, "the warm-up run"):
+        with corrupt_on_error(self.model_id, "the warm-up run"):
             vectors = self.embed(["warm-up"])
         if vectors.shape != (1, self.dimensions):
             raise ArtifactCorrupt(
@@ -207,29 +198,10 @@ def load_embedder(
     backend: str | None = None,
     store: Store | None = None,
 ) -> TextEmbedder:
-    """The embedder ``ref`` (store name, id or artifact), loaded once per process; the
-    files the chosen backend reads are hash-checked first. ``backend`` None or ``auto``:
-    the artifact's default (int8 when it passed parity)."""
-    store = store or Store(settings.store_root)
-    artifact = ref if isinstance(ref, Artifact) else store.resolve(ref)
-    if artifact.task != TASK:
-        raise InvalidRequest(
-            f"Model {artifact.id} is a {artifact.task!r} model, not an embedding model.",
-            field="model",
-        )
-    chosen = pick_backend(artifact, backend or "auto")
+    """The embedder ``ref`` (store name, id or artifact), loaded now (the files the chosen
+    backend reads hash-checked first); ``backend`` None or ``auto``: the artifact's default
+    (int8 when it passed parity). Servers keep models in the model host instead."""
+    from fnbundle.loading import load_model
 
-    def load() -> TextEmbedder:
-        store.verify(artifact, hash_files=TextEmbedder.files_for(artifact, chosen))
-        try:
-            return TextEmbedder.load(artifact, chosen, settings)
-        except FnbError:
-            raise
-        except Exception as exc:  # remembered as the model's reason: a 503, not a 500 each time
-            log.exception("loading model %s failed", artifact.id)
-            raise ArtifactCorrupt(
-                f"Model {artifact.id} failed to load ({type(exc).__name__}); the server log "
-                "has the details."
-            ) from None
-
-    return MODEL_CACHE.get_or_load((artifact.id, chosen), load)
+    model: TextEmbedder = load_model(ref, settings, backend, store, task=TASK)
+    return model

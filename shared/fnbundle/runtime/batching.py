@@ -6,9 +6,15 @@ request) does a small batch wait up to ``max_wait_s`` for company. Under load th
 fills while the model is busy, so batches form by themselves; at one client the latency
 is one forward pass.
 
+An item is whatever the model's batch function takes (a text, a token array); a request
+is a sequence of items and gets one row per item back.
+
 Failures stay with their request: when a shared forward pass raises, the batch is split in
 halves and each half runs again (down to single requests), so only the request that
 cannot be computed gets the error and every other request in the batch gets its rows.
+
+A retired batcher (its model was evicted) finishes what is queued, then stops; a request
+that still holds it runs alone, unbatched, so nothing waits on a stopped worker.
 """
 
 from __future__ import annotations
@@ -18,20 +24,24 @@ import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-BatchFn = Callable[[list[str]], np.ndarray]
+BatchFn = Callable[[list[Any]], np.ndarray]
 
 
 @dataclass
 class _Pending:
-    texts: Sequence[str]
+    texts: Sequence[Any]  # the request's items
     future: asyncio.Future[np.ndarray] = field(repr=False)
 
 
+_RETIRE: Any = object()  # queued by retire(): the worker stops once it reaches it
+
+
 class DynamicBatcher:
-    """Runs ``fn(texts) -> rows`` on gathered batches in one worker thread."""
+    """Runs ``fn(items) -> rows`` on gathered batches in one worker thread."""
 
     def __init__(self, fn: BatchFn, *, max_size: int = 64, max_wait_s: float = 0.001):
         self._fn = fn
@@ -44,16 +54,32 @@ class DynamicBatcher:
         self.batches = 0  # forward passes run (for tests and metrics)
         self.largest_batch = 0
         self.isolations = 0  # failed shared passes that were split to find their culprit
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self.retired = False
 
-    async def submit(self, texts: Sequence[str]) -> np.ndarray:
+    async def submit(self, texts: Sequence[Any]) -> np.ndarray:
+        if self.retired:  # its model was evicted while this request held it
+            return await asyncio.to_thread(self._fn, list(texts))
+        self._loop_ref = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop())
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(texts, future))
         return await future
 
+    def retire(self) -> None:
+        """Stop after what is queued (callable from any thread); later submits run alone."""
+        self.retired = True
+        loop = self._loop_ref
+        if self._worker is None or loop is None or loop.is_closed():
+            self._executor.shutdown(wait=False)
+            return
+        loop.call_soon_threadsafe(self._queue.put_nowait, _RETIRE)
+
     async def _gather(self) -> list[_Pending]:
         batch = [await self._queue.get()]
+        if batch[0] is _RETIRE:
+            return batch
         size = len(batch[0].texts)
         deadline = asyncio.get_running_loop().time() + self._max_wait_s
         while size < self._max_size:
@@ -67,13 +93,20 @@ class DynamicBatcher:
                     item = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
                     break
+            if item is _RETIRE:  # run what came before it, then stop
+                self._queue.put_nowait(item)
+                break
             batch.append(item)
             size += len(item.texts)
         return batch
 
     async def _loop(self) -> None:
         while True:
-            batch = [p for p in await self._gather() if not p.future.done()]
+            gathered = await self._gather()
+            if gathered[0] is _RETIRE:
+                self._executor.shutdown(wait=False)
+                return
+            batch = [p for p in gathered if not p.future.done()]
             if not batch:
                 continue
             self._busy = len(batch) > 1

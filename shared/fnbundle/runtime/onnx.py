@@ -1,0 +1,70 @@
+"""An ONNX Runtime session with the gateway's thread settings, and the load-failure rule.
+
+Key rules: onnxruntime is imported when a session is built, never at import; a backend's
+own exception while loading or warming up a model becomes
+:class:`~fnbundle.errors.ArtifactCorrupt` naming the model and what failed (the first line
+of the backend's message, without the artifact folder), never a 500 per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from fnbundle.errors import ArtifactCorrupt, FnbError
+from fnbundle.settings import Settings
+from fnbundle.store import Artifact
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def inference_threads(settings: Settings) -> int:
+    """Intra-op threads: ``FNB_THREADS``, else every core this process may use."""
+    return settings.threads or len(os.sched_getaffinity(0))
+
+
+def onnx_runner(path: str, settings: Settings) -> tuple[RunFn, set[str]]:
+    """A function running the graph at ``path`` on named inputs (those the graph does not
+    take are dropped), and the graph's input names. One inter-op thread: a request's graph
+    is a chain, so more threads only contend with the intra-op ones."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = inference_threads(settings)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: v for k, v in inputs.items() if k in names}
+        return np.asarray(session.run(None, feed)[0], dtype=np.float32)
+
+    return run, names
+
+
+@contextmanager
+def corrupt_on_error(artifact: Artifact | str, what: str) -> Iterator[None]:
+    """Turn a backend's own exception into ArtifactCorrupt naming the model and ``what``.
+
+    The backend's message is kept (its first line, without the artifact folder) because it
+    says what is wrong (``INVALID_PROTOBUF``); the traceback stays in the log.
+    """
+    model_id = artifact if isinstance(artifact, str) else artifact.id
+    try:
+        yield
+    except FnbError:
+        raise
+    except Exception as exc:
+        log.warning("model %s: %s failed", model_id, what, exc_info=True)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(artifact, Artifact):
+            detail = detail.replace(f"{artifact.path}{os.sep}", "").replace(str(artifact.path), "")
+        reason = f"{type(exc).__name__}: {detail[:200]}" if detail else type(exc).__name__
+        raise ArtifactCorrupt(f"Model {model_id}: {what} failed ({reason}).") from None

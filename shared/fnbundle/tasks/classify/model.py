@@ -1,0 +1,162 @@
+"""The ``classify`` task's model: a tokenizer plus one inference backend, labels from the manifest.
+
+Backends: ``onnx-int8`` (dynamic int8 quantization, the default when its export passed
+the parity check), ``onnx-fp32`` and ``torch``. Every backend tokenizes with the same
+``tokenizer.json`` through the ``tokenizers`` library and pads per batch (to the longest
+text in it, never to a fixed length), so the backends see identical inputs.
+
+Key rules: the ONNX path imports neither torch nor transformers; a gateway that serves
+ONNX models starts in about a second. A model that cannot serve (weights a backend cannot
+read, a tokenizer that does not parse, an output width that disagrees with the labels, a
+warm-up that fails or gives non-finite scores) fails at load with
+:class:`~fnbundle.errors.ArtifactCorrupt` naming the reason, never per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fnbundle.errors import ArtifactCorrupt
+from fnbundle.runtime import artifacts
+from fnbundle.runtime.artifacts import ONNX_FILES
+from fnbundle.runtime.onnx import RunFn, corrupt_on_error, inference_threads, onnx_runner
+from fnbundle.runtime.tokenizer import TOKENIZER_FILE, encode, load_tokenizer
+from fnbundle.settings import Settings
+from fnbundle.store import Artifact
+
+# backend -> the weights file it reads (``auto`` without a default takes the last one present)
+BACKEND_FILES = {**ONNX_FILES, "torch": "model.safetensors"}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def pick_backend(artifact: Artifact, requested: str) -> str:
+    """The classify backend serving ``artifact`` (``auto``: its parity-checked default)."""
+    return artifacts.pick_backend(artifact, requested, BACKEND_FILES)
+
+
+def torch_runner(folder: str, settings: Settings) -> tuple[RunFn, set[str]]:
+    """The safetensors weights through transformers (imported here, never at module load)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.set_num_threads(inference_threads(settings))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, use_safetensors=True, trust_remote_code=False
+    )
+    model.eval()
+    names = {"input_ids", "attention_mask"}
+    if getattr(model.config, "type_vocab_size", 0):
+        names.add("token_type_ids")
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: torch.from_numpy(v) for k, v in inputs.items() if k in names}
+        with torch.inference_mode():
+            return model(**feed).logits.float().numpy()
+
+    return run, names
+
+
+def manifest_labels(artifact: Artifact) -> Any:
+    """The ``labels`` a classifier's manifest lists, as written (checked at load)."""
+    return artifact.manifest.get("labels")
+
+
+def listed_labels(artifact: Artifact) -> list[str]:
+    """The label names for listings; a malformed list reads as none (loading refuses it)."""
+    labels = manifest_labels(artifact)
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return []
+    return labels
+
+
+class TextClassifier:
+    """Texts in, label probabilities out. Thread-compatible: one forward at a time."""
+
+    def __init__(
+        self, model_id: str, labels: Sequence[str], backend: str, tokenizer: Any, run: RunFn
+    ):
+        self.model_id = model_id
+        self.labels = list(labels)
+        self.backend = backend
+        self._tokenizer = tokenizer
+        self._run = run
+
+    @staticmethod
+    def files_for(artifact: Artifact, backend: str) -> list[str]:
+        files = [BACKEND_FILES[backend], TOKENIZER_FILE]
+        if backend == "torch":
+            files.append("config.json")
+        return files
+
+    @classmethod
+    def load(cls, artifact: Artifact, backend: str, settings: Settings) -> TextClassifier:
+        labels = manifest_labels(artifact)
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(label, str) for label in labels)
+            or len(set(labels)) != len(labels)
+        ):
+            raise ArtifactCorrupt(
+                f"Model {artifact.id}: its manifest needs a list of two or more distinct "
+                f"label names, not {str(labels)[:200]}."
+            )
+        with corrupt_on_error(artifact, f"reading {TOKENIZER_FILE}"):
+            tokenizer = load_tokenizer(
+                artifact.file(TOKENIZER_FILE),
+                artifact.manifest.get("tokenizer", {}),
+                settings.max_input_tokens,
+            )
+        with corrupt_on_error(artifact, f"loading {BACKEND_FILES[backend]}"):
+            if backend == "torch":
+                run, _ = torch_runner(str(artifact.path), settings)
+            else:
+                run, _ = onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
+        model = cls(artifact.id, labels, backend, tokenizer, run)
+        model.warm_up()
+        return model
+
+    def warm_up(self) -> None:
+        """The first run allocates; it also proves the model answers one score per label."""
+        with corrupt_on_error(self.model_id, "the warm-up run"):
+            logits = self._run(self.encode(["warm-up"]))
+        shape: tuple[int, ...] = tuple(np.shape(logits))
+        if len(shape) != 2 or shape[0] != 1 or shape[1] != len(self.labels):
+            raise ArtifactCorrupt(
+                f"Model {self.model_id} outputs scores of shape {tuple(shape)} per text, but "
+                f"its manifest lists {len(self.labels)} labels ({', '.join(self.labels)})."
+            )
+        if not np.isfinite(logits).all():
+            raise ArtifactCorrupt(f"Model {self.model_id} gives non-finite scores (NaN or inf).")
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return encode(self._tokenizer, texts)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return softmax(self._run(self.encode(texts)))
+
+    def format(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for row in probs:
+            best = int(row.argmax())
+            out.append(
+                {
+                    "label": self.labels[best],
+                    "score": float(row[best]),
+                    "scores": {label: float(p) for label, p in zip(self.labels, row, strict=True)},
+                }
+            )
+        return out
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        return self.format(self.predict_proba(texts))

@@ -1,0 +1,85 @@
+"""The ``embed`` serving task as the registry lists it: ``POST /v1/embeddings`` in OpenAI's shape.
+
+Key rules: a request is checked against the server's and the model's limits (inputs,
+characters, tokens, vocabulary, dimensions) before any inference; texts are tokenized off
+the event loop, and concurrent requests share forward passes in the host's batcher, which
+runs token arrays (texts' and clients' alike), padded per batch; errors leave in OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` shape (``error_style``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fnbundle.runtime.artifacts import pick_backend
+from fnbundle.settings import Settings
+from fnbundle.store import Artifact
+from fnbundle.tasks.base import Batch, ServingTask
+from fnbundle.tasks.embed import TASK
+from fnbundle.tasks.embed.model import TextEmbedder
+from fnbundle.tasks.embed.schema import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    build_response,
+    check_request,
+    truncate,
+)
+
+
+class EmbedTask(ServingTask[EmbeddingRequest, EmbeddingResponse, TextEmbedder]):
+    slug: ClassVar[str] = TASK
+    route: ClassVar[str] = "/v1/embeddings"
+    summary: ClassVar[str] = "Embed texts or token arrays (OpenAI's embeddings API)."
+    noun: ClassVar[str] = "an embedding model"
+    error_style = "openai"
+    request_model = EmbeddingRequest
+    response_model = EmbeddingResponse
+    example: ClassVar[dict[str, Any]] = {"model": "minilm", "input": ["A short sentence."]}
+
+    def import_base(self, ref: str, name: str, settings: Settings) -> Artifact:
+        from fnbundle.tasks.embed.export import import_embedder  # torch, onnx: only here
+
+        return import_embedder(ref, name, settings)
+
+    def pick_backend(self, artifact: Artifact, requested: str) -> str:
+        return pick_backend(artifact, requested)
+
+    def files(self, artifact: Artifact, backend: str) -> list[str]:
+        return TextEmbedder.files_for(artifact, backend)
+
+    def load(self, artifact: Artifact, backend: str, settings: Settings) -> TextEmbedder:
+        return TextEmbedder.load(artifact, backend, settings)
+
+    def batch_fn(self, model: TextEmbedder) -> Callable[[list[Any]], np.ndarray]:
+        return model.embed_tokens
+
+    async def run(
+        self,
+        model: TextEmbedder,
+        request: EmbeddingRequest,
+        batch: Batch | None,
+        settings: Settings,
+    ) -> EmbeddingResponse:
+        checked = check_request(request, model.limits(settings))
+        token_ids = checked.token_ids
+        if token_ids is None:
+            token_ids = await asyncio.to_thread(model.tokenize, checked.texts or [])
+        if batch is None:
+            vectors = await asyncio.to_thread(model.embed_tokens, token_ids)
+        else:
+            vectors = await batch.submit(token_ids)
+        return build_response(
+            truncate(np.asarray(vectors), checked.dimensions),
+            model=model.model_id,
+            prompt_tokens=sum(len(ids) for ids in token_ids),
+            encoding_format=request.encoding_format,
+        )
+
+    def run_sync(
+        self, model: TextEmbedder, request: EmbeddingRequest, settings: Settings
+    ) -> EmbeddingResponse:
+        return model.create(request, settings)

@@ -101,3 +101,38 @@ def check_body(case: Case, body: dict[str, Any]) -> None:
     assert body["error"]["type"] == case.error_type, body
     assert body["error"].get("field") == case.field, body
     assert body["error"]["message"] and "Traceback" not in body["error"]["message"], body
+
+
+# --- embed: POST /v1/embeddings, errors in OpenAI's shape ---------------------------------
+EMBED_MODEL = "tiny-embed"  # store name of tests.unit.tiny_onnx.publish_tiny_embedder
+EMBED_MAX_TOKENS = 16  # that artifact's max_tokens: one token more is "too many"
+
+EMBED_CASES: list[Case] = [
+    Case("good", {"model": EMBED_MODEL, "input": ["good great", "bad awful"]}, 200),
+    Case("one_string", {"model": EMBED_MODEL, "input": "great"}, 200),
+    Case("tokens", {"model": EMBED_MODEL, "input": [[1, 2, 3]]}, 200),
+    Case("base64", {"model": EMBED_MODEL, "input": ["good"], "encoding_format": "base64"}, 200),
+    Case("input_empty", {"model": EMBED_MODEL, "input": []}, 400, "limit_exceeded", "input"),
+    Case("missing_input", {"model": EMBED_MODEL}, 422, "validation_error", "input"),
+    Case("unknown_model", {"model": "no-such-model", "input": "x"}, 404, "not_found", "model"),
+    Case("model_dotdot", {"model": "../etc", "input": "x"}, 400, "invalid_request", "model"),
+]
+
+
+def check_embed_body(case: Case, body: dict[str, Any]) -> None:
+    """What any runtime's ``/v1/embeddings`` body for ``case`` must say (OpenAI's shape)."""
+    if case.status == 200:
+        assert "error" not in body, body
+        inputs = case.payload["input"]
+        count = 1 if isinstance(inputs, str) else len(inputs)
+        assert [row["index"] for row in body["data"]] == list(range(count)), body
+        assert body["usage"]["prompt_tokens"] > 0, body
+        return
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["code"] == case.error_type, body
+    assert body["error"]["param"] == case.field, body
+    assert "Traceback" not in body["error"]["message"], body
+
+
+CASES_BY_TASK: dict[str, list[Case]] = {"classify": CASES, "embed": EMBED_CASES}

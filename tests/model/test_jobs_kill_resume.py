@@ -37,7 +37,7 @@ from tests.model.test_jobs import (
     wait_terminal,
 )
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # 21 worker kills and resumes: minutes
 
 SEED = 20261123
 VICTIMS = 3

@@ -249,12 +249,15 @@ def test_cancel_and_retry_follow_the_managers_rules(scripted):
     make, submit = scripted
     jobs, script = make(
         {
-            ("GET", "/status/rp-1"): [{"status": "IN_PROGRESS"}],
+            ("GET", "/status/rp-1"): [{"status": "IN_PROGRESS"}, {"status": "CANCELLED"}],
             ("POST", "/cancel/rp-1"): [{"id": "rp-1", "status": "CANCELLED"}],
         }
     )
     job = jobs.submit(submit)[0]
-    cancelled = jobs.cancel(job.id)
+    asked = jobs.cancel(job.id)  # running: asked to stop, as on every backend
+    assert asked.status == JobStatus.running and asked.cancel_requested
+    assert jobs.ledger.events(job.id)[-1].data == {"level": "info", "message": "cancel requested"}
+    cancelled = jobs.get(job.id)  # RunPod now says it stopped
     assert cancelled.status == JobStatus.cancelled and cancelled.cancel_requested
     assert jobs.cancel(job.id).status == JobStatus.cancelled  # again: answered as is
     assert script.paths("POST").count("/cancel/rp-1") == 1
@@ -262,6 +265,20 @@ def test_cancel_and_retry_follow_the_managers_rules(scripted):
     with pytest.raises(Exception, match="only a failed or timed-out job") as caught:
         jobs.retry(job.id)
     assert caught.value.status == 409
+
+
+def test_cancel_of_a_queued_job_is_final_at_once(scripted):
+    make, submit = scripted
+    jobs, _ = make(
+        {
+            ("GET", "/status/rp-1"): [{"status": "IN_QUEUE"}],
+            ("POST", "/cancel/rp-1"): [{"id": "rp-1", "status": "CANCELLED"}],
+        }
+    )
+    job = jobs.submit(submit)[0]
+    cancelled = jobs.cancel(job.id)
+    assert cancelled.status == JobStatus.cancelled and cancelled.finished_at is not None
+    assert [e.data.get("status") for e in jobs.ledger.events(job.id)] == ["queued", "cancelled"]
 
 
 # --- the real handler behind a fake RunPod ------------------------------------------------
@@ -430,7 +447,9 @@ def test_cancel_stops_the_training_on_the_worker(runpod, small_csv, tiny_base):
             answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
 
     events = follow(client, job_id, cancel_at_first_step)
-    assert answers[0].status_code == 200 and answers[0].json()["status"] == "cancelled"
+    answer = answers[0].json()  # the truthful answer: still running, asked to stop
+    assert answers[0].status_code == 200, answer
+    assert answer["status"] == "running" and answer["cancel_requested"] is True
     assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
     fake.join()  # the handler's training thread stopped by itself
     record = json.loads((worker.jobs_root / job_id / "job.json").read_text())
@@ -469,7 +488,8 @@ def test_a_lost_worker_fails_the_job_and_a_retry_resumes_from_the_volume(
     assert fake.inputs[-1]["retry"] is True and fake.inputs[-1]["after_seq"] == first[-1]["seq"]
     events = follow(client, job_id, None)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one seq, both runs
-    assert states(events) == ["queued", "running", "failed", "running", "succeeded"]
+    # The volume still says running (the worker died): the new run requeues it, then claims it.
+    assert states(events) == ["queued", "running", "failed", "queued", "running", "succeeded"]
     done = steps(events)
     assert done == sorted(set(done)) and done[-1] == job["progress"]["total_steps"]
     logs = [e["data"]["message"] for e in events if e["type"] == "log"]

@@ -48,8 +48,9 @@ from typing import Any, ClassVar, cast
 import httpx
 
 from fnbundle.errors import Conflict, FnbError, NotFound, QueueFull
+from fnbundle.jobs import state
 from fnbundle.jobs.backend import JobBackend, select_jobs
-from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
 from fnbundle.jobs.submit import new_job
 from fnbundle.settings import Settings
 
@@ -426,42 +427,40 @@ class RunPodJobs(JobBackend):
             await asyncio.sleep(poll_s)
 
     def cancel(self, job_id: str) -> Job:
-        """POST /cancel; the job is cancelled at once. Cancelled: as is. Finished: Conflict."""
+        """POST /cancel, as every backend answers (:func:`fnbundle.jobs.state.cancel`): a
+        queued job is cancelled at once; a running one answers ``running`` with
+        ``cancel_requested: true`` until RunPod (or the worker's own state event) says it
+        stopped. Cancelled: as is. Finished: Conflict."""
         job = self._refresh(job_id)
-        if job.status == JobStatus.cancelled:
+        move = state.cancel(job_id, job.status, job.cancel_requested)
+        if move is None:
             return job
-        if job.status in TERMINAL:
-            raise Conflict(
-                f"Job {job_id} already ended {job.status.value}; only a queued or running job "
-                "can be cancelled.",
-                field="status",
-            )
         answer = self._call("POST", f"/cancel/{self.ledger.get(job_id)[1]}")
         if STATUSES.get(str(answer.get("status"))) not in (None, JobStatus.cancelled):
             job = self._refresh(job_id)  # it ended first
             if job.status in TERMINAL:
                 raise Conflict(f"Job {job_id} already ended {job.status.value}.", field="status")
-        job = self._add(job, "log", {"level": "info", "message": "cancel requested"})
-        job = self._add(job, "state", {"status": "cancelled", "reason": "cancelled"})
-        job = job.model_copy(update={"cancel_requested": True})
+        for type_, data in move.events:
+            job = self._add(job, type_, data)
+        job = job.model_copy(update=_job_fields(move.fields))
         self.ledger.save(job)
         return job
 
     def retry(self, job_id: str) -> Job:
-        """A new run of the same job (POST /run, same id): it resumes from its checkpoint."""
+        """A new run of the same job (POST /run, same id): it resumes from its checkpoint.
+        The worker writes the retry's state event (its seqs continue the client's)."""
         job = self._refresh(job_id)
-        if job.status not in RETRYABLE:
-            raise Conflict(
-                f"Job {job_id} is {job.status.value}; only a failed or timed-out job can be "
-                "retried.",
-                field="status",
-            )
+        move = state.retry(job_id, job.status, job.attempts)
         rp_id = self._run(job, after_seq=self.ledger.last_seq(job_id), retry=True)
-        job = job.model_copy(
-            update={"status": JobStatus.queued, "error": None, "finished_at": None}
-        )
+        job = job.model_copy(update=_job_fields(move.fields))
         self.ledger.save(job, rp_id)
         return job
+
+
+def _job_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """A move's fields that the client's :class:`Job` view has (not the worker's
+    bookkeeping such as ``run_s`` or ``deadline``)."""
+    return {k: v for k, v in fields.items() if k in Job.model_fields}
 
 
 def _retry_after(value: str | None) -> float:

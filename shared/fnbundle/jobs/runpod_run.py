@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 from fnbundle.contract import parse
 from fnbundle.errors import FnbError, InvalidRequest
+from fnbundle.jobs import state
 from fnbundle.jobs.attempt import Attempt, AttemptStore, deliver_webhook
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
@@ -164,21 +165,26 @@ class VolumeStore:
             return None
         for type_, data in self.thin.flush():  # the last step, before the state event
             self.append(type_, data)
-        done = self.row.model_copy(update={**fields, "status": to, "finished_at": _now()})
+        move = state.finish(self.row.id, self.row.status, to, reason, **fields)
+        done = self.row.model_copy(update=move.fields)
         outcome = {k: getattr(done, k) for k in ("model_id", "error") if getattr(done, k)}
         self.save(done)
-        self.append(
-            "state",
-            {
-                "status": to.value,
-                "reason": reason,
-                **outcome,
-                "metrics": done.metrics,
-                "cost_usd": done.cost_usd,
-                "last_checkpoint_step": done.last_checkpoint_step,
-            },
-        )
+        [(type_, data)] = move.events
+        summary = {
+            "metrics": done.metrics,
+            "cost_usd": done.cost_usd,
+            "last_checkpoint_step": done.last_checkpoint_step,
+        }
+        self.append(type_, {**data, "reason": reason, **outcome, **summary})
         return done.public()
+
+    def apply(self, row: JobRow, move: state.Move) -> JobRow:
+        """Append a move's events and save the record it leaves."""
+        for type_, data in move.events:
+            self.append(type_, data)
+        moved = row.model_copy(update=move.fields)
+        self.save(moved)
+        return moved
 
 
 def open_volume_job(
@@ -209,33 +215,17 @@ def open_volume_job(
         )
         store.save(row)
     if row.status in RETRYABLE and payload.get("retry"):
-        store.append("state", {"status": "queued", "reason": "retry"})
-        row = row.model_copy(
-            update={
-                "status": JobStatus.queued,
-                "error": None,
-                "run_s": 0.0,
-                "retry_base": row.attempts,
-            }
-        )
+        row = store.apply(row, state.retry(job_id, row.status, row.attempts))
     if row.status in TERMINAL:
         last = next((e for e in reversed(store.events()) if e.type == "state"), None)
         if last is not None:
             emit(last.model_dump(mode="json"))
         return store, None
-    if row.status == JobStatus.running and row.last_checkpoint_step:
-        message = f"the last worker stopped; resuming from step {row.last_checkpoint_step}"
-        store.append("log", {"level": "warning", "message": message})
-    store.attempt = row.attempts + 1
-    store.append("state", {"status": "running", "attempt": store.attempt})
-    row = row.model_copy(
-        update={
-            "status": JobStatus.running,
-            "attempts": store.attempt,
-            "started_at": row.started_at or _now(),
-        }
-    )
-    store.save(row)
+    if row.status == JobStatus.running:  # the worker before this one was lost
+        why = "the last worker stopped"
+        row = store.apply(row, state.requeue(job_id, row.status, why, row.last_checkpoint_step))
+    row = store.apply(row, state.claim(job_id, row.status, row.attempts, row.started_at))
+    store.attempt = row.attempts
     return store, row
 
 

@@ -44,7 +44,8 @@ def parse_args() -> argparse.Namespace:
 def export_both(artifact: Path, texts: list[str], work: Path) -> dict[str, Any]:
     """Plain and fused fp32 graphs, their int8 versions, and every parity record."""
     import torch
-    from fnbundle.classifier import encode, load_tokenizer, softmax
+    from fnbundle.runtime.tokenizer import encode, load_tokenizer
+    from fnbundle.tasks.classify.model import softmax
     from fnbundle.training.export import (
         PARITY_BATCH,
         _onnx_probs,
@@ -100,7 +101,8 @@ def throughput(run: Any, batches: list[dict[str, np.ndarray]], duration_s: float
 
 def main() -> None:
     args = parse_args()
-    from fnbundle.classifier import _onnx_runner, encode
+    from fnbundle.runtime.onnx import onnx_runner
+    from fnbundle.runtime.tokenizer import encode
     from fnbundle.settings import Settings
 
     reviews = short_reviews()
@@ -116,9 +118,7 @@ def main() -> None:
             for name, t in sets.items()
         }
         settings = Settings(threads=args.threads)
-        runners = {
-            key: _onnx_runner(str(path), settings)[0] for key, path in built["files"].items()
-        }
+        runners = {key: onnx_runner(str(path), settings)[0] for key, path in built["files"].items()}
         figures: dict[str, list[float]] = {}
         for r in range(args.rounds):
             for text_set in sets:

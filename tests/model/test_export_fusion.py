@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fnbundle.classifier import _onnx_runner, encode, load_tokenizer, softmax
+from fnbundle.runtime.onnx import onnx_runner
+from fnbundle.runtime.tokenizer import encode, load_tokenizer
 from fnbundle.settings import Settings
+from fnbundle.tasks.classify.model import softmax
 from fnbundle.training.export import export_with_parity, fused_export
 
 from tests.tiny import corpus, write_test_reviews
@@ -46,7 +48,7 @@ def op_types(path: Path) -> set[str]:
 
 
 def served_probs(path: Path, tokenizer, texts: list[str]) -> np.ndarray:
-    run, _ = _onnx_runner(str(path), Settings(threads=1))
+    run, _ = onnx_runner(str(path), Settings(threads=1))
     return softmax(run(encode(tokenizer, texts)))
 
 

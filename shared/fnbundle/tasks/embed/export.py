@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from fnbundle.classifier import _onnx_runner
 from fnbundle.errors import InvalidRequest
 from fnbundle.loading import resolve_model_dir
+from fnbundle.runtime.onnx import onnx_runner
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store, validate_name
 from fnbundle.tasks.embed import TASK
@@ -332,7 +332,7 @@ def served_vectors(
     path: Path, tokenizer: Any, info: BaseInfo, texts: list[str], settings: Settings
 ) -> np.ndarray:
     """The export's vectors through the serving code path (tokenizer, padding, session)."""
-    run, _ = _onnx_runner(str(path), settings)
+    run, _ = onnx_runner(str(path), settings)
     embedder = TextEmbedder(
         "parity",
         path.name,

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -219,3 +220,58 @@ def test_a_request_cancelled_at_the_end_of_a_shutdown_answers_503():
     assert sent[0]["status"] == 503
     assert (b"connection", b"close") in sent[0]["headers"]
     assert json.loads(sent[1]["body"])["error"]["type"] == "unavailable"
+
+
+def openai_error(response, status, code):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code and "Traceback" not in response.text
+    return body["error"]
+
+
+def test_the_embeddings_route_answers_errors_in_openais_shape(client):
+    missing = client.post("/v1/embeddings", json={"model": "nothing", "input": "hi"})
+    error = openai_error(missing, 404, "not_found")
+    assert error["type"] == "invalid_request_error" and error["param"] == "model"
+    bad = client.post("/v1/embeddings", json={"model": "nothing", "input": [1.5]})
+    assert openai_error(bad, 422, "validation_error")["param"].startswith("input")
+    malformed = client.post(
+        "/v1/embeddings", content=b"{", headers={"content-type": "application/json"}
+    )
+    openai_error(malformed, 400, "invalid_json")
+    wrong_method = client.get("/v1/embeddings")
+    openai_error(wrong_method, 405, "method_not_allowed")
+    assert wrong_method.headers["allow"] == "POST"
+    ours = client.post("/v1/classify", json={"model": "nothing", "texts": ["hi"]})
+    assert set(error_shape := ours.json()["error"]) >= {"type", "message"}
+    assert "param" not in error_shape and error_shape["type"] == "not_found"
+
+
+def test_models_list_shows_each_task_with_its_own_fields(tmp_path):
+    from fnbundle.store import Store
+
+    from tests.unit.tiny_onnx import publish_tiny, publish_tiny_embedder
+
+    store = Store(tmp_path)
+    classifier = publish_tiny(store, "tiny")
+    embedder = publish_tiny_embedder(store, "tiny-embed")
+    with TestClient(create_app(Settings(store=tmp_path), jobs=False)) as c:
+        for _ in range(600):  # the preloads run in the background
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert models[classifier.id]["labels"] == ["negative", "positive"]
+    assert models[classifier.id]["state"] == "ready" and models[classifier.id]["task"] == "classify"
+    assert "labels" not in models[embedder.id]
+    assert models[embedder.id]["state"] == "ready" and models[embedder.id]["task"] == "embed"
+
+
+def test_the_openapi_document_states_the_limits_of_this_gateway(client):
+    doc = client.get("/openapi.json").json()
+    texts = doc["components"]["schemas"]["ClassifyRequest"]["properties"]["texts"]
+    assert (texts["minItems"], texts["maxItems"]) == (1, 4)  # the fixture's max_texts
+    assert texts["items"]["maxLength"] == 50
+    model = doc["paths"]["/v1/models/{model}"]["get"]["parameters"][0]["schema"]
+    assert model["pattern"].startswith("^[a-z0-9]") and model["maxLength"] == 80

@@ -1,14 +1,14 @@
 """The /v1/jobs routes: status codes, error bodies and the event stream's framing.
 
-The job manager is the one thing faked here: an in-memory stand-in with the real manager's
-interface, so these tests pin what the HTTP layer does with its answers and errors.
+The real job manager answers, over a temporary database; it starts no worker
+(``max_running=0``), so each job stays in the state a test puts it in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,128 +16,91 @@ import pytest
 from fastapi.testclient import TestClient
 from fnbundle.api import create_app
 from fnbundle.api import jobs as jobs_api
-from fnbundle.errors import Conflict, NotFound, QueueFull, ValidationFailed
-from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.db import new_job_id
+from fnbundle.jobs.manager import JobManager
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus
 from fnbundle.settings import Settings
+
+from tests.conftest import REPO, REVIEWS
 
 pytestmark = pytest.mark.unit
 
-PARAMS = {"data": "data/reviews.csv", "name": "tickets"}
+KEY = "s3cret-key-0123456789"  # the gateway refuses keys under 16 characters
+
+PARAMS = {"data": str(REVIEWS), "name": "tickets", "epochs": 1}
+MAX_QUEUED = 4
 
 
-class FakeJobManager:
-    """In-memory jobs with the manager's interface; records every id it was asked about."""
+class Spy:
+    """Records which job ids and list queries reached the real manager."""
 
-    def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}
-        self.log: dict[str, list[JobEvent]] = {}
+    def __init__(self, manager: JobManager, monkeypatch: pytest.MonkeyPatch) -> None:
         self.asked: list[str] = []
         self.listed: list[dict[str, Any]] = []
-        self.queue_full = False
-        self.started = self.stopped = False
-        self.tail_delay_s = 0.0  # follow() waits this long before its terminal event
+        for name in ("get", "cancel", "retry"):
+            real = getattr(manager, name)
 
-    def start(self) -> None:
-        self.started = True
+            def asked(job_id: str, _real: Any = real) -> Any:
+                self.asked.append(job_id)
+                return _real(job_id)
 
-    def stop(self) -> None:
-        self.stopped = True
+            monkeypatch.setattr(manager, name, asked)
+        real_list = manager.list
 
-    def add(self, status: JobStatus, events: list[tuple[str, dict[str, Any]]] = ()) -> Job:
-        job = Job(
-            id=f"job-20260101000000-{len(self.jobs) + 1:08x}",
+        def listed(**query: Any) -> list[Job]:
+            self.listed.append(query)
+            return real_list(**query)
+
+        monkeypatch.setattr(manager, "list", listed)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(
+        store=tmp_path / "store",
+        jobs_dir=tmp_path / "jobs",
+        data_roots=[REPO],
+        jobs_max_queued=MAX_QUEUED,
+    )
+
+
+@pytest.fixture
+def manager(settings) -> JobManager:
+    """The real manager over a temporary database; it starts no worker (max_running=0), so
+    a job stays where a test puts it."""
+    return JobManager(settings, max_running=0)
+
+
+@pytest.fixture
+def spy(manager, monkeypatch) -> Spy:
+    return Spy(manager, monkeypatch)
+
+
+@pytest.fixture
+def client(settings, manager):
+    with TestClient(create_app(settings, job_manager=manager)) as c:
+        yield c
+
+
+def add(manager: JobManager, status: JobStatus, events: Sequence[tuple[str, Any]] = ()) -> Job:
+    """A job in ``status``, reached by allowed moves, with ``events`` after its ``queued``."""
+    db = manager.db
+    row, _ = db.create(
+        Job(
+            id=new_job_id(),
             task="train_classifier",
-            status=status,
+            status=JobStatus.queued,
             params=PARAMS,
             created_at=datetime.now(UTC),
         )
-        self.jobs[job.id] = job
-        self.log[job.id] = []
-        for type_, data in events:
-            self.emit(job.id, type_, data)
-        return job
-
-    def emit(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
-        seq = len(self.log[job_id]) + 1
-        self.log[job_id].append(
-            JobEvent(seq=seq, type=type_, at=datetime.now(UTC), data=data)  # type: ignore[arg-type]
-        )
-
-    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
-        if "data" not in req.params:
-            raise ValidationFailed("params.data: Field required", field="params.data")
-        for job in self.jobs.values():
-            if req.idempotency_key and job.idempotency_key == req.idempotency_key:
-                return job, False
-        if self.queue_full:
-            raise QueueFull("The queue is full.", retry_after=30)
-        job = self.add(JobStatus.queued, [("state", {"status": "queued"})])
-        job.idempotency_key = req.idempotency_key
-        job.estimate = {"cost_usd": 0.0, "seconds": 60}
-        return job, True
-
-    def get(self, job_id: str) -> Job:
-        self.asked.append(job_id)
-        if job_id not in self.jobs:
-            raise NotFound(f"No job {job_id!r}.", field="id")
-        return self.jobs[job_id]
-
-    def list(
-        self,
-        *,
-        status: list[JobStatus] | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> list[Job]:
-        self.listed.append({"status": status, "task": task, "limit": limit, "before": before})
-        jobs = sorted(self.jobs.values(), key=lambda j: j.id, reverse=True)
-        if before is not None:
-            jobs = [j for j in jobs if j.id < before]
-        return [j for j in jobs if status is None or j.status in status][:limit]
-
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.status in TERMINAL and job.status != JobStatus.cancelled:
-            raise Conflict(f"Job {job_id} already {job.status.value}.")
-        job.status = JobStatus.cancelled
-        return job
-
-    def retry(self, job_id: str) -> Job:
-        job = self.get(job_id)
-        if job.status not in RETRYABLE:
-            raise Conflict(
-                f"Only a failed or timed-out job can be retried; {job_id} is {job.status.value}."
-            )
-        job.status = JobStatus.queued
-        return job
-
-    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[JobEvent]:
-        self.get(job_id)
-        return [e for e in self.log[job_id] if e.seq > after][:limit]
-
-    async def follow(
-        self, job_id: str, after: int = 0, poll_s: float = 0.2
-    ) -> AsyncIterator[JobEvent]:
-        for event in self.events(job_id, after):
-            yield event
-        if self.tail_delay_s:
-            await asyncio.sleep(self.tail_delay_s)
-            self.jobs[job_id].status = JobStatus.succeeded
-            self.emit(job_id, "state", {"status": "succeeded"})
-            yield self.log[job_id][-1]
-
-
-@pytest.fixture
-def manager() -> FakeJobManager:
-    return FakeJobManager()
-
-
-@pytest.fixture
-def client(tmp_path, manager):
-    settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "jobs")
-    with TestClient(create_app(settings, job_manager=manager)) as c:
-        yield c
+    )
+    if status != JobStatus.queued:
+        assert db.claim_next(row.id) is not None
+        if status != JobStatus.running:
+            db.transition(row.id, status)
+    if events:
+        db.update(row.id, events=list(events))
+    return db.get(row.id).public()
 
 
 def error(response, status: int, type_: str) -> dict[str, Any]:
@@ -161,13 +124,17 @@ def sse(text: str) -> list[dict[str, str]]:
     return events
 
 
-FINISHED = [
-    ("state", {"status": "queued"}),
-    ("state", {"status": "running"}),
+# What a succeeded job's events are, after its queued, running and succeeded state events.
+STEPS = [
     ("step", {"step": 1, "total_steps": 2, "epoch": 0.5, "loss": 0.7, "eta_s": 3.0, "cost_usd": 0}),
     ("checkpoint", {"step": 1, "epoch": 0.5}),
     ("step", {"step": 2, "total_steps": 2, "epoch": 1.0, "loss": 0.5, "eta_s": 0.0, "cost_usd": 0}),
+]
+FINISHED = [
+    ("state", {"status": "queued"}),
+    ("state", {"status": "running", "attempt": 1}),
     ("state", {"status": "succeeded"}),
+    *STEPS,
 ]
 
 
@@ -210,7 +177,8 @@ def test_malformed_json_is_400(client):
 
 
 def test_full_queue_is_429_with_retry_after(client, manager):
-    manager.queue_full = True
+    for _ in range(MAX_QUEUED):
+        add(manager, JobStatus.queued)
     r = client.post("/v1/jobs", json={"task": "train_classifier", "params": PARAMS})
     error(r, 429, "queue_full")
     assert r.headers["retry-after"] == "30"
@@ -218,19 +186,23 @@ def test_full_queue_is_429_with_retry_after(client, manager):
 
 # --- read, cancel, retry -----------------------------------------------------------------
 def test_get_cancel_and_retry(client, manager):
-    running = manager.add(JobStatus.running)
+    running = add(manager, JobStatus.running)
     got = client.get(f"/v1/jobs/{running.id}")
     assert got.status_code == 200 and Job.model_validate(got.json()) == running
 
-    cancelled = client.post(f"/v1/jobs/{running.id}/cancel")
+    asked = client.post(f"/v1/jobs/{running.id}/cancel")  # running: asked to stop
+    assert asked.status_code == 200, asked.text
+    assert asked.json()["status"] == "running" and asked.json()["cancel_requested"] is True
+    assert client.post(f"/v1/jobs/{running.id}/cancel").json() == asked.json()  # idempotent
+    queued = add(manager, JobStatus.queued)
+    cancelled = client.post(f"/v1/jobs/{queued.id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert client.post(f"/v1/jobs/{running.id}/cancel").status_code == 200  # idempotent
 
-    done = manager.add(JobStatus.succeeded)
+    done = add(manager, JobStatus.succeeded)
     error(client.post(f"/v1/jobs/{done.id}/cancel"), 409, "conflict")
     error(client.post(f"/v1/jobs/{done.id}/retry"), 409, "conflict")
 
-    failed = manager.add(JobStatus.failed)
+    failed = add(manager, JobStatus.failed)
     retried = client.post(f"/v1/jobs/{failed.id}/retry")
     assert retried.status_code == 202 and retried.json()["status"] == "queued"
     assert retried.headers["location"] == f"/v1/jobs/{failed.id}"
@@ -260,7 +232,7 @@ def test_unknown_job_is_404(client):
         "job'--",
     ],
 )
-def test_ids_outside_the_id_format_never_reach_the_manager(client, manager, bad_id):
+def test_ids_outside_the_id_format_never_reach_the_manager(client, spy, bad_id):
     for r in (
         client.get(f"/v1/jobs/{bad_id}"),
         client.get(f"/v1/jobs/{bad_id}/events"),
@@ -268,18 +240,18 @@ def test_ids_outside_the_id_format_never_reach_the_manager(client, manager, bad_
         client.post(f"/v1/jobs/{bad_id}/retry"),
     ):
         error(r, 404, "not_found")
-    assert manager.asked == []
+    assert spy.asked == []
 
 
 # --- list --------------------------------------------------------------------------------
-def test_list_filters_and_pages(client, manager):
-    queued = manager.add(JobStatus.queued)
-    running = manager.add(JobStatus.running)
-    manager.add(JobStatus.succeeded)
+def test_list_filters_and_pages(client, manager, spy):
+    queued = add(manager, JobStatus.queued)
+    running = add(manager, JobStatus.running)
+    add(manager, JobStatus.succeeded)
     r = client.get("/v1/jobs", params={"status": "running,queued", "limit": 20})
     assert r.status_code == 200
     assert [j["id"] for j in r.json()["jobs"]] == [running.id, queued.id]
-    assert manager.listed[-1] == {
+    assert spy.listed[-1] == {
         "status": [JobStatus.running, JobStatus.queued],
         "task": None,
         "limit": 20,
@@ -287,31 +259,33 @@ def test_list_filters_and_pages(client, manager):
     }
 
     repeated = client.get("/v1/jobs?status=running&status=queued&task=train_classifier")
-    assert len(repeated.json()["jobs"]) == 2 and manager.listed[-1]["task"] == "train_classifier"
+    assert len(repeated.json()["jobs"]) == 2 and spy.listed[-1]["task"] == "train_classifier"
 
     page = client.get("/v1/jobs", params={"limit": 1, "before": running.id}).json()["jobs"]
     assert [j["id"] for j in page] == [queued.id]
     assert client.get("/v1/jobs").json()["jobs"][0]["status"] == "succeeded"
+    first_page = client.get("/v1/jobs", params={"before": ""})  # empty: no cursor
+    assert first_page.status_code == 200 and len(first_page.json()["jobs"]) == 3
 
 
 @pytest.mark.parametrize(
     ("query", "status", "type_", "field"),
     [
-        ("status=running,sleeping", 400, "invalid_request", "status"),
-        ("before=job;--", 400, "invalid_request", "before"),
+        ("status=running,sleeping", 422, "validation_error", "status.0"),
+        ("before=job;--", 422, "validation_error", "before"),
         ("limit=0", 422, "validation_error", "limit"),
         ("limit=100000", 422, "validation_error", "limit"),
         ("task=train_llm", 422, "validation_error", "task"),
     ],
 )
-def test_bad_list_queries(client, manager, query, status, type_, field):
+def test_bad_list_queries(client, spy, query, status, type_, field):
     assert error(client.get(f"/v1/jobs?{query}"), status, type_)["field"] == field
-    assert manager.listed == []
+    assert spy.listed == []
 
 
 # --- events ------------------------------------------------------------------------------
 def test_events_stream_replays_every_event_and_ends_at_the_terminal_state(client, manager):
-    job = manager.add(JobStatus.succeeded, FINISHED)
+    job = add(manager, JobStatus.succeeded, STEPS)
     r = client.get(f"/v1/jobs/{job.id}/events")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -326,8 +300,8 @@ def test_events_stream_replays_every_event_and_ends_at_the_terminal_state(client
 
 
 def test_events_resume_after_n_and_last_event_id_wins(client, manager):
-    job = manager.add(JobStatus.succeeded, FINISHED)
-    after = sse(client.get(f"/v1/jobs/{job.id}/events?after=3").text)
+    job = add(manager, JobStatus.succeeded, STEPS)
+    after = sse(client.get(f"/v1/jobs/{job.id}/events?after=3").text)  # seq 1-3: states
     assert [e["id"] for e in after] == ["4", "5", "6"]
     header = client.get(f"/v1/jobs/{job.id}/events?after=1", headers={"Last-Event-ID": "5"})
     assert [e["id"] for e in sse(header.text)] == ["6"]
@@ -339,22 +313,28 @@ def test_events_resume_after_n_and_last_event_id_wins(client, manager):
     [
         ("after=-1", {}, 422, "after"),
         ("after=x", {}, 422, "after"),
-        ("", {"Last-Event-ID": "abc"}, 400, "Last-Event-ID"),
-        ("", {"Last-Event-ID": "-3"}, 400, "Last-Event-ID"),
+        ("", {"Last-Event-ID": "abc"}, 422, "last-event-id"),
+        ("", {"Last-Event-ID": "-3"}, 422, "last-event-id"),
     ],
 )
 def test_bad_resume_points_are_rejected(client, manager, query, headers, status, field):
-    job = manager.add(JobStatus.succeeded, FINISHED)
+    job = add(manager, JobStatus.succeeded, STEPS)
     r = client.get(f"/v1/jobs/{job.id}/events?{query}", headers=headers)
     assert r.status_code == status and r.json()["error"]["field"] == field
 
 
 def test_a_live_stream_is_pinged_and_tails_new_events(client, manager, monkeypatch):
     monkeypatch.setattr(jobs_api, "PING_S", 0.05)
-    manager.tail_delay_s = 0.5
-    job = manager.add(JobStatus.running, FINISHED[:3])
+    job = add(manager, JobStatus.running, STEPS[:1])
+
+    def finish_soon() -> None:
+        manager.db.transition(job.id, JobStatus.succeeded)
+
+    timer = threading.Timer(0.5, finish_soon)
+    timer.start()
     with client.stream("GET", f"/v1/jobs/{job.id}/events") as r:
         text = "".join(r.iter_text())
+    timer.join()
     events = sse(text)
     assert any("ping" in e.get("comment", "") for e in events)
     named = [e for e in events if "event" in e]
@@ -363,10 +343,10 @@ def test_a_live_stream_is_pinged_and_tails_new_events(client, manager, monkeypat
 
 
 # --- guard, lifecycle, docs ----------------------------------------------------------------
-def test_every_jobs_route_needs_the_key_when_keys_are_set(tmp_path, manager):
-    job = manager.add(JobStatus.succeeded, FINISHED)
-    settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "jobs", api_keys=["s3cret"])
-    with TestClient(create_app(settings, job_manager=manager)) as c:
+def test_every_jobs_route_needs_the_key_when_keys_are_set(settings, manager, spy):
+    job = add(manager, JobStatus.succeeded, STEPS)
+    keyed = settings.model_copy(update={"api_keys": [KEY]})
+    with TestClient(create_app(keyed, job_manager=manager)) as c:
         for method, path in [
             ("POST", "/v1/jobs"),
             ("GET", "/v1/jobs"),
@@ -379,25 +359,25 @@ def test_every_jobs_route_needs_the_key_when_keys_are_set(tmp_path, manager):
             error(r, 401, "unauthorized")
             wrong = c.request(method, path, headers={"Authorization": "Bearer nope"})
             error(wrong, 401, "unauthorized")
-        assert manager.asked == [] and manager.listed == []
-        ok = c.get(f"/v1/jobs/{job.id}/events", headers={"Authorization": "Bearer s3cret"})
+        assert spy.asked == [] and spy.listed == []
+        ok = c.get(f"/v1/jobs/{job.id}/events", headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and len(sse(ok.text)) == len(FINISHED)
 
 
-def test_the_manager_starts_and_stops_with_the_app(tmp_path, manager):
-    app = create_app(Settings(store=tmp_path, jobs_dir=tmp_path / "jobs"), job_manager=manager)
-    assert not manager.started
+def test_the_manager_starts_and_stops_with_the_app(settings, manager):
+    app = create_app(settings, job_manager=manager)
+    assert manager._thread is None
     with TestClient(app):
-        assert manager.started and not manager.stopped
-    assert manager.stopped
+        assert manager._thread is not None and manager._thread.is_alive()  # scheduling
+    assert manager._thread is None
 
 
-def test_jobs_can_be_left_out(tmp_path, manager):
-    app = create_app(Settings(store=tmp_path), job_manager=manager, jobs=False)
+def test_jobs_can_be_left_out(settings, manager):
+    app = create_app(settings, job_manager=manager, jobs=False)
     with TestClient(app) as c:
         error(c.get("/v1/jobs"), 404, "not_found")
         assert not any(p.startswith("/v1/jobs") for p in c.get("/openapi.json").json()["paths"])
-    assert not manager.started
+    assert manager._thread is None
 
 
 def test_openapi_documents_the_job_models(client):

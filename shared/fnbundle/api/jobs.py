@@ -15,23 +15,27 @@ that cuts long requests, such as Modal's web timeout), cleanly before the cut wi
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fnbundle.errors import InvalidRequest, NotFound
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit, Task
+from fnbundle.errors import NotFound
+from fnbundle.jobs.schema import JOB_ID, Job, JobEvent, JobStatus, JobSubmit, Task
 
 if TYPE_CHECKING:
     from fnbundle.jobs.backend import JobBackend
 
-# The shape of the ids the manager hands out (``job-<UTC stamp>-<8 hex>``); anything else
-# is a 404 (a 400 for ``before``) without a lookup.
-JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
+# Query and header rules stated in the OpenAPI document, so a client (or a schema fuzzer)
+# knows them: ``before`` is empty (no cursor) or a job id; ``status`` is a comma-separated
+# list of statuses; ``Last-Event-ID`` is an event's seq (digits, at most 18).
+BEFORE_PATTERN = rf"^(?:{JOB_ID.pattern})?$"
+_STATUS = "|".join(s.value for s in JobStatus)
+STATUS_PATTERN = rf"^\s*(?:{_STATUS})\s*(?:,\s*(?:{_STATUS})\s*)*$"
+SEQ_PATTERN = r"^\s*[0-9]{0,18}\s*$"
+StatusList = Annotated[str, StringConstraints(pattern=STATUS_PATTERN)]
 PING_S = 15  # seconds between keep-alive comments, under the usual proxy idle timeouts
 RECONNECT_MS = 1000  # milliseconds a client waits before resuming a stream that hit its limit
 MAX_LIST = 200  # jobs per page of GET /v1/jobs
@@ -102,28 +106,15 @@ def _location(job_id: str) -> str:
 
 
 def _parse_statuses(values: list[str] | None) -> list[JobStatus] | None:
-    """``?status=running,queued`` and ``?status=running&status=queued`` both work."""
+    """``?status=running,queued`` and ``?status=running&status=queued`` both work (each
+    value is checked against :data:`STATUS_PATTERN` before it gets here)."""
     names = [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
-    if not names:
-        return None
-    allowed = [s.value for s in JobStatus]
-    bad = [n for n in names if n not in allowed]
-    if bad:
-        raise InvalidRequest(
-            f"Unknown status {bad[0][:40]!r}; one of: {', '.join(allowed)}.", field="status"
-        )
-    return [JobStatus(n) for n in names]
+    return [JobStatus(n) for n in names] or None
 
 
 def _resume_point(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is not None and last_event_id.strip():
-        value = last_event_id.strip()
-        if not value.isdigit() or len(value) > 18:
-            raise InvalidRequest(
-                "Last-Event-ID must be the seq of an event (an integer >= 0).",
-                field="Last-Event-ID",
-            )
-        return int(value)
+        return int(last_event_id.strip())  # digits: checked against SEQ_PATTERN
     return after or 0
 
 
@@ -154,19 +145,25 @@ def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAcce
 def list_jobs(
     request: Request,
     status: Annotated[
-        list[str] | None, Query(description="Comma-separated statuses, e.g. running,queued.")
+        list[StatusList] | None,
+        Query(
+            description="Comma-separated statuses, e.g. running,queued; one of: "
+            + ", ".join(s.value for s in JobStatus),
+        ),
     ] = None,
     task: Annotated[Task | None, Query(description="Only jobs of this task.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="Jobs per page.")] = 50,
     before: Annotated[
-        str | None, Query(description="A job id: the page of jobs older than it.")
+        str | None,
+        Query(
+            description="A job id: the page of jobs older than it (empty: the first page).",
+            pattern=BEFORE_PATTERN,
+        ),
     ] = None,
 ) -> JobList:
     """Jobs, newest first; page with ``before=<last id of the previous page>``."""
-    if before is not None and not JOB_ID.fullmatch(before):
-        raise InvalidRequest("'before' is not a job id.", field="before")
     jobs = _manager(request).list(
-        status=_parse_statuses(status), task=task, limit=limit, before=before
+        status=_parse_statuses(status), task=task, limit=limit, before=before or None
     )
     return JobList(jobs=jobs)
 
@@ -216,7 +213,11 @@ def job_events(
         int | None, Query(ge=0, description="Replay the events after this seq.")
     ] = None,
     last_event_id: Annotated[
-        str | None, Header(description="Set by a reconnecting EventSource; wins over 'after'.")
+        str | None,
+        Header(
+            description="Set by a reconnecting EventSource (an event's seq); wins over 'after'.",
+            pattern=SEQ_PATTERN,
+        ),
     ] = None,
 ) -> JobEventStream:
     """Follow a job live: every event since ``after`` (default: the start), then new ones.

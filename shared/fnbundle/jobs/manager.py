@@ -101,7 +101,8 @@ class JobManager:
         max_queued: int | None = None,
     ):
         self.settings = settings
-        self.max_running = max_running or settings.jobs_max_running
+        # 0: record jobs but start none (a gateway that only accepts and answers for them)
+        self.max_running = settings.jobs_max_running if max_running is None else max_running
         self.max_queued = settings.jobs_max_queued if max_queued is None else max_queued
         self.db = JobDB(settings.jobs_root)
         self._workers: dict[str, _Worker] = {}

@@ -109,7 +109,7 @@ def run_modal_job(
     training; ``time_limit_s`` (this execution's, the function's timeout less the time to
     save and publish) ends the job ``timed_out`` with a checkpoint before Modal would kill
     the container."""
-    from fnbundle.api.jobs import JOB_ID
+    from fnbundle.jobs.schema import JOB_ID
 
     if not JOB_ID.fullmatch(job_id):
         return {"error": {"type": "invalid_request", "message": f"Invalid job id {job_id[:80]!r}."}}

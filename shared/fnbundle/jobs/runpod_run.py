@@ -198,7 +198,7 @@ def open_volume_job(
 ) -> tuple[VolumeStore, JobRow | None]:
     """Check a job input and claim its job for this run: ``(store, the job to train)``, or
     ``(store, None)`` when it has already ended (its last state event is sent again)."""
-    from fnbundle.api.jobs import JOB_ID
+    from fnbundle.jobs.schema import JOB_ID
 
     job_id = payload.get("job_id")
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):

@@ -9,6 +9,7 @@ change again (a retry is a new attempt of the same job, see :data:`RETRYABLE`); 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -50,8 +51,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.stopped_budget: frozenset(),
 }
 
-TASKS = ("train_classifier",)  # tasks a job can run
 Task = Literal["train_classifier"]
+
+# The shape of the ids jobs get (``job-<UTC stamp>-<8 hex>``, see jobs.db.new_job_id); the
+# routes answer any other id 404 without a lookup, and a worker refuses it as a folder name.
+JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
 
 # Event types a job streams (``JobEvent.type``):
 #   state       {"status", "reason"?}                 every status change

@@ -26,10 +26,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer random-init BERT with a tokenizer trained on the shipped reviews."""
-    from tests.tiny import build_tiny_bert
+    """A 2-layer random-init BERT with a tokenizer trained on the test reviews (built once
+    per machine, copied per session)."""
+    from tests.tiny import cached_tiny_bert
 
-    return build_tiny_bert(tmp_path_factory.mktemp("bases") / "tiny-bert")
+    return cached_tiny_bert(tmp_path_factory.mktemp("bases") / "tiny-bert")
 
 
 @pytest.fixture(scope="session")

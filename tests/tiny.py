@@ -4,12 +4,22 @@ the test reviews, and a 2-layer BERT built from a config. Nothing is downloaded.
 The tiny-model tests train on a fixed set, the first ``TEST_ROWS`` rows of the shipped
 ``data/reviews.csv`` (815 train, 203 held-out). New reviews are appended to that file, so
 growing the demo data changes neither these tests' step counts nor their run time.
+
+The tiny base is built once per machine, not once per test session: ``cached_tiny_bert``
+keeps it in ``tests/.data/`` under a key of everything it is built from (this file, the
+test reviews, the torch / transformers / tokenizers versions) and hands each session a
+copy, so a test that alters its base never alters the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import os
+import shutil
+import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +44,24 @@ def write_test_reviews() -> Path:
     else:
         os.replace(tmp, REVIEWS)
     return REVIEWS
+
+
+def cached_tiny_bert(folder: Path) -> Path:
+    """A copy in ``folder`` of the tiny BERT, built only when nothing it depends on is cached."""
+    key = hashlib.sha256(Path(__file__).read_bytes() + REVIEWS.read_bytes())
+    for package in ("torch", "transformers", "tokenizers"):
+        key.update(f"{package}=={version(package)}".encode())
+    cached = REVIEWS.parent / f"tiny-bert-{key.hexdigest()[:16]}"
+    if not (cached / "model.safetensors").is_file():
+        # Built beside the cache and renamed into place: a concurrent session or an
+        # interrupted build never leaves a half-written base under the cache's name.
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-bert-", dir=REVIEWS.parent))
+        build_tiny_bert(staging / "base")
+        with contextlib.suppress(OSError):  # another session got there first: same copy
+            os.replace(staging / "base", cached)
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(cached, folder)
+    return folder
 
 
 def corpus() -> list[str]:

@@ -74,7 +74,6 @@ def create_app(
     )
     app.state.settings = settings
     app.state.host = host
-    app.state.readiness = host.readiness
     app.state.jobs = manager
     app.state.openai_paths = {
         t.route for t in REGISTRY.serving.values() if t.error_style == "openai"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -291,3 +292,39 @@ def test_importing_the_task_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def cli(*args: str, store) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
+    env.update(FNB_STORE=str(store), FNB_DATA_ROOTS=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "fnbundle.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+
+
+def test_models_import_refuses_a_task_whose_models_are_trained(tmp_path):
+    out = cli(
+        "models", "import", "builtin:minilm", "--task", "classify", "--name", "x", store=tmp_path
+    )
+    assert out.returncode == 1 and "classify models are trained" in out.stderr
+    out = cli("models", "import", "builtin:minilm", "--task", "nope", "--name", "x", store=tmp_path)
+    assert out.returncode == 1 and "Unknown task 'nope'" in out.stderr
+    assert not Store(tmp_path).list()
+
+
+@pytest.mark.slow
+def test_models_import_publishes_minilm_ready_to_serve(tmp_path, reference):
+    out = cli(
+        "models", "import", "builtin:minilm", "--task", "embed", "--name", "minilm", store=tmp_path
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (artifact,) = Store(tmp_path).list()
+    assert artifact.task == "embed" and artifact.name == "minilm"
+    assert artifact.id in out.stdout
+    model = load_embedder("minilm", Settings(store=tmp_path), backend="onnx-fp32")
+    np.testing.assert_allclose(model.embed(TEXTS[:4]), reference[:4], atol=1e-4)

@@ -42,7 +42,7 @@ from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
 from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
-from fnbundle.training.text_classifier import TrainClassifierParams
+from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 
 from functions.images import DATASETS_DIR, VOLUME_DIR, gpu_image, options, volume
 

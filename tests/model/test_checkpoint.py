@@ -315,7 +315,8 @@ import json, sys
 from pathlib import Path
 from fnbundle.settings import Settings
 from fnbundle.training.control import TrainControl
-from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+from fnbundle.tasks.train_classifier.params import TrainClassifierParams
+from fnbundle.training.text_classifier import train_classifier
 
 params_json, store, roots, ckpt, every, events_path = sys.argv[1:]
 settings = Settings(store=Path(store), data_roots=[Path(r) for r in json.loads(roots)])

@@ -13,8 +13,9 @@ from fnbundle.errors import TrainingFailed
 from fnbundle.loading import load_classifier
 from fnbundle.settings import Settings
 from fnbundle.store import Store, sha256_file
+from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 from fnbundle.training.metrics import length_bucket
-from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+from fnbundle.training.text_classifier import train_classifier
 
 from tests.conftest import REPO, REVIEWS
 from tests.model.helpers import nan_base

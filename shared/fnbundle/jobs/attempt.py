@@ -40,11 +40,6 @@ from fnbundle.settings import Settings
 log = logging.getLogger("fnbundle.jobs.attempt")
 
 POLL_S = 0.5  # seconds between reads of the cancel flag; should_stop runs every step
-STOP_REASONS = {
-    "cancelled": JobStatus.cancelled,
-    "timed_out": JobStatus.timed_out,
-    "stopped_budget": JobStatus.stopped_budget,
-}
 WEBHOOK_ATTEMPTS = 5  # requests per terminal event, the first included
 METRIC_SKIP = {"type", "epoch", "step", "eval_loss", "train_loss"}
 
@@ -291,22 +286,24 @@ class Attempt:
         or None when it was no longer ours to finish. LostJob propagates."""
         if self.deadline <= time.time():
             return self.finish(JobStatus.timed_out, reason="timed_out")
-        from fnbundle.training.control import TrainControl
-        from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+        from fnbundle.tasks import REGISTRY
+        from fnbundle.training.control import STOP_REASONS, TrainControl
 
         job = self.job
+        task = REGISTRY.training_task(job.task)
         control = TrainControl(
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=self.settings.jobs_checkpoint_every,
             should_stop=self.should_stop,
         )
         try:
-            params = TrainClassifierParams.model_validate(job.params)
-            result = train_classifier(params, self.settings, self.on_event, control)
+            params = task.params_model.model_validate(job.params)
+            result = task.train(params, self.settings, self.on_event, control)
         except LostJob:
             raise
         except TrainingStopped as exc:
-            status = STOP_REASONS.get(exc.reason, JobStatus.cancelled)
+            # A reason the control does not know stops the job as a cancel would.
+            status = JobStatus(exc.reason) if exc.reason in STOP_REASONS else JobStatus.cancelled
             error = None
             if status != JobStatus.cancelled:
                 error = {"type": status.value, "message": exc.message}

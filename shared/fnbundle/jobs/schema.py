@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
@@ -51,7 +51,12 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.stopped_budget: frozenset(),
 }
 
-Task = Literal["train_classifier"]
+if TYPE_CHECKING:
+    Task = str
+else:  # the training tasks of the registry, an enum in the OpenAPI document
+    from fnbundle.tasks import REGISTRY
+
+    Task = Literal[tuple(sorted(REGISTRY.training))]
 
 # The shape of the ids jobs get (``job-<UTC stamp>-<8 hex>``, see jobs.db.new_job_id); the
 # routes answer any other id 404 without a lookup, and a worker refuses it as a folder name.

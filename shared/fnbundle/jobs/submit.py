@@ -6,10 +6,12 @@ bad request is refused the same way on each: a 422 naming ``params.<field>`` for
 violation; a 400 for a webhook target the webhooks module would refuse, or for any webhook
 while no ``FNB_WEBHOOK_SECRET`` is set; and, where the dataset can be read, the cost
 estimate's own refusal (an unreadable dataset, an unknown base, a GPU too small) before
-anything is queued or spawned. The trainer is imported only when a job is checked.
+anything is queued or spawned. The task's declaration in the registry
+(:mod:`fnbundle.tasks`) gives the params schema and the estimate; the trainer is never
+imported here.
 
 No remote call holds a submit: a Hub base is checked from the local cache or within a few
-seconds (see :mod:`fnbundle.costs`), else the job is accepted with an estimate marked
+seconds (see :mod:`fnbundle.platforms.sizing`), else the job is accepted with an estimate marked
 ``approximate`` and its worker checks the base.
 """
 
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from fnbundle.contract import validation_failure
 from fnbundle.errors import InvalidRequest
@@ -27,20 +29,21 @@ from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.schema import Job, JobStatus, JobSubmit
 from fnbundle.settings import Settings
 
+if TYPE_CHECKING:
+    from fnbundle.tasks.base import TrainingTask
 
-def task_params(task: str) -> type[BaseModel]:
-    """The params schema of ``task`` (imported lazily: no torch at gateway start)."""
-    if task == "train_classifier":
-        from fnbundle.training.text_classifier import TrainClassifierParams
 
-        return TrainClassifierParams
-    raise InvalidRequest(f"Unknown task {task!r}.", field="task")
+def training_task(slug: str) -> TrainingTask[Any]:
+    """The registry's declaration of ``slug`` (a 400 naming ``task`` for an unknown one)."""
+    from fnbundle.tasks import REGISTRY
+
+    return REGISTRY.training_task(slug)
 
 
 def validate_params(req: JobSubmit) -> dict[str, Any]:
     """The params with every default filled in, as JSON; a 422 naming ``params.<field>``."""
     try:
-        params = task_params(req.task).model_validate(req.params)
+        params = training_task(req.task).params_model.model_validate(req.params)
     except ValidationError as exc:
         errors = [{**e, "loc": ("params", *e["loc"])} for e in exc.errors()]
         raise validation_failure(errors) from None
@@ -92,9 +95,10 @@ def new_job(
     summary: dict[str, Any] | None = None
     chosen = req.gpu or gpu
     if estimate:
-        from fnbundle.platforms.estimates import estimate_job
-
-        found = estimate_job(req.task, params, settings, platform=platform, gpu=chosen)
+        task = training_task(req.task)
+        found = task.estimate(
+            task.params_model.model_validate(params), settings, platform=platform, gpu=chosen
+        )
         summary = found.model_dump(mode="json", exclude_none=True)
         if not found.approximate:  # an approximate estimate's GPU is a price, not a choice
             chosen = chosen or found.gpu

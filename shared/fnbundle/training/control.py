@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# What ``should_stop`` returns; any other non-empty string also stops, carried as is.
+# What ``should_stop`` returns, each the job status the stop ends in; any other non-empty
+# string also stops, carried as is (a job then ends ``cancelled``).
 STOP_REASONS = ("cancelled", "stopped_budget", "timed_out")
 
 

@@ -35,16 +35,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from fnbundle.classifier import encode, load_tokenizer
 from fnbundle.errors import Conflict, InvalidRequest, TrainingFailed, TrainingStopped
 from fnbundle.loading import resolve_inside_roots, resolve_model_dir
 from fnbundle.settings import Settings
-from fnbundle.store import Store, validate_name
+from fnbundle.store import Store
+from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 from fnbundle.training.checkpoint import Checkpoint, CheckpointDir, fingerprint, folder_name
 from fnbundle.training.control import TrainControl
 from fnbundle.training.data import TextDataset, load_text_dataset, make_splits
@@ -57,65 +58,6 @@ Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
 TASK = "classify"
 LENGTH_WINDOW = 8  # batches whose texts are sorted by length together before shuffling
-
-
-class TrainClassifierParams(BaseModel):
-    """The options of ``fnbundle train classifier`` (and of a training job)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(
-        min_length=1,
-        max_length=1024,  # characters: loading.MAX_PATH_CHARS
-        description="CSV or JSONL file with text and label columns.",
-    )
-    name: str = Field(description="Store name to publish under.")
-    base: str = Field(
-        "builtin:minilm",
-        min_length=1,
-        max_length=1024,  # characters: loading.MAX_PATH_CHARS
-        description="Base encoder (any model reference).",
-    )
-    epochs: int = Field(5, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
-    learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
-    batch_size: int = Field(16, ge=1, le=1024, description="Examples per step.")
-    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
-    eval_split: float = Field(0.15, gt=0, lt=0.9, description="Fraction held out for validation.")
-    seed: int = Field(
-        42,
-        ge=0,
-        le=2**32 - 1,  # numpy's seed range; torch's is wider
-        description="Seed for shuffling, splits and initialisation.",
-    )
-    patience: int = Field(
-        2, ge=0, le=100, description="Epochs without a better eval loss (0 = off)."
-    )
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    text_column: str = Field(
-        "text", min_length=1, max_length=200, description="Column holding the text."
-    )
-    label_column: str = Field(
-        "label", min_length=1, max_length=200, description="Column holding the label."
-    )
-    freeze_embeddings: bool = Field(
-        False, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
-    )
-    label_smoothing: float = Field(
-        0.1, ge=0, lt=0.5, description="Share of each target spread over the other labels."
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="Where to train: cpu, cuda, or auto (CUDA when available)."
-    )
-    export_onnx: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        try:
-            return validate_name(value, field="name")
-        except InvalidRequest as exc:  # a schema error: reported with its field path
-            raise ValueError(exc.message) from None
 
 
 class TrainResult(BaseModel):

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from tests.conftest import REPO, REVIEWS
+from tests.contract.conftest import write_small_reviews
 from tests.e2e.conftest import FNBUNDLE, fnb_env
 
 pytestmark = pytest.mark.e2e
@@ -24,12 +25,13 @@ def fnb(*args: str, store, timeout: float = 300, **env: str) -> subprocess.Compl
 
 def test_train_predict_and_list(tiny_base, tmp_path):
     store = tmp_path / "store"
-    roots = f"{REPO},{tiny_base.parent}"
+    data = write_small_reviews(tmp_path / "data" / "small.csv")  # a few steps: the CLI is tested
+    roots = f"{tmp_path / 'data'},{tiny_base.parent}"
     trained = fnb(
         "train",
         "classifier",
         "--data",
-        str(REVIEWS),
+        str(data),
         "--name",
         "cli-model",
         "--base",

@@ -50,7 +50,8 @@ def _error(status: int, openai: bool = False) -> dict[str, Any]:
 def _statuses(path: str, operation: dict[str, Any], keys: bool) -> list[int]:
     """The guard-made statuses of one ``/v1`` operation."""
     has_body = "requestBody" in operation
-    names_something = has_body or "{" in path
+    # Any input can name what does not exist: a model, a job id, a list's cursor job.
+    names_something = has_body or "{" in path or bool(operation.get("parameters"))
     codes = [400, 413, 503]  # a bad header or Content-Length; busy or draining
     codes += [401] if keys else []
     codes += [404] if names_something else []

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from fnbundle.errors import FnbError, TrainingFailed, TrainingStopped, error_body
+from fnbundle.errors import FnbError, TrainingStopped, error_body
 from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.schema import Job, JobEvent, JobStatus, Progress
 from fnbundle.settings import Settings
@@ -288,6 +288,7 @@ class Attempt:
             return self.finish(JobStatus.timed_out, reason="timed_out")
         from fnbundle.tasks import REGISTRY
         from fnbundle.training.control import STOP_REASONS, TrainControl
+        from fnbundle.training.events import Diverged
 
         job = self.job
         task = REGISTRY.training_task(job.task)
@@ -308,11 +309,9 @@ class Attempt:
             if status != JobStatus.cancelled:
                 error = {"type": status.value, "message": exc.message}
             return self.finish(status, reason=exc.reason, metrics=exc.metrics or {}, error=error)
-        except TrainingFailed as exc:
-            error = exc.to_body()["error"]
-            if exc.message.startswith("diverged"):
-                error["reason"] = "diverged"
-            return self.finish(JobStatus.failed, reason=error.get("reason"), error=error)
+        except Diverged as exc:  # by type: the message is for people
+            error = {**exc.to_body()["error"], "reason": exc.reason}
+            return self.finish(JobStatus.failed, reason=exc.reason, error=error)
         except FnbError as exc:
             return self.finish(JobStatus.failed, reason=exc.type, error=exc.to_body()["error"])
         except Exception:

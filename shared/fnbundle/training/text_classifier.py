@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from fnbundle.classifier import encode, load_tokenizer
-from fnbundle.errors import Conflict, InvalidRequest, TrainingFailed, TrainingStopped
+from fnbundle.errors import Conflict, InvalidRequest, TrainingStopped
 from fnbundle.loading import resolve_inside_roots, resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store
@@ -49,6 +49,7 @@ from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 from fnbundle.training.checkpoint import Checkpoint, CheckpointDir, fingerprint, folder_name
 from fnbundle.training.control import TrainControl
 from fnbundle.training.data import TextDataset, load_text_dataset, make_splits
+from fnbundle.training.events import Diverged, parse_event
 from fnbundle.training.export import default_backend, export_with_parity
 from fnbundle.training.metrics import classification_metrics, plot_training_curves
 
@@ -121,6 +122,7 @@ class _Trainer:
         self.started = time.monotonic()
 
     def _event(self, event: Event) -> None:
+        parse_event(event)  # the typed vocabulary (training/events.py): a misfit is a bug
         if event["type"] in {"step", "eval"}:
             self.history.append(event)
         self.emit(event)
@@ -214,7 +216,7 @@ class _Trainer:
             return
         # A step with a finite loss can still leave non-finite weights; never save those.
         if not all(bool(torch.isfinite(w).all()) for w in model.parameters()):
-            raise TrainingFailed(
+            raise Diverged(
                 f"diverged: weights are not finite at step {pos.step}; lower the learning rate."
             )
         state = {
@@ -321,7 +323,7 @@ class _Trainer:
                     model(**batch).logits, labels_t, label_smoothing=p.label_smoothing
                 )
                 if not torch.isfinite(loss):
-                    raise TrainingFailed(
+                    raise Diverged(
                         f"diverged: loss is {float(loss.detach())} at step {pos.step + 1}; lower the learning rate."
                     )
                 loss.backward()

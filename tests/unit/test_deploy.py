@@ -23,6 +23,8 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "deploy.py"
 DECLARATION = REPO / "deploy" / "endpoints.toml"
+DECLARED = load_endpoints(DECLARATION)  # every endpoint the repository declares
+RUNPOD_NAMES = {"fnbundle-" + name.replace("_", "-") for name in DECLARED}
 
 
 def _load_script():
@@ -379,7 +381,7 @@ def test_runpod_deploy_creates_then_updates_the_same_endpoints(tmp_path, capsys)
     assert runpod_deploy(root, docker(), api, "--network-volume", "vol-1") == 0
     created = mutations(api, "saveEndpoint")
     templates = mutations(api, "saveTemplate")
-    assert set(created) == {"fnbundle-classify", "fnbundle-train-classifier"}
+    assert set(created) == RUNPOD_NAMES
     assert all("id" not in fields for fields in [*created.values(), *templates.values()])
     train = created["fnbundle-train-classifier"]
     assert train["workersMin"] == 0 and train["idleTimeout"] == 5
@@ -398,7 +400,7 @@ def test_runpod_deploy_creates_then_updates_the_same_endpoints(tmp_path, capsys)
     updated, retemplated = mutations(api, "saveEndpoint"), mutations(api, "saveTemplate")
     assert {f["id"] for f in updated.values()} == set(api.endpoints)  # same ids: updated
     assert {f["id"] for f in retemplated.values()} == set(api.templates)
-    assert len(api.endpoints) == 2 and len(api.templates) == 2
+    assert len(api.endpoints) == len(DECLARED) and len(api.templates) == len(DECLARED)
     assert retemplated["fnbundle-classify"]["imageName"] == "docker.io/me/fnbundle-classify:t2"
     assert updated["fnbundle-classify"]["workersMin"] == 0
 
@@ -415,7 +417,9 @@ def test_docker_present_builds_and_pushes_every_image_before_any_mutation(tmp_pa
         == 0
     )
     commands = [entry[:2] for entry in log if isinstance(entry, list)]
-    assert commands == [["docker", "info"]] + [["docker", "build"], ["docker", "push"]] * 2
+    assert commands == [["docker", "info"]] + [["docker", "build"], ["docker", "push"]] * len(
+        DECLARED
+    )
     first_mutation = next(
         i for i, entry in enumerate(log) if isinstance(entry, tuple) and entry[0] != "state"
     )
@@ -448,8 +452,7 @@ def test_modal_deploy_runs_each_app_and_prints_its_url(tmp_path, capsys):
     )
     assert code == 0
     assert shell.calls == [
-        ["modal", "deploy", "--tag", "t1", "functions/classify.py"],
-        ["modal", "deploy", "--tag", "t1", "functions/train_classifier.py"],
+        ["modal", "deploy", "--tag", "t1", endpoint.modal.file] for endpoint in DECLARED.values()
     ]
     out = capsys.readouterr().out
     assert f"curl -s {url}/v1/classify" in out
@@ -620,7 +623,7 @@ def test_image_exists_builds_nothing_checks_nothing_and_publishes(tmp_path):
         registry=registry,
     )
     assert code == 0 and registry.requests == [] and shell.calls == []
-    assert set(mutations(api, "saveEndpoint")) == {"fnbundle-classify", "fnbundle-train-classifier"}
+    assert set(mutations(api, "saveEndpoint")) == RUNPOD_NAMES
 
 
 def test_image_exists_still_needs_the_registry_its_tags_are_in(tmp_path, capsys):
@@ -742,7 +745,7 @@ def test_runpod_curl_lines_send_the_key_as_a_bearer_token(tmp_path, capsys):
     api = FakeRunPod()
     assert runpod_deploy(make_root(tmp_path), docker(), api, "--network-volume", "v") == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("curl")]
-    assert len(lines) == 2
+    assert len(lines) == len(DECLARED)
     for line in lines:
         assert auth_headers(line) == ["Authorization: Bearer $RUNPOD_API_KEY"]
 

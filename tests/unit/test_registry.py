@@ -28,10 +28,7 @@ pytestmark = pytest.mark.unit
 
 # Tasks whose runtimes are still being written: each entry must fail below until they land
 # (strict), then be removed from here.
-PENDING_RUNTIMES = {
-    "embed": "functions/embed.py, handlers/embed.py, its deploy/endpoints.toml entry and "
-    "contract fixtures are not written yet",
-}
+PENDING_RUNTIMES: dict[str, str] = {}
 
 
 def serving_params() -> list[object]:
@@ -121,3 +118,11 @@ def test_importing_the_registry_and_the_gateway_imports_no_inference_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_an_endpoint_for_a_task_the_registry_lacks_is_refused(tmp_path):
+    from tests.unit.test_endpoints import accepted, refused
+
+    message = refused(tmp_path, task="translate")
+    assert "unknown task 'translate'" in message and "classify, embed" in message
+    assert accepted(tmp_path, task="embed").task == "embed"

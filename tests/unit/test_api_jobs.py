@@ -264,6 +264,9 @@ def test_list_filters_and_pages(client, manager, spy):
     page = client.get("/v1/jobs", params={"limit": 1, "before": running.id}).json()["jobs"]
     assert [j["id"] for j in page] == [queued.id]
     assert client.get("/v1/jobs").json()["jobs"][0]["status"] == "succeeded"
+    unknown = client.get("/v1/jobs", params={"before": "job-20000101000000-00000000"})
+    assert error(unknown, 404, "not_found")["field"] == "before"
+    assert "404" in client.get("/openapi.json").json()["paths"]["/v1/jobs"]["get"]["responses"]
     first_page = client.get("/v1/jobs", params={"before": ""})  # empty: no cursor
     assert first_page.status_code == 200 and len(first_page.json()["jobs"]) == 3
 

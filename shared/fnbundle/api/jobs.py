@@ -141,7 +141,7 @@ def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAcce
     return JobAccepted(id=job.id, status=job.status, estimate=job.estimate)
 
 
-@router.get("/v1/jobs", response_model=JobList, responses=_errors(400, 401, 422))
+@router.get("/v1/jobs", response_model=JobList, responses=_errors(400, 401, 404, 422))
 def list_jobs(
     request: Request,
     status: Annotated[

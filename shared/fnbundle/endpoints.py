@@ -291,13 +291,22 @@ class RunPodSpec(_Spec):
 
 class Endpoint(_Spec):
     name: str
-    task: Literal[
-        "classify", "train_classifier", "embed", "generate", "train_tabular", "finetune_lora"
-    ]
+    task: str = Field(description="The task it runs: a slug in fnbundle.tasks.REGISTRY.")
     model: str | None = Field(None, description="Model the endpoint preloads.")
     description: str = ""
     modal: ModalSpec
     runpod: RunPodSpec
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        from fnbundle.tasks import REGISTRY  # the registry names every task there is
+
+        if value not in REGISTRY.slugs():
+            raise ValueError(
+                f"unknown task {value!r}; the registry has {', '.join(REGISTRY.slugs())}"
+            )
+        return value
 
     @field_validator("name")
     @classmethod

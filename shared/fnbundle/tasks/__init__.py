@@ -16,10 +16,11 @@ from __future__ import annotations
 from fnbundle.tasks.base import Registry, ServingTask, TrainingTask
 from fnbundle.tasks.classify.serve import ClassifyTask
 from fnbundle.tasks.embed.serve import EmbedTask
+from fnbundle.tasks.train_classifier import TrainClassifierTask
 
 REGISTRY = Registry()
 REGISTRY.add(ClassifyTask())
 REGISTRY.add(EmbedTask())
-# training tasks: REGISTRY.add(TrainClassifierTask())
+REGISTRY.add(TrainClassifierTask())
 
 __all__ = ["REGISTRY", "Registry", "ServingTask", "TrainingTask"]

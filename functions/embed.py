@@ -77,6 +77,7 @@ class Embedder:
             refresh_every_s=RELOAD_ON_MISS_EVERY_S,
         )
         status = self.host.preload()
+        self.host.mark_preloaded(status)  # /readyz is ready from the first request
         log.info("store %s; models: %s", settings.store_root, status or "(store is empty)")
         self.web_app = create_app(settings, host=self.host, jobs=False)
 

@@ -206,6 +206,22 @@ def modal_web(classifier):
         yield client
 
 
+def test_a_container_is_ready_from_its_first_request(classifier, monkeypatch):
+    """The models loaded in the enter hook: the app does not load them again, and the
+    first probe already answers ready (a second preload reset readiness to loading)."""
+    from fnbundle.runtime.host import ModelHost
+
+    app = classifier.web.local()
+
+    async def again(self):
+        raise AssertionError("the app preloaded the container's models again")
+
+    monkeypatch.setattr(ModelHost, "preload_async", again)
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["models"] == {MODEL: "ready"}
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_modal_method_answers_like_the_gateway(case: Case, gateway, classifier):
     response = gateway.post("/v1/classify", json=case.payload)

@@ -57,11 +57,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manager is not None:
             manager.start()
-        task = asyncio.create_task(host.preload_async())
+        # A host whose models loaded before the app (Modal's enter) keeps its readiness.
+        task = None if host.readiness.done else asyncio.create_task(host.preload_async())
         try:
             yield
         finally:
-            task.cancel()
+            if task is not None:
+                task.cancel()
             if manager is not None:
                 manager.stop()
             await host.close()

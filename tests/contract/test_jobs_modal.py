@@ -335,9 +335,17 @@ def serve(app: FastAPI) -> Iterator[str]:
         thread.join(30)
 
 
-def test_a_stream_cut_at_the_web_time_limit_is_resumed_by_the_cli_client(modal, tiny_base):
+def test_a_stream_cut_at_the_web_time_limit_is_resumed_by_the_cli_client(
+    modal, tiny_base, monkeypatch
+):
     from fnbundle.cli.client import Gateway
 
+    import functions.train_classifier as fn
+
+    # The job cannot finish (its volume commits wait) until the client has reconnected once:
+    # however fast the training, the client's first stream is cut while the job runs.
+    reconnected = threading.Event()
+    monkeypatch.setattr(fn, "commit_volume", lambda: reconnected.wait(JOB_WAIT_S))
     client = modal.client
     modal.app.state.max_stream_s = 1.0  # JobsApi's web timeout, shortened to seconds
     r = client.post(
@@ -357,7 +365,13 @@ def test_a_stream_cut_at_the_web_time_limit_is_resumed_by_the_cli_client(modal, 
 
         gateway = Gateway(url, None)
         connections: list[str] = []
-        gateway.http.event_hooks["request"].append(lambda req: connections.append(req.url.path))
+
+        def connected(req: httpx.Request) -> None:
+            connections.append(req.url.path)
+            if len(connections) >= 2:
+                reconnected.set()
+
+        gateway.http.event_hooks["request"].append(connected)
         events = list(gateway.events(job_id))
 
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # each event once

@@ -4,8 +4,9 @@ Systems, side by side in one run:
 
 * E1: a naive FastAPI endpoint calling ``SentenceTransformer.encode`` per request, PyTorch
   fp32 (``loadtests/baseline_st.py``);
-* ours: ``fnbundle serve`` answering ``POST /v1/embeddings`` (ONNX Runtime int8, dynamic
-  batching), the same process also serving the classifier;
+* ours: ``fnbundle serve`` answering ``POST /v1/embeddings`` (the embedder's default
+  backend: fp32 for MiniLM, whose int8 export fails the parity gate; dynamic batching), the
+  same process also serving the classifier;
 * E2: an in-process ONNX Runtime session on the embedder's ``model.int8.onnx``, batches of
   32, no HTTP.
 

@@ -279,6 +279,8 @@ def test_list_filters_and_pages(client, manager, spy):
         ("limit=0", 422, "validation_error", "limit"),
         ("limit=100000", 422, "validation_error", "limit"),
         ("task=train_llm", 422, "validation_error", "task"),
+        ("stauts=running", 400, "invalid_request", "stauts"),  # a typo filters nothing
+        ("=0.0", 400, "invalid_request", ""),
     ],
 )
 def test_bad_list_queries(client, spy, query, status, type_, field):

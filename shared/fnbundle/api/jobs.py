@@ -22,7 +22,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, StringConstraints
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from fnbundle.errors import NotFound
+from fnbundle.errors import InvalidRequest, NotFound
 from fnbundle.jobs.schema import JOB_ID, Job, JobEvent, JobStatus, JobSubmit, Task
 
 if TYPE_CHECKING:
@@ -105,6 +105,19 @@ def _location(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
+LIST_QUERY = frozenset({"status", "task", "limit", "before"})
+
+
+def _only_known_query(request: Request, known: frozenset[str]) -> None:
+    """A misspelt filter (``?stauts=running``) is a 400 naming it, not silently every job."""
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter {unknown[0]!r}: use {', '.join(sorted(known))}.",
+            field=unknown[0],
+        )
+
+
 def _parse_statuses(values: list[str] | None) -> list[JobStatus] | None:
     """``?status=running,queued`` and ``?status=running&status=queued`` both work (each
     value is checked against :data:`STATUS_PATTERN` before it gets here)."""
@@ -162,6 +175,7 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     """Jobs, newest first; page with ``before=<last id of the previous page>``."""
+    _only_known_query(request, LIST_QUERY)
     jobs = _manager(request).list(
         status=_parse_statuses(status), task=task, limit=limit, before=before or None
     )

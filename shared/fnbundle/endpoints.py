@@ -81,9 +81,6 @@ RUNPOD_CUDA_VERSIONS = (
     "13.0",
 )
 
-# Tasks that answer one request at a time; the others are training jobs, served on Modal by
-# a jobs web app (the job routes) next to the training function.
-SERVING_TASKS = frozenset({"classify", "embed", "generate"})
 # Modal keys a training app does not apply, and why.
 MODAL_KEYS_NOT_FOR_TRAINING = {
     "max_inputs": "it runs one job per container (no @modal.concurrent)",
@@ -318,8 +315,12 @@ class Endpoint(_Spec):
     @model_validator(mode="after")
     def _applied(self) -> Endpoint:
         """Refuse Modal keys this task's app does not apply."""
+        from fnbundle.tasks import REGISTRY
+
         declared = self.modal.model_fields_set
-        if self.task in SERVING_TASKS:
+        # Serving tasks answer one request at a time; training tasks are jobs, served on
+        # Modal by a jobs web app (the job routes) next to the training function.
+        if self.task in REGISTRY.serving:
             if "web_timeout_s" in declared:
                 raise ValueError(
                     "modal.web_timeout_s: a serving app's web endpoint is its class, whose "

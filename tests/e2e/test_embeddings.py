@@ -139,8 +139,19 @@ def test_a_missing_or_wrong_key_is_a_401(url):
         anonymous = openai.OpenAI(base_url=f"{url}/v1", api_key=key or "x", max_retries=0)
         if not key:  # no Authorization header at all
             anonymous = anonymous.with_options(default_headers={"Authorization": ""})
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as caught:
             anonymous.embeddings.create(model="tiny-embed", input="good film")
+        # Refused before any route runs, still in OpenAI's shape on an OpenAI route.
+        error = openai_error(caught.value)
+        assert error["code"] == "unauthorized" and "API key" in error["message"]
+
+
+def test_a_body_over_the_limit_is_a_413_in_openais_shape(client):
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.embeddings.create(model="tiny-embed", input="word " * 300_000)  # ~1.5 MB
+    assert caught.value.status_code == 413
+    error = openai_error(caught.value)
+    assert error["code"] == "payload_too_large" and "limit" in error["message"]
 
 
 def test_the_classify_route_keeps_its_own_error_shape(url):

@@ -30,9 +30,16 @@ PROTECTED_PREFIX = "/v1"
 
 
 async def _send_error(
-    send: Send, status: int, type_: str, message: str, extra: list | None = None
+    scope: Scope, send: Send, status: int, type_: str, message: str, extra: list | None = None
 ) -> None:
-    body = json.dumps(error_body(type_, message)).encode()
+    """The error in the body style of the route asked for (OpenAI's on OpenAI routes)."""
+    from fnbundle.api.errors import openai_error_body
+
+    payload = error_body(type_, message)
+    app = scope.get("app")  # Starlette sets it before the middleware runs
+    if scope["path"] in getattr(getattr(app, "state", None), "openai_paths", ()):
+        payload = openai_error_body(status, payload)
+    body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
@@ -75,6 +82,7 @@ class GuardMiddleware:
             and not bearer_key_ok(headers, self.keys)
         ):
             await _send_error(
+                scope,
                 send,
                 401,
                 "unauthorized",
@@ -87,10 +95,13 @@ class GuardMiddleware:
             try:
                 too_big = int(length) > self.max_body
             except ValueError:
-                await _send_error(send, 400, "invalid_request", "Invalid Content-Length header.")
+                await _send_error(
+                    scope, send, 400, "invalid_request", "Invalid Content-Length header."
+                )
                 return
             if too_big:
                 await _send_error(
+                    scope,
                     send,
                     413,
                     "payload_too_large",
@@ -111,6 +122,7 @@ class GuardMiddleware:
             # client should retry elsewhere, not read a server error.
             if not started:
                 await _send_error(
+                    scope,
                     send,
                     503,
                     "unavailable",

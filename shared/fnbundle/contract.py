@@ -32,11 +32,39 @@ Req = TypeVar("Req", bound=BaseModel)
 Result = tuple[int, dict[str, Any]]
 
 
+# The names pydantic puts in an error's location for the member of a union it tried
+# (``("input", "list[str]", 0)``): they are types, not fields a client sent.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict", "bytes"})
+
+
+def _union_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
+
+
 def field_path(loc: Any) -> str:
-    parts = [str(p) for p in loc]
+    """``body.input.list[str].0`` -> ``input.0``: the path in the client's own JSON."""
+    parts = [str(p) for p in loc if not _union_tag(p)]
     if parts and parts[0] in {"body", "query", "path", "header"}:
         parts = parts[1:]
     return ".".join(parts)
+
+
+def _union_mismatch(errors: list[Any]) -> tuple[str, str] | None:
+    """``("input", "expected str or list[str]")`` when every error is a member of one
+    field's union refusing its value, else None."""
+    tags = [next((p for p in e.get("loc", ()) if _union_tag(p)), None) for e in errors]
+    if len(errors) < 2 or None in tags:
+        return None
+    # The field holding the union: the location up to its first member tag.
+    fields = {
+        field_path(loc[: [_union_tag(p) for p in loc].index(True)])
+        for loc in (tuple(e.get("loc", ())) for e in errors)
+    }
+    if len(fields) != 1:
+        return None
+    kinds = list(dict.fromkeys(str(t) for t in tags))
+    expected = " or ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+    return fields.pop(), f"expected {expected}"
 
 
 def validation_failure(errors: list[Any]) -> FnbError:
@@ -45,6 +73,10 @@ def validation_failure(errors: list[Any]) -> FnbError:
         return InvalidJSON("Request body is not valid JSON.")
     first = errors[0] if errors else {"loc": (), "msg": "Invalid request."}
     path = field_path(first.get("loc", ()))
+    union = _union_mismatch(errors)
+    if union is not None:
+        field, expected = union
+        return ValidationFailed(f"{field}: {expected}" if field else expected, field=field or None)
     message = f"{path}: {first.get('msg')}" if path else str(first.get("msg"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

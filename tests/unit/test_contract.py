@@ -54,3 +54,26 @@ def test_bugs_become_a_500_without_details():
             "message": "Internal error; the server log has the details.",
         }
     }
+
+
+class Union(BaseModel):
+    input: str | list[str] | list[list[int]]
+
+
+@pytest.mark.parametrize("value", [7, [1.5], ["a", 3]])
+def test_a_value_no_union_member_takes_names_the_field_and_what_it_takes(value):
+    # pydantic locates each member's refusal under the member's type ("input.str",
+    # "input.list[str].0"): the client sent "input", and should read what it may be.
+    status, body = run_task(Union, {"input": value}, lambda req: {})
+    assert status == 422
+    assert body["error"]["field"] == "input"
+    assert body["error"]["message"] == "input: expected str, list[str] or list[list[int]]"
+
+
+def test_a_union_member_inside_a_list_keeps_its_index():
+    class Items(BaseModel):
+        items: list[int | str]
+
+    status, body = run_task(Items, {"items": [1, None]}, lambda req: {})
+    assert status == 422 and body["error"]["field"] == "items.1"
+    assert body["error"]["message"] == "items.1: expected int or str"

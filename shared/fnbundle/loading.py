@@ -34,12 +34,11 @@ from fnbundle.errors import (
     UnsafeArtifact,
     UpstreamUnavailable,
 )
-from fnbundle.settings import Backend, Settings
+from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store, is_unsafe_file, validate_name
 
 if TYPE_CHECKING:
     from fnbundle.tasks.base import ServingTask
-    from fnbundle.tasks.classify.model import TextClassifier
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +308,3 @@ def load_model(
     serving.check_artifact(artifact)
     chosen = serving.pick_backend(artifact, backend or serving.default_backend(settings))
     return load_artifact(artifact, serving, chosen, settings, store)
-
-
-def load_classifier(
-    ref: str | Artifact,
-    settings: Settings,
-    backend: Backend | str | None = None,
-    store: Store | None = None,
-) -> TextClassifier:
-    """:func:`load_model` for a classifier (its callers in the training tests)."""
-    model: TextClassifier = load_model(ref, settings, backend, store, task="classify")
-    return model

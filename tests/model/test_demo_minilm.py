@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fnbundle.loading import load_classifier
+from fnbundle.loading import load_model
 from fnbundle.settings import Settings
 from fnbundle.training.metrics import classification_metrics
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
@@ -37,7 +37,7 @@ def served_metrics(settings: Settings, path: Path) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-length figures of the served model on a CSV it never saw."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    model = load_classifier("sentiment", settings)  # default backend: int8 ONNX
+    model = load_model("sentiment", settings, task="classify")  # default backend: int8 ONNX
     labels = ["negative", "positive"]
     predictions = model.predict([r["text"] for r in rows])
     return classification_metrics(
@@ -82,6 +82,6 @@ def test_the_first_texts_a_new_user_types_get_the_expected_label(demo):
         "Would not recommend.": "negative",
         "Awful value, never buying again.": "negative",
     }
-    model = load_classifier("sentiment", settings)
+    model = load_model("sentiment", settings, task="classify")
     got = {t: p["label"] for t, p in zip(expected, model.predict(list(expected)), strict=True)}
     assert got == expected

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from fnbundle.errors import TrainingFailed
-from fnbundle.loading import load_classifier
+from fnbundle.loading import load_model
 from fnbundle.settings import Settings
 from fnbundle.store import Store, sha256_file
 from fnbundle.tasks.train_classifier.params import TrainClassifierParams
@@ -67,7 +67,7 @@ def test_every_backend_gives_the_same_answers(tiny_trained):
     settings, _ = tiny_trained
     texts = ["Arrived broken and support never answered.", "Lovely staff, great food!", "ok"]
     probs = {
-        b: load_classifier("tiny", settings, b).predict_proba(texts)
+        b: load_model("tiny", settings, b, task="classify").predict_proba(texts)
         for b in ("torch", "onnx-fp32", "onnx-int8")
     }
     np.testing.assert_allclose(probs["onnx-fp32"], probs["torch"], atol=1e-4)

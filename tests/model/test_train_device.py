@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fnbundle.errors import InvalidRequest
-from fnbundle.loading import load_classifier
+from fnbundle.loading import load_model
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
@@ -66,7 +66,7 @@ def test_a_cuda_run_is_deterministic_and_its_artifact_serves_on_cpu(tiny_base, t
     # accuracy the CUDA run measured.
     with REVIEWS.open(newline="", encoding="utf-8") as f:
         held_out = [row for row in csv.DictReader(f) if row["split"] == "test"]
-    model = load_classifier("gpu-a", settings)
+    model = load_model("gpu-a", settings, task="classify")
     predictions = model.predict([row["text"] for row in held_out])
     correct = sum(p["label"] == r["label"] for p, r in zip(predictions, held_out, strict=True))
     assert correct / len(held_out) == pytest.approx(first.metrics["accuracy"], abs=0.03)

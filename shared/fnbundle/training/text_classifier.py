@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from fnbundle.classifier import encode, load_tokenizer
 from fnbundle.errors import Conflict, InvalidRequest, TrainingStopped
 from fnbundle.loading import resolve_inside_roots, resolve_model_dir
+from fnbundle.runtime.tokenizer import encode, load_tokenizer
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 from fnbundle.tasks.train_classifier.params import TrainClassifierParams

@@ -15,8 +15,9 @@ from rich.table import Table
 
 from fnbundle.cli.client import DEFAULT_URL, Gateway
 from fnbundle.cli.output import console, duration, err, fail, money
+from fnbundle.cli.params import with_params
 from fnbundle.cli.serve import is_loopback
-from fnbundle.cli.train import Device, LabelSmoothing, param_help
+from fnbundle.cli.train import TRAIN_CLASSIFIER
 
 jobs_app = typer.Typer(
     no_args_is_help=True, help="Training jobs on a gateway: submit, watch, list, cancel."
@@ -91,30 +92,9 @@ def _watch(gateway: Gateway, job_id: str) -> None:
 
 
 @jobs_app.command("submit")
+@with_params(TRAIN_CLASSIFIER.params_model)
 def jobs_submit(
-    data: Annotated[
-        str, typer.Option(help="CSV or JSONL with text and label columns, as the gateway sees it.")
-    ],
-    name: Annotated[str, typer.Option(help="Store name to publish under.")],
-    base: Annotated[str | None, typer.Option(help=param_help("base"))] = None,
-    epochs: Annotated[int | None, typer.Option(help=param_help("epochs"))] = None,
-    learning_rate: Annotated[float | None, typer.Option(help=param_help("learning_rate"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=param_help("batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(help=param_help("max_length"))] = None,
-    eval_split: Annotated[float | None, typer.Option(help=param_help("eval_split"))] = None,
-    seed: Annotated[int | None, typer.Option(help=param_help("seed"))] = None,
-    patience: Annotated[int | None, typer.Option(help=param_help("patience"))] = None,
-    text_column: Annotated[str | None, typer.Option(help=param_help("text_column"))] = None,
-    label_column: Annotated[str | None, typer.Option(help=param_help("label_column"))] = None,
-    freeze_embeddings: Annotated[
-        bool | None,
-        typer.Option(
-            "--freeze-embeddings/--train-embeddings", help=param_help("freeze_embeddings")
-        ),
-    ] = None,
-    label_smoothing: LabelSmoothing = None,
-    device: Device = None,
-    no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX exports.")] = False,
+    params: dict[str, Any],
     budget_usd: Annotated[
         float | None, typer.Option(help="Stop (with a checkpoint) when the cost reaches this.")
     ] = None,
@@ -137,18 +117,12 @@ def jobs_submit(
     from urllib.parse import urlsplit
 
     gateway = Gateway(url, api_key)
+    data = params["data"]
     if is_loopback(urlsplit(gateway.url).hostname or "") and Path(data).is_file():
-        data = str(Path(data).resolve())  # a local gateway may run in another folder
-    given = {
-        "base": base, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-        "max_length": max_length, "eval_split": eval_split, "seed": seed, "patience": patience,
-        "text_column": text_column, "label_column": label_column,
-        "freeze_embeddings": freeze_embeddings, "label_smoothing": label_smoothing,
-        "device": device, "export_onnx": False if no_onnx else None,
-    }  # fmt: skip
+        params["data"] = str(Path(data).resolve())  # a local gateway may run in another folder
     body = {
-        "task": "train_classifier",
-        "params": {"data": data, "name": name, **{k: v for k, v in given.items() if v is not None}},
+        "task": TRAIN_CLASSIFIER.slug,
+        "params": params,
         "budget_usd": budget_usd,
         "gpu": gpu,
         "idempotency_key": idempotency_key,
@@ -165,7 +139,7 @@ def jobs_submit(
         estimate = accepted.get("estimate") or {}
         if "seconds" in estimate:
             console.print(
-                f"estimate: {duration(estimate['seconds'])} (m:ss), {money(estimate.get('usd'))}"
+                f"estimate: ~{duration(estimate['seconds'])} (m:ss), ~{money(estimate.get('usd'))}"
                 f" on {estimate.get('gpu', '?')} ({estimate.get('platform', '?')})",
                 highlight=False,
             )

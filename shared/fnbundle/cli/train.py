@@ -11,8 +11,10 @@ import typer
 from rich.table import Table
 
 from fnbundle.cli.output import console, fail, setup_logging
+from fnbundle.cli.params import with_params
 from fnbundle.errors import FnbError
 from fnbundle.settings import get_settings
+from fnbundle.tasks import REGISTRY
 
 train_app = typer.Typer(no_args_is_help=True, help="Train a model and publish it to the store.")
 
@@ -63,63 +65,23 @@ def _progress_printer() -> tuple[Any, Any]:
     return progress, on_event
 
 
-def param_help(field: str) -> str:
-    """Help text from the training schema, so defaults are written once."""
-    from fnbundle.training.text_classifier import TrainClassifierParams
-
-    info = TrainClassifierParams.model_fields[field]
-    return f"{info.description or field.replace('_', ' ').capitalize()} (default: {info.default})"
-
-
-LabelSmoothing = Annotated[float | None, typer.Option(help=param_help("label_smoothing"))]
-Device = Annotated[str | None, typer.Option(help=param_help("device"))]
+TRAIN_CLASSIFIER = REGISTRY.training_task("train_classifier")
 
 
 @train_app.command("classifier")
+@with_params(TRAIN_CLASSIFIER.params_model)
 def train_classifier_cmd(
-    data: Annotated[str, typer.Option(help="CSV or JSONL with text and label columns.")],
-    name: Annotated[str, typer.Option(help="Store name to publish under.")],
-    base: Annotated[str | None, typer.Option(help=param_help("base"))] = None,
-    epochs: Annotated[int | None, typer.Option(help=param_help("epochs"))] = None,
-    learning_rate: Annotated[float | None, typer.Option(help=param_help("learning_rate"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=param_help("batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(help=param_help("max_length"))] = None,
-    eval_split: Annotated[float | None, typer.Option(help=param_help("eval_split"))] = None,
-    seed: Annotated[int | None, typer.Option(help=param_help("seed"))] = None,
-    patience: Annotated[int | None, typer.Option(help=param_help("patience"))] = None,
-    text_column: Annotated[str | None, typer.Option(help=param_help("text_column"))] = None,
-    label_column: Annotated[str | None, typer.Option(help=param_help("label_column"))] = None,
-    freeze_embeddings: Annotated[
-        bool | None,
-        typer.Option(
-            "--freeze-embeddings/--train-embeddings", help=param_help("freeze_embeddings")
-        ),
-    ] = None,
-    label_smoothing: LabelSmoothing = None,
-    device: Device = None,
-    no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Skip the ONNX exports.")] = False,
+    params: dict[str, Any],
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Fine-tune a text classifier, export it to ONNX and publish it."""
     from pydantic import ValidationError
 
     setup_logging()
-    from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
+    from fnbundle.training.text_classifier import train_classifier
 
-    given = {
-        "base": base, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-        "max_length": max_length, "eval_split": eval_split, "seed": seed, "patience": patience,
-        "text_column": text_column, "label_column": label_column,
-        "freeze_embeddings": freeze_embeddings, "label_smoothing": label_smoothing,
-        "device": device,
-    }  # fmt: skip
     try:
-        params = TrainClassifierParams(
-            data=data,
-            name=name,
-            export_onnx=not no_onnx,
-            **{k: v for k, v in given.items() if v is not None},
-        )
+        checked: Any = TRAIN_CLASSIFIER.params_model.model_validate(params)
     except ValidationError as exc:
         first = exc.errors()[0]
         option = "-".join(map(str, first["loc"])).replace("_", "-")
@@ -127,7 +89,7 @@ def train_classifier_cmd(
     progress, on_event = _progress_printer()
     try:
         with progress:
-            result = train_classifier(params, get_settings(), on_event)
+            result = train_classifier(checked, get_settings(), on_event)
     except FnbError as exc:
         raise fail(exc.message) from None
     if json_out:

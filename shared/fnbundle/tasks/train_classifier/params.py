@@ -46,8 +46,10 @@ class TrainClassifierParams(BaseModel):
     patience: int = Field(
         2, ge=0, le=100, description="Epochs without a better eval loss (0 = off)."
     )
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of the steps spent warming the learning rate up."
+    )
     text_column: str = Field(
         "text", min_length=1, max_length=200, description="Column holding the text."
     )
@@ -55,7 +57,9 @@ class TrainClassifierParams(BaseModel):
         "label", min_length=1, max_length=200, description="Column holding the label."
     )
     freeze_embeddings: bool = Field(
-        False, description="Keep the word-embedding matrix fixed (half of MiniLM's weights)."
+        False,
+        description="Keep the word-embedding matrix fixed (half of MiniLM's weights).",
+        json_schema_extra={"cli": "--freeze-embeddings/--train-embeddings"},
     )
     label_smoothing: float = Field(
         0.1, ge=0, lt=0.5, description="Share of each target spread over the other labels."
@@ -63,7 +67,11 @@ class TrainClassifierParams(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where to train: cpu, cuda, or auto (CUDA when available)."
     )
-    export_onnx: bool = True
+    export_onnx: bool = Field(
+        True,
+        description="Export ONNX fp32 and int8, each checked against PyTorch on held-out texts.",
+        json_schema_extra={"cli": "--onnx/--no-onnx"},
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,8 +1,8 @@
 """RunPod worker for ``train_classifier``: one job trains, publishes and streams its progress.
 
-Two inputs: the training params themselves (one call, as ``fnbundle train classifier``), or
-``{"job": <JobSubmit>, "job_id": <id>, "after_seq": n}`` from
-:class:`~fnbundle.jobs.runpod_backend.RunPodJobs`: a training job whose record, events and
+Its input is a training job, ``{"job": <JobSubmit>, "job_id": <id>, "after_seq": n}``, from
+:class:`~fnbundle.jobs.runpod_backend.RunPodJobs` (everything is a job: any other input is
+one clear error): its record, events and
 checkpoints live under ``<volume>/fnbundle/jobs/<id>/``, so a second run of the same job
 on any worker resumes from its checkpoint. A job yields typed job events (JobEvent JSON:
 ``{"seq", "type", "at", "data"}``) and ends with its terminal ``state`` event; when RunPod
@@ -13,20 +13,18 @@ as a GPU one (``cuda_versions`` in deploy/endpoints.toml keeps such hosts away).
 
 Key rules: importing this file loads nothing (torch and transformers are imported by
 ``setup()`` under ``__main__``, once per worker, before ``runpod.serverless.start``). The
-handler is an async generator that never raises: it yields the trainer's typed events
-(``{"type": "start" | "step" | "eval" | "epoch" | "checkpoint" | "log" | "published", ...}``)
-as they happen, step events thinned to one per ``STEP_EVENTS_EVERY_S`` (the last step before
-any other event always kept; see :class:`~fnbundle.jobs.runpod_run.StepThinner`), then
-exactly one ``{"type": "result", "model_id", "metrics", ...}``, or a single
-``{"error": "<JSON>"}`` when the input is bad or training fails: the gateway's error
-object ``{"type", "message", "field"?}`` encoded as a string, because RunPod carries a
-failed job's error as a string (a yielded error object would reach the caller as its
-Python repr). With ``return_aggregate_stream`` a ``/runsync`` call returns the whole list.
+handler is an async generator that never raises: it yields the job's events as they happen
+(step events thinned to one per ``STEP_EVENTS_EVERY_S``, the last step before any other
+event always kept; see :class:`~fnbundle.jobs.runpod_run.StepThinner`) and ends with the
+job's terminal ``state`` event, or yields a single ``{"error": "<JSON>"}`` when the input is
+not a job or the worker cannot set up: the gateway's error object ``{"type", "message",
+"field"?}`` encoded as a string, because RunPod carries a failed job's error as a string.
+With ``return_aggregate_stream`` a ``/runsync`` call returns the whole list.
 Datasets and local base models must sit inside ``FNB_DATA_ROOTS`` (default: the volume).
 
-Training runs in a worker thread so the SDK's event loop stays free while it runs; step
-and eval events also go to RunPod's progress updates (``/status`` shows the latest), step
-events at most once per ``PROGRESS_EVERY_S``: each update is an HTTP call to RunPod.
+Training runs in a worker thread so the SDK's event loop stays free while it runs; epoch
+and state events go to RunPod's progress updates (``/status`` shows the latest), step events
+at most once per ``PROGRESS_EVERY_S``: each update is an HTTP call to RunPod.
 
     python handlers/train_classifier.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8011
 """
@@ -45,9 +43,10 @@ from importlib import import_module
 from typing import Any
 
 import runpod
-from fnbundle.contract import error_result, run_task
+from fnbundle.contract import error_result
 from fnbundle.endpoints import get_endpoint
-from fnbundle.jobs.runpod_run import StepThinner, run_volume_job
+from fnbundle.errors import InvalidRequest
+from fnbundle.jobs.runpod_run import run_volume_job
 from fnbundle.runpod_worker import (
     job_output,
     require_cuda,
@@ -55,7 +54,6 @@ from fnbundle.runpod_worker import (
     worker_settings,
 )
 from fnbundle.settings import Settings
-from fnbundle.training.text_classifier import TrainClassifierParams, train_classifier
 
 ENDPOINT = "train_classifier"  # its entry in deploy/endpoints.toml
 PROGRESS_EVERY_S = 5.0  # seconds: the least time between two step progress updates
@@ -117,13 +115,6 @@ class ProgressReporter:
             log.warning("progress update failed", exc_info=True)
 
 
-def final_event(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    """The last event: the result, or the error body with its object as a JSON string."""
-    if status == 200:
-        return {"type": "result", **body}
-    return job_output(body)
-
-
 async def stream(
     job: dict[str, Any], work: Callable[[Callable[[Any], None], threading.Event], None]
 ) -> AsyncIterator[dict[str, Any]]:
@@ -147,39 +138,24 @@ async def stream(
 
 
 async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """One RunPod job: progress events, then the result or one ``{"error": "<JSON>"}``."""
+    """One RunPod job: job events, then the terminal state, or one ``{"error": "<JSON>"}``."""
     payload = job.get("input")
-    is_job = isinstance(payload, dict) and "job" in payload
-    report = ProgressReporter(job, frozenset({"epoch", "state"}) if is_job else frozenset({"eval"}))
+    report = ProgressReporter(job, frozenset({"epoch", "state"}))
 
     def train(emit: Callable[[Any], None], stop: threading.Event) -> None:
         try:
+            if not (isinstance(payload, dict) and "job" in payload):
+                raise InvalidRequest(
+                    "This worker runs training jobs only: submit one with POST /v1/jobs on a "
+                    'gateway (input {"job": ..., "job_id": ...}), or `fnbundle jobs submit`.',
+                    field="input",
+                )
             settings = _settings or setup()
-            check = gpu_check()
-            if is_job:
-                gpus = get_endpoint(ENDPOINT).runpod.gpu_ids
-                gpu = gpus[0] if gpus else None
-                run_volume_job(payload, settings, gpu=gpu, emit=emit, stop=stop, preflight=check)
-                return
-            thin: StepThinner[dict[str, Any]] = StepThinner()
-
-            def emit_thinned(event: dict[str, Any]) -> None:
-                for item in thin(event.get("type"), event):
-                    emit(item)
-
-            def train_here(params: TrainClassifierParams) -> Any:
-                if check is not None:
-                    check()  # no usable GPU: an error, not a CPU run billed as a GPU one
-                return train_classifier(params, settings, emit_thinned)
-
-            status, body = run_task(
-                TrainClassifierParams, payload, train_here, settings.max_body_bytes
-            )
-            for item in thin.flush():
-                emit(item)
+            gpus = get_endpoint(ENDPOINT).runpod.gpu_ids
+            gpu = gpus[0] if gpus else None
+            run_volume_job(payload, settings, gpu=gpu, emit=emit, stop=stop, preflight=gpu_check())
         except Exception as exc:  # a bad job, or setup failed: this worker cannot train
-            status, body = error_result(exc)
-        emit(final_event(status, body))
+            emit(job_output(error_result(exc)[1]))
 
     async for event in stream(job, train):
         report(event)

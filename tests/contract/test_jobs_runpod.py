@@ -540,9 +540,8 @@ def test_a_bad_job_input_is_one_error_output(payload, error_type, field, tmp_pat
     assert not (tmp_path / "jobs").exists()  # nothing written for a refused job
 
 
-@pytest.mark.parametrize("as_job", [True, False], ids=["job", "one_call"])
 def test_a_gpu_worker_without_cuda_fails_instead_of_training_on_its_cpu(
-    as_job, tmp_path, small_csv, tiny_base, monkeypatch
+    tmp_path, small_csv, tiny_base, monkeypatch
 ):
     import torch
 
@@ -559,7 +558,7 @@ def test_a_gpu_worker_without_cuda_fails_instead_of_training_on_its_cpu(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     job_id = "job-20260101000000-0000abcd"
     job = {"task": "train_classifier", "params": params(small_csv, tiny_base, "rp-gpu")}
-    payload = {"job": job, "job_id": job_id} if as_job else job["params"]
+    payload = {"job": job, "job_id": job_id}
 
     async def collect() -> list[dict[str, Any]]:
         return [e async for e in module.handler({"id": "rp-gpu", "input": payload})]
@@ -567,25 +566,21 @@ def test_a_gpu_worker_without_cuda_fails_instead_of_training_on_its_cpu(
     events = asyncio.run(collect())
 
     assert not [e for e in events if e.get("type") in ("start", "step", "checkpoint")]
-    if as_job:
-        assert states(events) == ["running", "failed"]
-        data = events[-1]["data"]
-        assert data["reason"] == "unfit_worker"
-        error = data["error"]
-        record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
-        assert record["status"] == "failed" and record["error"] == error
-        assert not (tmp_path / "jobs" / job_id / "checkpoints").exists()
-    else:
-        [output] = events
-        error = json.loads(output["error"])
+    assert states(events) == ["running", "failed"]
+    data = events[-1]["data"]
+    assert data["reason"] == "unfit_worker"
+    error = data["error"]
+    record = json.loads((tmp_path / "jobs" / job_id / "job.json").read_text())
+    assert record["status"] == "failed" and record["error"] == error
+    assert not (tmp_path / "jobs" / job_id / "checkpoints").exists()
     assert error["type"] == "training_failed"
     assert error["message"].startswith("No usable CUDA device on this GPU worker: ")
     assert "not trained on the CPU" in error["message"]
     assert not Store(worker.store_root).list()
 
     monkeypatch.delenv("RUNPOD_POD_ID")  # the same handler run locally trains on the CPU
-    if not as_job:
-        assert asyncio.run(collect())[-1]["type"] == "result"
+    payload = {"job": job, "job_id": "job-20260101000000-0000abce"}
+    assert states(asyncio.run(collect())) == ["running", "succeeded"]
 
 
 # --- the SDK's dev server -----------------------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +23,6 @@ from typing import Any
 import pytest
 from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import FnbError
-from fnbundle.jobs.runpod_run import STEP_EVENTS_EVERY_S
 from fnbundle.settings import Settings
 from fnbundle.store import Store
 
@@ -198,80 +196,23 @@ def run_training(module: ModuleType, payload: Any) -> list[dict[str, Any]]:
     return asyncio.run(collect())
 
 
-def test_train_handler_streams_progress_and_publishes(
-    train_settings: Settings, tiny_base: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    module = load_handler("train_classifier")
-    module.setup(train_settings)
-    # RunPod's cloud is the one thing faked: the worker believes it runs there, and the
-    # SDK call that would post each progress update to the job API records it instead.
-    import runpod
-
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setenv("RUNPOD_WEBHOOK_POST_OUTPUT", "http://127.0.0.1:9/unused")
-    monkeypatch.setattr(
-        runpod.serverless, "progress_update", lambda job, event: sent.append((job["id"], event))
-    )
-    payload = {
-        "data": str(train_settings.data_roots[0] / "small.csv"),
-        "name": "rp-tiny",
-        "base": str(tiny_base),
-        "epochs": 2,
-        "batch_size": 2,  # a few dozen steps, to be thinned
-        "learning_rate": 3e-3,
-        "export_onnx": False,
-    }
-    started = time.monotonic()
-    events = run_training(module, payload)
-    elapsed_s = time.monotonic() - started
-
-    types = [e.get("type") for e in events]
-    assert types[0] == "start" and types[-1] == "result", types
-    steps = [e for e in events if e.get("type") == "step"]
-    total = events[0]["total_steps"]
-    numbers = [e["step"] for e in steps]
-    assert numbers == sorted(set(numbers)) and numbers[0] == 1 and numbers[-1] == total
-    for i, event in enumerate(events[1:], 1):  # each epoch's last step precedes its eval
-        if event.get("type") == "eval":
-            assert events[i - 1] == {**events[i - 1], "type": "step", "step": event["step"]}
-    # Thinned: one step per STEP_EVENTS_EVERY_S, plus the last one before each other event.
-    others = len(events) - len(steps)
-    assert len(steps) <= 1 + others + elapsed_s / STEP_EVENTS_EVERY_S
-    assert all(isinstance(e["loss"], float) and e["eta_s"] >= 0 for e in steps)
-    evals = [e for e in events if e.get("type") == "eval"]
-    assert [e["epoch"] for e in evals] == [1, 2]
-    result = events[-1]
-    assert [e["model_id"] for e in events if e.get("type") == "published"] == [result["model_id"]]
-    assert Store(train_settings.store_root).resolve("rp-tiny").id == result["model_id"]
-    assert result["name"] == "rp-tiny" and 0 <= result["metrics"]["accuracy"] <= 1
-    # Progress reached RunPod: every eval, and step updates no faster than the rate limit.
-    assert {job for job, _ in sent} == {"train-1"}
-    assert [e for _, e in sent if e["type"] == "eval"] == evals
-    step_updates = [e for _, e in sent if e["type"] == "step"]
-    assert step_updates and step_updates[0] == steps[0]
-    assert len(step_updates) <= 1 + elapsed_s / module.PROGRESS_EVERY_S
-
-
 @pytest.mark.parametrize(
-    ("payload", "error_type", "field"),
+    "payload",
     [
-        ({"name": "rp-tiny"}, "validation_error", "data"),
-        ({"data": "/etc/passwd", "name": "rp-tiny"}, "invalid_request", "data"),
-        ({"data": "../../etc/passwd", "name": "rp-tiny"}, "invalid_request", "data"),
-        ({"data": "small.csv", "name": "Not A Name!"}, "validation_error", "name"),
-        ({"data": "small.csv", "name": "rp-tiny", "epochs": 0}, "validation_error", "epochs"),
-        (None, "validation_error", None),
+        {"data": "small.csv", "name": "rp-tiny", "epochs": 1},  # training params, not a job
+        {"job_id": "job-20260101000000-00000000"},
+        None,
     ],
-    ids=["missing_data", "outside_roots", "dotdot", "bad_name", "zero_epochs", "no_input"],
+    ids=["raw_params", "no_job", "no_input"],
 )
-def test_train_handler_bad_input_is_one_error(
-    payload: Any, error_type: str, field: str | None, train_settings: Settings
-) -> None:
+def test_the_training_worker_takes_jobs_only(payload: Any, train_settings: Settings) -> None:
+    # Everything is a job: a second way to train, beside POST /v1/jobs, would skip its
+    # estimate, budget, idempotency and events.
     module = load_handler("train_classifier")
     module.setup(train_settings)
     events = run_training(module, payload)
     assert len(events) == 1, events
     error = decode(events[0])["error"]
-    assert error["type"] == error_type
-    assert error.get("field") == field
+    assert error["type"] == "invalid_request" and error["field"] == "input"
+    assert "POST /v1/jobs" in error["message"]
     assert not Store(train_settings.store_root).list()

@@ -377,17 +377,25 @@ def dev_server(python: Path, app: Path, handler: str, env: dict[str, str]) -> It
 def test_runpod_training_worker_trains_and_publishes(venvs, train_inputs, tmp_path_factory):
     python, app = runpod_worker(venvs, "train_classifier", tmp_path_factory)
     store = tmp_path_factory.mktemp("runpod-store")
-    env = {"FNB_STORE": str(store), "FNB_DATA_ROOTS": train_inputs["FNB_DATA_ROOTS"]}
-    params = train_params(train_inputs, "image-check")
+    env = {
+        "FNB_STORE": str(store),
+        "FNB_DATA_ROOTS": train_inputs["FNB_DATA_ROOTS"],
+        "FNB_JOBS_DIR": str(tmp_path_factory.mktemp("runpod-jobs")),
+    }
+    job = {"task": "train_classifier", "params": train_params(train_inputs, "image-check")}
+    payload = {"job": job, "job_id": "job-20260101000000-0000abcd"}  # as RunPodJobs sends it
 
     with dev_server(python, app, "train_classifier", env) as base:
-        answer = httpx.post(f"{base}/runsync", json={"input": params}, timeout=RUN_TIMEOUT_S)
+        answer = httpx.post(f"{base}/runsync", json={"input": payload}, timeout=RUN_TIMEOUT_S)
 
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["status"] == "COMPLETED", body
     events = body["output"]
-    assert events[0]["type"] == "start" and events[-1].get("type") == "result", events[-3:]
-    result = events[-1]
-    assert result["name"] == "image-check"
-    assert (store / "models" / result["model_id"] / "model.onnx").is_file()
+    assert [e["data"]["status"] for e in events if e["type"] == "state"] == [
+        "running",
+        "succeeded",
+    ], events[-3:]
+    model_id = events[-1]["data"]["model_id"]
+    assert model_id.startswith("image-check-")
+    assert (store / "models" / model_id / "model.onnx").is_file()

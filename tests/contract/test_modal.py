@@ -35,6 +35,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 APP_MODULES = sorted(p.stem for p in (REPO / "functions").glob("*.py") if p.stem != "__init__")
+SHARED_MODULES = {"images", "serving"}  # what the apps import; no app of their own
 HEAVY = ("torch", "transformers", "onnxruntime", "tokenizers", "onnx", "matplotlib")
 GOOD = next(case for case in CASES if case.status == 200).payload
 
@@ -70,7 +71,7 @@ def test_app_module_imports_offline_without_heavy_libraries(module, tmp_path):
     )
     seen = run_python(code, offline_env(tmp_path))
     assert seen["heavy"] == []
-    if module != "images":
+    if module not in SHARED_MODULES:
         assert seen["app"] == "App"
 
 
@@ -274,11 +275,12 @@ def test_modal_web_endpoint_takes_the_bearer_key_from_its_secret(store_env, monk
 
 
 def test_modal_method_preloads_the_endpoint_model_unless_told(store_env, monkeypatch):
-    from functions.classify import container_settings
+    from functions.serving import container_settings
 
-    assert container_settings().preload == [MODEL]  # FNB_PRELOAD wins
+    endpoint = get_endpoint("classify")
+    assert container_settings(endpoint).preload == [MODEL]  # FNB_PRELOAD wins
     monkeypatch.delenv("FNB_PRELOAD")
-    assert container_settings().preload == [get_endpoint("classify").model]
+    assert container_settings(endpoint).preload == [endpoint.model]
 
 
 class FakeVolume:
@@ -300,6 +302,7 @@ def test_a_warm_container_serves_a_model_published_after_it_started(
     import modal
 
     import functions.classify as fn
+    import functions.serving as serving
 
     published, _result = tiny_trained
     store = tmp_path / "store"
@@ -307,7 +310,7 @@ def test_a_warm_container_serves_a_model_published_after_it_started(
     monkeypatch.setenv("FNB_PRELOAD", MODEL)
     monkeypatch.delenv("FNB_API_KEYS", raising=False)
     volume = FakeVolume()
-    monkeypatch.setattr(fn, "volume", volume)  # Modal's cloud: the Volume and where we run
+    monkeypatch.setattr(serving, "volume", volume)  # Modal's cloud: the Volume and where we run
     monkeypatch.setattr(modal, "is_local", lambda: False)
     request = {"model": MODEL, "texts": ["Lovely and well made."]}
 
@@ -317,7 +320,7 @@ def test_a_warm_container_serves_a_model_published_after_it_started(
         volume.committed_elsewhere.append(
             lambda: shutil.copytree(published.store_root, store, dirs_exist_ok=True)
         )
-        deadline = time.monotonic() + 4 * fn.RELOAD_ON_MISS_EVERY_S
+        deadline = time.monotonic() + 4 * serving.RELOAD_ON_MISS_EVERY_S
         while (served := client.post("/v1/classify", json=request)).status_code == 404:
             assert time.monotonic() < deadline, "the container never reloaded the Volume"
             time.sleep(0.2)
@@ -331,7 +334,7 @@ def test_a_warm_container_serves_a_model_published_after_it_started(
     # (the preload's miss, the polling, the unknown names) stay the window apart.
     gaps = [b - a for a, b in itertools.pairwise(volume.reloads[1:])]
     assert len(volume.reloads) >= 3
-    assert all(gap >= fn.RELOAD_ON_MISS_EVERY_S for gap in gaps), gaps
+    assert all(gap >= serving.RELOAD_ON_MISS_EVERY_S for gap in gaps), gaps
 
 
 # --- training ------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_importing_a_handler_loads_nothing(name: str, store_env) -> None:
         "spec.loader.exec_module(module)\n"
         "print(json.dumps({'heavy': sorted(m for m in sys.modules if m.split('.')[0] in "
         f"{HEAVY!r}), 'has_handler': callable(module.handler), "
-        "'set_up': getattr(module, '_service', None) is not None "
+        "'set_up': getattr(getattr(module, 'worker', None), 'host', None) is not None "
         "or getattr(module, '_settings', None) is not None}))\n"
     )
     done = subprocess.run(

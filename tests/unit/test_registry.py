@@ -87,6 +87,8 @@ def test_a_training_task_has_params_estimate_train_hardware_and_an_endpoint(slug
         assert not getattr(getattr(task, method), "__isabstractmethod__", False), method
         assert callable(getattr(task, method))
     assert slug in endpoint_tasks(), f"deploy/endpoints.toml has no endpoint for {slug}"
+    assert (REPO / "functions" / f"{slug}.py").is_file(), f"functions/{slug}.py is missing"
+    assert (REPO / "handlers" / f"{slug}.py").is_file(), f"handlers/{slug}.py is missing"
 
 
 def test_unknown_slugs_are_clear_errors():

@@ -33,11 +33,12 @@ from typing import Any
 
 import modal
 from fastapi import FastAPI
+from fnbundle.api.jobs_app import jobs_app
 from fnbundle.contract import parse
 from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import FnbError, NotFound
 from fnbundle.jobs.db import new_job_id
-from fnbundle.jobs.modal_backend import DICT_NAME, DictState, ModalJobs, web_app
+from fnbundle.jobs.modal_backend import DICT_NAME, DictState, ModalJobs
 from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
 from fnbundle.runpod_worker import require_cuda
@@ -144,7 +145,7 @@ class JobsApi:
         jobs = ModalJobs(
             settings, spawn=spawn_job, state=job_state, gpu=spec.gpu, refresh=reload_volume
         )
-        self.web_app = web_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
+        self.web_app = jobs_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:

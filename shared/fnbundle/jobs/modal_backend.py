@@ -44,7 +44,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -59,7 +58,7 @@ from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    pass
 
 log = logging.getLogger("fnbundle.jobs.modal")
 
@@ -428,42 +427,3 @@ class ModalJobs(JobBackend):
             timeout_s=row.timeout_s,
         )
         return self.state.public(self._spawn(queued, req))
-
-
-def web_app(settings: Settings, jobs: JobBackend, *, max_stream_s: float | None = None) -> FastAPI:
-    """The job routes alone, with the gateway's error bodies, API-key check and limits.
-    ``max_stream_s``: how long an event stream may last before it ends cleanly (under the
-    web function's timeout, which would cut it without a final event)."""
-    from fastapi import FastAPI
-
-    from fnbundle import __version__
-    from fnbundle.api import jobs as jobs_api
-    from fnbundle.api.errors import install_error_handlers
-    from fnbundle.api.middleware import install_middleware
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        jobs.start()
-        try:
-            yield
-        finally:
-            jobs.stop()
-
-    app = FastAPI(
-        title="fnbundle jobs",
-        version=__version__,
-        summary="Training jobs on Modal.",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.jobs = jobs
-    app.state.max_stream_s = max_stream_s
-    install_error_handlers(app)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    app.include_router(jobs_api.router)
-    install_middleware(app, settings)
-    return app

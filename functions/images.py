@@ -100,6 +100,8 @@ def with_project(image: modal.Image) -> modal.Image:
         .add_local_file(REPO / "deploy" / "endpoints.toml", "/root/deploy/endpoints.toml")
         .add_local_dir(LOCKS, "/root/requirements", ignore=["*.in"])
         .add_local_file(Path(__file__), "/root/functions/images.py")
+        # The serving apps' shared container class: `modal deploy` uploads the entry file only.
+        .add_local_file(Path(__file__).with_name("serving.py"), "/root/functions/serving.py")
     )
 
 

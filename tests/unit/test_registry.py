@@ -305,26 +305,7 @@ def modal_containers(tmp_path_factory) -> dict[str, dict[str, str]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-# Apps that import a module the image does not ship yet: each entry must fail below until
-# functions/images.py adds it (strict), then be removed from here.
-PENDING_IMAGE_FILES = {
-    slug: "functions/images.py does not add functions/serving.py, which the app imports"
-    for slug in ("classify", "embed")
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=[pytest.mark.xfail(strict=True, reason=PENDING_IMAGE_FILES[name])]
-            if name in PENDING_IMAGE_FILES
-            else [],
-        )
-        for name in sorted(load_endpoints())
-    ],
-)
+@pytest.mark.parametrize("name", sorted(load_endpoints()))
 def test_a_modal_app_imports_in_its_container(name, modal_containers):
     """`modal deploy` would find the app, by the name the endpoint declares."""
     endpoint = get_endpoint(name)

@@ -393,7 +393,10 @@ def test_openapi_documents_the_job_models(client):
     schemas = spec["components"]["schemas"]
     assert {"JobSubmit", "Job", "JobAccepted", "JobEvent", "ErrorBody"} <= set(schemas)
     submit = paths["/v1/jobs"]["post"]["responses"]
-    assert {"200", "202", "422", "429"} <= set(submit)
+    assert {"200", "202", "404", "422", "429", "503"} <= set(submit)
+    assert submit["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
     events = paths["/v1/jobs/{job_id}/events"]["get"]["responses"]
     assert "text/event-stream" in events["200"]["content"]
     assert "application/json" in events["404"]["content"]

@@ -138,15 +138,20 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
     responses=_errors(
         400,
         401,
+        404,
         413,
         422,
         429,
+        502,
+        503,
         ok={"model": JobAccepted, "description": "The job this idempotency key created"},
     ),
 )
 def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAccepted:
     """Queue a training job. 202 with a ``Location`` header; the same ``idempotency_key``
-    again answers 200 with the job it created. 429 with ``Retry-After`` when the queue is full.
+    again answers 200 with the job it created. 404 for a dataset or base model that does not
+    exist; 429 with ``Retry-After`` when the queue is full; 502 when the training platform
+    refused or did not answer; 503 when it cannot take jobs now.
     """
     job, created = _manager(request).submit(body)
     response.status_code = 202 if created else 200

@@ -10,7 +10,7 @@ Key rules:
 * Stopping is cooperative: ``should_stop`` answers ``cancelled`` (the store's flag, read at
   most every :data:`POLL_S`), ``timed_out`` (the deadline, counting execution time of
   earlier attempts) or ``stopped_budget`` (cost of all attempts,
-  :class:`~fnbundle.costs.BudgetTracker`); the trainer saves a checkpoint and raises
+  :class:`~fnbundle.platforms.estimates.BudgetTracker`); the trainer saves a checkpoint and raises
   TrainingStopped. A store raises :class:`~fnbundle.jobs.db.LostJob` when the job is no
   longer this attempt's; the attempt then ends without writing anything more.
 * A resumed attempt repeats the steps since its checkpoint; their events are not written

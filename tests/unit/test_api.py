@@ -275,3 +275,17 @@ def test_the_openapi_document_states_the_limits_of_this_gateway(client):
     assert texts["items"]["maxLength"] == 50
     model = doc["paths"]["/v1/models/{model}"]["get"]["parameters"][0]["schema"]
     assert model["pattern"].startswith("^[a-z0-9]") and model["maxLength"] == 80
+
+
+@pytest.mark.parametrize(
+    ("route", "payload"),
+    [("/v1/classify", {"texts": ["ok"]}), ("/v1/embeddings", {"input": "ok"})],
+)
+def test_an_error_quoting_non_ascii_text_reads_the_same_in_any_charset(client, route, payload):
+    name = "modèle-日本"
+    answer = client.post(route, json={"model": name, **payload})
+    assert answer.status_code == 400, answer.text
+    # The response names no charset: a client that decodes it as Latin-1 must still read
+    # the model name as sent, not mojibake.
+    body = json.loads(answer.content.decode("latin-1"))
+    assert name in body["error"]["message"]

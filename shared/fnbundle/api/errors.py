@@ -6,10 +6,14 @@ violation a 422 naming the field path, and an unexpected exception a 500 whose t
 goes to the log only. A route whose task has OpenAI's error style (``/v1/embeddings``)
 gets the same statuses with OpenAI's body, ``{"error": {"message", "type", "param",
 "code"}}``: ``param`` is our ``field``, ``code`` our ``type``, so SDK clients read it.
+Error bodies are ASCII JSON (non-ASCII characters as ``\\uXXXX`` escapes): a message that
+quotes the client's text reads the same to a client that decodes the body as Latin-1 or
+guesses its charset, since the response names none.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -81,6 +85,16 @@ def openai_error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def render_error(payload: dict[str, Any]) -> bytes:
+    """An error body as bytes that decode the same in any ASCII-compatible charset."""
+    return json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class ErrorJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return render_error(content)
+
+
 def _styled(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
     openai_paths: set[str] = getattr(request.app.state, "openai_paths", set())
     return openai_error_body(status, body) if request.url.path in openai_paths else body
@@ -95,7 +109,7 @@ def error_response(
     merged = dict(headers or {})
     if retry_after:
         merged["Retry-After"] = str(int(retry_after))
-    return JSONResponse(body, status_code=status, headers=merged or None)
+    return ErrorJSONResponse(body, status_code=status, headers=merged or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

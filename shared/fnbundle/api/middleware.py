@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -33,13 +32,13 @@ async def _send_error(
     scope: Scope, send: Send, status: int, type_: str, message: str, extra: list | None = None
 ) -> None:
     """The error in the body style of the route asked for (OpenAI's on OpenAI routes)."""
-    from fnbundle.api.errors import openai_error_body
+    from fnbundle.api.errors import openai_error_body, render_error
 
     payload = error_body(type_, message)
     app = scope.get("app")  # Starlette sets it before the middleware runs
     if scope["path"] in getattr(getattr(app, "state", None), "openai_paths", ()):
         payload = openai_error_body(status, payload)
-    body = json.dumps(payload).encode()
+    body = render_error(payload)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send(
         {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}

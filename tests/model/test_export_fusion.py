@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fnbundle.runtime.onnx import onnx_runner
+from fnbundle.runtime.onnx import onnx_runner, softmax
 from fnbundle.runtime.tokenizer import encode, load_tokenizer
 from fnbundle.settings import Settings
-from fnbundle.tasks.classify.model import softmax
 from fnbundle.training.export import export_with_parity, fused_export
 
 from tests.tiny import corpus, write_test_reviews

@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis; the row maximum is subtracted first, so large
+    logits do not overflow ``exp``. The one definition: serving and the export's parity
+    gate must score alike."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
 def inference_threads(settings: Settings) -> int:
     """Intra-op threads: ``FNB_THREADS``, else every core this process may use."""
     return settings.threads or len(os.sched_getaffinity(0))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fnbundle.tasks.classify.model import softmax
+from fnbundle.runtime.onnx import softmax
 from fnbundle.training import fusion
 
 log = logging.getLogger(__name__)

@@ -22,19 +22,19 @@ import numpy as np
 from fnbundle.errors import ArtifactCorrupt
 from fnbundle.runtime import artifacts
 from fnbundle.runtime.artifacts import ONNX_FILES
-from fnbundle.runtime.onnx import RunFn, corrupt_on_error, inference_threads, onnx_runner
+from fnbundle.runtime.onnx import (
+    RunFn,
+    corrupt_on_error,
+    inference_threads,
+    onnx_runner,
+    softmax,
+)
 from fnbundle.runtime.tokenizer import TOKENIZER_FILE, encode, load_tokenizer
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
 
 # backend -> the weights file it reads (``auto`` without a default takes the last one present)
 BACKEND_FILES = {**ONNX_FILES, "torch": "model.safetensors"}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def pick_backend(artifact: Artifact, requested: str) -> str:

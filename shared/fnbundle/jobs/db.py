@@ -443,18 +443,24 @@ class JobDB:
             self._append(conn, job_id, "state", data | (event or {}))
             return self._get(conn, job_id)
 
-    def apply(self, job_id: str, move: state.Move, *, expect: JobStatus) -> JobRow:
-        """Write a move of :mod:`fnbundle.jobs.state` if the job is still ``expect`` (a
-        compare-and-set): its fields and its events in one transaction. Conflict when the
-        job moved meanwhile (the caller reads it again and decides anew)."""
+    def apply(
+        self, job_id: str, move: state.Move, *, expect: JobStatus, attempt: int | None = None
+    ) -> JobRow:
+        """Write a move of :mod:`fnbundle.jobs.state` if the job is still ``expect`` (and at
+        ``attempt``, when given): a compare-and-set of its fields and its events in one
+        transaction. Conflict when the job moved meanwhile (the caller reads it again and
+        decides anew)."""
         fields = _as_columns({k: v for k, v in move.fields.items() if k != "status"})
         to = move.status or expect
         sets, args = self._set_clause(fields)
+        where, where_args = "id = ? AND status = ?", [job_id, expect.value]
+        if attempt is not None:
+            where += " AND attempts = ?"
+            where_args.append(attempt)  # type: ignore[arg-type]
         with self._write() as conn:
             cur = conn.execute(
-                f"UPDATE jobs SET status = ?{', ' + sets if sets else ''} "
-                "WHERE id = ? AND status = ?",
-                [to.value, *args, job_id, expect.value],
+                f"UPDATE jobs SET status = ?{', ' + sets if sets else ''} WHERE {where}",
+                [to.value, *args, *where_args],
             )
             if cur.rowcount == 0:
                 current = self._get(conn, job_id)  # NotFound if there is no such job

@@ -1,6 +1,7 @@
-"""The local job runtime: submit, watch, cancel, retry, and a scheduler that runs each job
-in its own worker process (:mod:`fnbundle.jobs.worker`) with state in SQLite
-(:mod:`fnbundle.jobs.db`). The HTTP routes, SSE and the CLI sit on :class:`JobManager`.
+"""The local job runtime: :class:`JobManager` is the job service
+(:mod:`fnbundle.jobs.service`) over the SQLite store (:mod:`fnbundle.jobs.db`) and
+:class:`LocalWorkers`, a scheduler that runs each job in its own worker process
+(:mod:`fnbundle.jobs.worker`). The HTTP routes, SSE and the CLI sit on :class:`JobManager`.
 
 Key rules:
 
@@ -24,8 +25,6 @@ Key rules:
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 import logging
 import os
 import signal
@@ -33,15 +32,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fnbundle.errors import Conflict, QueueFull
+from fnbundle.errors import Conflict
 from fnbundle.jobs import state
-from fnbundle.jobs.attempt import deliver_webhook
 from fnbundle.jobs.db import JobDB, JobRow
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import Job, JobStatus, JobSubmit
+from fnbundle.jobs.service import JobService
+from fnbundle.jobs.stores import SqliteStore
 from fnbundle.jobs.submit import new_job
 from fnbundle.jobs.worker import job_dir, settings_env
 from fnbundle.settings import Settings
@@ -90,28 +89,35 @@ def _is_worker_of(pid: int, job_id: str) -> bool:
     return WORKER_MODULE.encode() in cmdline and job_id.encode() in cmdline
 
 
-class JobManager:
-    """Training jobs on this machine. Cheap to construct; ``start()`` begins the work."""
+class LocalWorkers:
+    """The local :class:`~fnbundle.jobs.service.Launcher`: a scheduler thread that claims
+    queued jobs and runs each in its own worker process. A launch or a cancel only wakes it."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        max_running: int | None = None,
-        max_queued: int | None = None,
-    ):
+    def __init__(self, settings: Settings, db: JobDB, max_running: int):
         self.settings = settings
-        # 0: record jobs but start none (a gateway that only accepts and answers for them)
-        self.max_running = settings.jobs_max_running if max_running is None else max_running
-        self.max_queued = settings.jobs_max_queued if max_queued is None else max_queued
-        self.db = JobDB(settings.jobs_root)
+        self.db = db
+        self.max_running = max_running
+        self.service: JobService | None = None  # set by JobManager: the webhooks of _end
         self._workers: dict[str, _Worker] = {}
         self._lock = threading.Lock()  # guards _workers
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # --- lifecycle -----------------------------------------------------------------
+    # --- Launcher --------------------------------------------------------------------
+
+    def new_job(self, req: JobSubmit) -> Job:
+        return new_job(req, self.settings)
+
+    def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
+        self._wake.set()
+        return None
+
+    def cancel(self, job: JobRow, handle: str | None, *, running: bool) -> None:
+        self._wake.set()  # the scheduler signals a worker that ignores the request
+
+    def observe(self, service: JobService, job: JobRow, *, stream: bool = False) -> JobRow:
+        return job  # the scheduler watches its own workers
 
     def start(self) -> None:
         """Recover jobs left running by an earlier manager, then start scheduling."""
@@ -168,90 +174,6 @@ class JobManager:
         deadline = time.monotonic() + STOP_WAIT_S
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-    # --- API -----------------------------------------------------------------------
-
-    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
-        """Queue a job: ``(job, True)``, or ``(the key's job, False)`` for a known key."""
-        if req.idempotency_key is not None:
-            existing = self.db.find_by_key(req.idempotency_key)
-            if existing is not None:
-                return existing.public(), False
-        row, created = self.db.create(new_job(req, self.settings), max_queued=self.max_queued)
-        if created:
-            self._wake.set()
-        return row.public(), created
-
-    def get(self, job_id: str) -> Job:
-        return self.db.get(job_id).public()
-
-    def list(
-        self,
-        *,
-        status: builtins.list[JobStatus] | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> builtins.list[Job]:
-        """Newest first; ``before`` (a job id) pages to older jobs."""
-        rows = self.db.find(status=status, task=task, limit=limit, before=before)
-        return [row.public() for row in rows]
-
-    def cancel(self, job_id: str) -> Job:
-        """Queued: cancelled at once. Running: answered ``running`` with
-        ``cancel_requested: true``; it ends ``cancelled`` within seconds (cooperatively,
-        else by signal). Cancelled: returned as is. Other finished states: Conflict
-        (:func:`fnbundle.jobs.state.cancel`)."""
-        for _ in range(5):  # the job may move between our read and our write
-            job = self.db.get(job_id)
-            move = state.cancel(job_id, job.status, job.cancel_requested)
-            if move is None:
-                return job.public()
-            try:
-                row = self.db.apply(job_id, move, expect=job.status)
-            except Conflict:
-                continue
-            if row.status == JobStatus.cancelled:
-                self._notify(row)
-            self._wake.set()  # the scheduler signals a worker that ignores the request
-            return row.public()
-        raise Conflict(f"Job {job_id} keeps changing state; try again.", field="status")
-
-    def retry(self, job_id: str) -> Job:
-        """Queue a failed or timed-out job again; it resumes from its newest checkpoint."""
-        job = self.db.get(job_id)
-        move = state.retry(job_id, job.status, job.attempts)
-        if self.db.count(JobStatus.queued) >= self.max_queued:
-            raise QueueFull(
-                f"{self.max_queued} jobs are already queued; try again later.",
-                retry_after=self.db.queue_wait_s(),
-            )
-        row = self.db.apply(job_id, move, expect=job.status)
-        self._wake.set()
-        return row.public()
-
-    def events(
-        self, job_id: str, after: int = 0, limit: int | None = None
-    ) -> builtins.list[JobEvent]:
-        self.db.get(job_id)  # NotFound for an unknown job
-        return self.db.events(job_id, after, limit)
-
-    async def follow(
-        self, job_id: str, after: int = 0, poll_s: float = 0.2
-    ) -> AsyncIterator[JobEvent]:
-        """Every event after ``after``, then new ones as they come, until the job is in a
-        terminal state and all its events have been yielded."""
-        self.db.get(job_id)
-        while True:
-            # Status first: events read afterwards include the terminal state event.
-            job = await asyncio.to_thread(self.db.get, job_id)
-            events = await asyncio.to_thread(self.db.events, job_id, after)
-            for event in events:
-                after = event.seq
-                yield event
-            if job.status in TERMINAL:
-                return
-            await asyncio.sleep(poll_s)
 
     # --- scheduler -----------------------------------------------------------------
 
@@ -362,19 +284,37 @@ class JobManager:
         self._wake.set()
 
     def _end(self, job: JobRow, to: JobStatus, reason: str, error: dict[str, str] | None) -> None:
-        try:
-            done = self.db.transition(
-                job.id, to, from_=[JobStatus.running], reason=reason, error=error
-            )
-        except Conflict:
-            return
-        self._notify(done)
+        if self.service is not None:
+            self.service.end(job.id, to, reason, error)
 
-    def _notify(self, job: JobRow) -> None:
-        if job.webhook_url:
-            threading.Thread(
-                target=deliver_webhook,
-                args=(self.settings, job.public()),
-                name=f"webhook-{job.id}",
-                daemon=True,
-            ).start()
+
+class JobManager(JobService):
+    """Training jobs on this machine: the job service over the SQLite store and the local
+    worker processes. Cheap to construct; ``start()`` begins the work."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_running: int | None = None,
+        max_queued: int | None = None,
+    ):
+        # max_running 0: record jobs but start none (a gateway that only answers for them)
+        running = settings.jobs_max_running if max_running is None else max_running
+        self.db = JobDB(settings.jobs_root)
+        self.workers = LocalWorkers(settings, self.db, running)
+        super().__init__(
+            settings,
+            SqliteStore(self.db),
+            self.workers,
+            max_queued=settings.jobs_max_queued if max_queued is None else max_queued,
+        )
+        self.workers.service = self
+
+    @property
+    def max_running(self) -> int:
+        return self.workers.max_running
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self.workers._thread

@@ -1,6 +1,9 @@
-"""Training jobs on a RunPod serverless endpoint: :class:`RunPodJobs` answers the job routes
-through the endpoint's job API. The worker's side (a job's folder on the network volume)
-is :mod:`fnbundle.jobs.runpod_run`.
+"""Training jobs on RunPod serverless endpoints: :class:`RunPodJobs` is the job service
+(:mod:`fnbundle.jobs.service`) over the gateway's ledger
+(:class:`~fnbundle.jobs.stores.LedgerStore`) and :class:`RunPodLauncher`, which starts and
+cancels runs on the endpoint of the task's hardware class and reads back their status and
+streamed events. The worker's side (a job's folder on the network volume) is
+:mod:`fnbundle.jobs.runpod_run`.
 
 The endpoint API (``https://api.runpod.ai/v2/<endpoint id>``, ``Authorization: Bearer``)::
 
@@ -18,7 +21,8 @@ Key rules:
 * Our job id travels in the input; the worker keeps the job under that id on the network
   volume. A second run of the same id (a retry: a new /run; a worker lost mid-job) resumes
   from its newest checkpoint; its events continue after ``after_seq`` (the last seq this
-  client holds), so a seq never repeats.
+  client holds), so a seq never repeats. The gateway records the moves it makes (queued,
+  a retry, a cancel request); the worker records the rest.
 * ``/stream`` hands each output out once, so the client keeps every event it receives (and
   the last known job) in a SQLite file: one client per file, as one manager per jobs
   folder. A finished job is answered from there: RunPod forgets a job 30 minutes after it
@@ -34,25 +38,25 @@ Key rules:
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 import json
 import logging
-import sqlite3
-import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import httpx
 
-from fnbundle.errors import Conflict, FnbError, NotFound, QueueFull
-from fnbundle.jobs import state
-from fnbundle.jobs.backend import JobBackend, select_jobs
+from fnbundle.errors import FnbError, QueueFull
+from fnbundle.jobs.db import JobRow
 from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
+from fnbundle.jobs.service import JobService, hardware_of
+from fnbundle.jobs.stores import LedgerStore
 from fnbundle.jobs.submit import new_job
 from fnbundle.settings import Settings
+
+if TYPE_CHECKING:
+    from fnbundle.jobs.service import Launcher
 
 log = logging.getLogger("fnbundle.jobs.runpod")
 
@@ -68,23 +72,6 @@ STATUSES = {
     "CANCELLED": JobStatus.cancelled,
     "TIMED_OUT": JobStatus.timed_out,
 }
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runpod_jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order
-    id TEXT NOT NULL UNIQUE,
-    rp_id TEXT,                             -- RunPod's id of the job's latest run
-    idempotency_key TEXT UNIQUE,
-    task TEXT NOT NULL,
-    status TEXT NOT NULL,
-    job TEXT NOT NULL                       -- the Job as last known (JSON)
-);
-CREATE TABLE IF NOT EXISTS runpod_events (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    data TEXT NOT NULL,                     -- JobEvent JSON
-    PRIMARY KEY (job_id, seq)
-) WITHOUT ROWID;
-"""
 
 
 class RunPodUnavailable(FnbError):
@@ -98,7 +85,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def apply_event(job: Job, event: JobEvent) -> Job:
+def apply_event(job: JobRow, event: JobEvent) -> JobRow:
     """The job as ``event`` leaves it (the client's view is built from the events)."""
     data, update = event.data, cast(dict[str, Any], {})
     if event.type == "state" and data.get("status") in JobStatus.__members__:
@@ -131,109 +118,17 @@ def apply_event(job: Job, event: JobEvent) -> Job:
     return job.model_copy(update=update) if update else job
 
 
-class _Ledger:
-    """The client's SQLite file: our id <-> RunPod id, the job as last known, its events."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.lock = threading.Lock()
-        with self.lock:
-            self.conn.executescript(_SCHEMA)
-
-    def add(self, job: Job) -> bool:
-        """Insert a new job; False when its idempotency key is taken."""
-        with self.lock:
-            cur = self.conn.execute(
-                "INSERT INTO runpod_jobs (id, idempotency_key, task, status, job) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-                (job.id, job.idempotency_key, job.task, job.status.value, job.model_dump_json()),
-            )
-            return cur.rowcount == 1
-
-    def remove(self, job_id: str) -> None:
-        with self.lock:
-            self.conn.execute("DELETE FROM runpod_events WHERE job_id = ?", (job_id,))
-            self.conn.execute("DELETE FROM runpod_jobs WHERE id = ?", (job_id,))
-
-    def get(self, job_id: str) -> tuple[Job, str | None]:
-        with self.lock:
-            row = self.conn.execute(
-                "SELECT job, rp_id FROM runpod_jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"No job {job_id[:80]!r}.", field="id")
-        return Job.model_validate_json(row[0]), row[1]
-
-    def by_id(self, job_id: str) -> str | None:
-        with self.lock:
-            row = self.conn.execute("SELECT id FROM runpod_jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def by_key(self, key: str) -> str | None:
-        with self.lock:
-            row = self.conn.execute(
-                "SELECT id FROM runpod_jobs WHERE idempotency_key = ?", (key,)
-            ).fetchone()
-        return None if row is None else str(row[0])
-
-    def save(self, job: Job, rp_id: str | None = None) -> None:
-        with self.lock:
-            self.conn.execute(
-                "UPDATE runpod_jobs SET job = ?, status = ?, rp_id = COALESCE(?, rp_id) WHERE id = ?",
-                (job.model_dump_json(), job.status.value, rp_id, job.id),
-            )
-
-    def ids(self, before: str | None) -> list[str]:
-        sql, args = "SELECT id FROM runpod_jobs", []
-        if before is not None:
-            sql += " WHERE seq < (SELECT seq FROM runpod_jobs WHERE id = ?)"
-            args.append(before)
-        with self.lock:
-            return [r[0] for r in self.conn.execute(sql + " ORDER BY seq DESC", args)]
-
-    def add_event(self, job_id: str, event: JobEvent) -> bool:
-        with self.lock:
-            cur = self.conn.execute(
-                "INSERT OR IGNORE INTO runpod_events (job_id, seq, data) VALUES (?, ?, ?)",
-                (job_id, event.seq, event.model_dump_json()),
-            )
-            return cur.rowcount == 1
-
-    def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[JobEvent]:
-        sql = "SELECT data FROM runpod_events WHERE job_id = ? AND seq > ? ORDER BY seq"
-        args: list[Any] = [job_id, after]
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, limit))
-        with self.lock:
-            return [JobEvent.model_validate_json(r[0]) for r in self.conn.execute(sql, args)]
-
-    def last_seq(self, job_id: str) -> int:
-        with self.lock:
-            row = self.conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM runpod_events WHERE job_id = ?", (job_id,)
-            ).fetchone()
-        return int(row[0])
-
-
-class RunPodJobs(JobBackend):
-    """The job routes' backend on a RunPod endpoint (see the module docstring)."""
+class RunPodEndpoint:
+    """One endpoint's job API: an HTTP client that turns RunPod's failures into FnbErrors."""
 
     def __init__(
         self,
-        settings: Settings,
-        endpoint_id: str,
+        base: str,
         api_key: str,
-        *,
-        base_url: str | None = None,
-        db_path: Path | None = None,
-        transport: httpx.BaseTransport | None = None,
-        stream_timeout_s: float = STREAM_TIMEOUT_S,
+        transport: httpx.BaseTransport | None,
+        stream_timeout_s: float,
     ):
-        self.settings = settings
-        self.base = (base_url or f"{API_BASE}/{endpoint_id}").rstrip("/")
+        self.base = base.rstrip("/")
         self.http = httpx.Client(
             base_url=self.base,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -242,17 +137,8 @@ class RunPodJobs(JobBackend):
         )
         self.stream_timeout_s = stream_timeout_s
         self.read_method = "GET"  # the dev server answers 405: then POST
-        self.ledger = _Ledger(db_path or settings.jobs_root / "runpod.sqlite3")
 
-    def start(self) -> None:
-        """Nothing runs here: RunPod runs the jobs."""
-
-    def stop(self) -> None:
-        self.http.close()
-
-    # --- RunPod calls ----------------------------------------------------------------
-
-    def _call(
+    def call(
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> dict[str, Any]:
         try:
@@ -291,7 +177,57 @@ class RunPodJobs(JobBackend):
             )
         return answer
 
-    def _run(self, job: Job, after_seq: int, retry: bool = False) -> str:
+
+class RunPodLauncher:
+    """Runs and cancels jobs on the endpoint of their task's hardware class
+    (``endpoints``: hardware class -> endpoint id; one id serves every class), and reads
+    back what RunPod knows of a run into the ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: LedgerStore,
+        endpoints: str | Mapping[str, str],
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        stream_timeout_s: float = STREAM_TIMEOUT_S,
+    ):
+        self.settings, self.store = settings, store
+        self.endpoints = endpoints
+        self.api_key, self.base_url, self.transport = api_key, base_url, transport
+        self.stream_timeout_s = stream_timeout_s
+        self._clients: dict[str, RunPodEndpoint] = {}
+
+    def endpoint(self, task: str) -> RunPodEndpoint:
+        """The client of the endpoint that runs ``task``'s hardware class."""
+        if isinstance(self.endpoints, str):
+            endpoint_id = self.endpoints
+        else:
+            hardware = hardware_of(task)
+            if hardware not in self.endpoints:
+                raise RunPodUnavailable(f"This gateway has no RunPod endpoint for {hardware} jobs.")
+            endpoint_id = self.endpoints[hardware]
+        if endpoint_id not in self._clients:
+            base = self.base_url or f"{API_BASE}/{endpoint_id}"
+            self._clients[endpoint_id] = RunPodEndpoint(
+                base, self.api_key, self.transport, self.stream_timeout_s
+            )
+        return self._clients[endpoint_id]
+
+    def start(self) -> None:
+        """Nothing runs here: RunPod runs the jobs."""
+
+    def stop(self) -> None:
+        for client in self._clients.values():
+            client.http.close()
+
+    def new_job(self, req: JobSubmit) -> Job:
+        """Params and webhook are checked here; the dataset where the worker can read it."""
+        return new_job(req, self.settings, platform="runpod", estimate=False)
+
+    def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
         submit = JobSubmit(
             task=job.task,
             params=job.params,
@@ -301,25 +237,43 @@ class RunPodJobs(JobBackend):
             webhook_url=job.webhook_url,
             timeout_s=job.timeout_s,
         ).model_dump(mode="json")
+        after_seq = self.store.last_seq(job.id)
         payload: dict[str, Any] = {"job": submit, "job_id": job.id, "after_seq": after_seq}
         if retry:
             payload["retry"] = True
-        answer = self._call("POST", "/run", {"input": payload})
+        answer = self.endpoint(job.task).call("POST", "/run", {"input": payload})
         if not answer.get("id"):
             raise RunPodUnavailable(f"RunPod accepted job {job.id} without a job id: {answer}.")
         return str(answer["id"])
 
-    # --- the client's view -----------------------------------------------------------
+    def cancel(self, job: JobRow, handle: str | None, *, running: bool) -> None:
+        """POST /cancel: RunPod stops the run (a running handler saves a checkpoint and
+        its worker writes ``cancelled``, or RunPod's CANCELLED says so)."""
+        if handle is not None:
+            self.endpoint(job.task).call("POST", f"/cancel/{handle}")
 
-    def _add(self, job: Job, event_type: str, data: dict[str, Any]) -> Job:
-        """Write an event RunPod did not send (our own: queued, and terminal states)."""
-        event = JobEvent(
-            seq=self.ledger.last_seq(job.id) + 1, type=event_type, at=_now(), data=data
-        )
-        self.ledger.add_event(job.id, event)
+    def observe(self, service: JobService, job: JobRow, *, stream: bool = False) -> JobRow:
+        """Ask RunPod (``/stream`` for a follower, else ``/status``) and keep what it says."""
+        rp_id = self.store.handle(job.id)
+        if job.status in TERMINAL or rp_id is None:
+            return job
+        client = self.endpoint(job.task)
+        source = "stream" if stream else "status"
+        timeout = self.stream_timeout_s if stream else None
+        answer = client.call(client.read_method, f"/{source}/{rp_id}", timeout=timeout)
+        outputs = answer.get("stream") if stream else answer.get("output")
+        job = self._ingest(job, outputs if isinstance(outputs, list) else [])
+        job = self._settle(job, answer)
+        self.store.save(job)
+        return job
+
+    def _add(self, job: JobRow, event_type: str, data: dict[str, Any]) -> JobRow:
+        """Write an event RunPod did not send (a terminal state it reported without one)."""
+        event = JobEvent(seq=self.store.last_seq(job.id) + 1, type=event_type, at=_now(), data=data)
+        self.store.add_event(job.id, event)
         return apply_event(job, event)
 
-    def _ingest(self, job: Job, outputs: Sequence[Any]) -> Job:
+    def _ingest(self, job: JobRow, outputs: Sequence[Any]) -> JobRow:
         for output in outputs:
             if isinstance(output, dict) and "output" in output and len(output) == 1:
                 output = output["output"]  # a /stream item
@@ -335,11 +289,11 @@ class RunPodJobs(JobBackend):
             except ValueError:
                 log.warning("job %s: RunPod sent an output that is not a job event", job.id)
                 continue
-            if self.ledger.add_event(job.id, event):
+            if self.store.add_event(job.id, event):
                 job = apply_event(job, event)
         return job
 
-    def _settle(self, job: Job, answer: dict[str, Any]) -> Job:
+    def _settle(self, job: JobRow, answer: dict[str, Any]) -> JobRow:
         """Combine RunPod's status with what the job's events say."""
         status = STATUSES.get(str(answer.get("status")))
         if status is None or job.status in TERMINAL:
@@ -357,110 +311,46 @@ class RunPodJobs(JobBackend):
             return self._add(job, "state", data)
         return job.model_copy(update={"status": status})
 
-    def _refresh(self, job_id: str, source: str = "status") -> Job:
-        job, rp_id = self.ledger.get(job_id)
-        if job.status in TERMINAL or rp_id is None:
-            return job
-        timeout = self.stream_timeout_s if source == "stream" else None
-        answer = self._call(self.read_method, f"/{source}/{rp_id}", timeout=timeout)
-        outputs = answer.get("stream") if source == "stream" else answer.get("output")
-        job = self._ingest(job, outputs if isinstance(outputs, list) else [])
-        job = self._settle(job, answer)
-        self.ledger.save(job)
-        return job
 
-    # --- JobBackend ------------------------------------------------------------------
+class RunPodJobs(JobService):
+    """The job routes' backend on RunPod (see the module docstring)."""
 
-    def submit(self, req: JobSubmit) -> tuple[Job, bool]:
-        """Check params and webhook, then POST /run; the same key answers the same job."""
-        if req.idempotency_key is not None and (known := self.ledger.by_key(req.idempotency_key)):
-            return self.ledger.get(known)[0], False
-        job = new_job(req, self.settings, platform="runpod", estimate=False)
-        if not self.ledger.add(job):
-            return self.ledger.get(self.ledger.by_key(req.idempotency_key or "") or job.id)[
-                0
-            ], False
-        job = self._add(job, "state", {"status": JobStatus.queued.value})
-        try:
-            rp_id = self._run(job, after_seq=self.ledger.last_seq(job.id))
-        except Exception:
-            self.ledger.remove(job.id)  # not submitted: the same key may try again
-            raise
-        self.ledger.save(job, rp_id)
-        return job, True
+    poll_s = 1.0  # seconds between a follower's reads of /stream
 
-    def get(self, job_id: str) -> Job:
-        return self._refresh(job_id)
-
-    def list(
+    def __init__(
         self,
+        settings: Settings,
+        endpoint_id: str | Mapping[str, str],
+        api_key: str,
         *,
-        status: builtins.list[JobStatus] | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> builtins.list[Job]:
-        """Newest first, as this client last saw them (``get`` asks RunPod)."""
-        if before is not None and self.ledger.by_id(before) is None:
-            raise NotFound(f"No job {before[:80]!r}.", field="before")
-        jobs = (self.ledger.get(job_id)[0] for job_id in self.ledger.ids(before))
-        return select_jobs(jobs, status, task, limit)
+        base_url: str | None = None,
+        db_path: Path | None = None,
+        transport: httpx.BaseTransport | None = None,
+        stream_timeout_s: float = STREAM_TIMEOUT_S,
+    ):
+        self.ledger = LedgerStore(db_path or settings.jobs_root / "runpod.sqlite3")
+        self.runpod = RunPodLauncher(
+            settings,
+            self.ledger,
+            endpoint_id,
+            api_key,
+            base_url=base_url,
+            transport=transport,
+            stream_timeout_s=stream_timeout_s,
+        )
+        super().__init__(settings, self.ledger, self.runpod)
 
-    def events(
-        self, job_id: str, after: int = 0, limit: int | None = None
-    ) -> builtins.list[JobEvent]:
-        self._refresh(job_id, "stream")
-        return self.ledger.events(job_id, after, limit)
-
-    async def follow(
-        self, job_id: str, after: int = 0, poll_s: float = 1.0
-    ) -> AsyncIterator[JobEvent]:
-        """Pull /stream into the ledger and yield what is new, until the job has finished."""
-        self.ledger.get(job_id)
-        while True:
-            job = await asyncio.to_thread(self._refresh, job_id, "stream")
-            for event in await asyncio.to_thread(self.ledger.events, job_id, after):
-                after = event.seq
-                yield event
-            if job.status in TERMINAL:
-                return
-            await asyncio.sleep(poll_s)
-
-    def cancel(self, job_id: str) -> Job:
-        """POST /cancel, as every backend answers (:func:`fnbundle.jobs.state.cancel`): a
-        queued job is cancelled at once; a running one answers ``running`` with
-        ``cancel_requested: true`` until RunPod (or the worker's own state event) says it
-        stopped. Cancelled: as is. Finished: Conflict."""
-        job = self._refresh(job_id)
-        move = state.cancel(job_id, job.status, job.cancel_requested)
-        if move is None:
-            return job
-        answer = self._call("POST", f"/cancel/{self.ledger.get(job_id)[1]}")
-        if STATUSES.get(str(answer.get("status"))) not in (None, JobStatus.cancelled):
-            job = self._refresh(job_id)  # it ended first
-            if job.status in TERMINAL:
-                raise Conflict(f"Job {job_id} already ended {job.status.value}.", field="status")
-        for type_, data in move.events:
-            job = self._add(job, type_, data)
-        job = job.model_copy(update=_job_fields(move.fields))
-        self.ledger.save(job)
-        return job
-
-    def retry(self, job_id: str) -> Job:
-        """A new run of the same job (POST /run, same id): it resumes from its checkpoint.
-        The worker writes the retry's state event (its seqs continue the client's)."""
-        job = self._refresh(job_id)
-        move = state.retry(job_id, job.status, job.attempts)
-        rp_id = self._run(job, after_seq=self.ledger.last_seq(job_id), retry=True)
-        job = job.model_copy(update=_job_fields(move.fields))
-        self.ledger.save(job, rp_id)
-        return job
+    @property
+    def read_method(self) -> str:
+        """GET, or POST once a dev server answered 405 (it takes only POST for reads)."""
+        methods = {c.read_method for c in self.runpod._clients.values()}
+        return "POST" if "POST" in methods else "GET"
 
 
-def _job_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """A move's fields that the client's :class:`Job` view has (not the worker's
-    bookkeeping such as ``run_s`` or ``deadline``)."""
-    return {k: v for k, v in fields.items() if k in Job.model_fields}
+if TYPE_CHECKING:  # the launcher is a Launcher (checked by mypy, costs nothing at run time)
+
+    def _is_a_launcher(launcher: RunPodLauncher) -> Launcher:
+        return launcher
 
 
 def _retry_after(value: str | None) -> float:

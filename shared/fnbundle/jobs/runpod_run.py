@@ -10,7 +10,8 @@ Layout of ``<jobs root>/<job id>/`` (jobs root: :func:`volume_jobs_root`)::
 Key rules: the job id must have the shape the job routes accept (it names a folder); the
 first run checks the job where the dataset can be read (params, dataset, base model, cost
 estimate; a relative ``data`` path names a file under the first data root, the volume); a run that finds the job ``running`` resumes it (the worker before it was lost)
-as attempt + 1; a failed or timed-out job runs again only when the input says ``retry``;
+as attempt + 1; a failed or timed-out job runs again only when the input says ``retry``
+(the gateway has written that retry's ``queued`` event, so the worker writes none);
 a finished job is not run again, its last state event is sent once more. Events continue
 after both the folder's last seq and the input's ``after_seq`` (what the client already
 holds), so the client never receives a seq twice. Step events are thinned
@@ -178,10 +179,13 @@ class VolumeStore:
         self.append(type_, {**data, "reason": reason, **outcome, **summary})
         return done.public()
 
-    def apply(self, row: JobRow, move: state.Move) -> JobRow:
-        """Append a move's events and save the record it leaves."""
+    def apply(self, row: JobRow, move: state.Move, *, recorded: bool = False) -> JobRow:
+        """Append a move's events and save the record it leaves. ``recorded``: the gateway
+        already wrote this move's ``state`` event (it queued a retry), so only its log
+        events are appended here."""
         for type_, data in move.events:
-            self.append(type_, data)
+            if not (recorded and type_ == "state"):
+                self.append(type_, data)
         moved = row.model_copy(update=move.fields)
         self.save(moved)
         return moved
@@ -214,8 +218,9 @@ def open_volume_job(
             new_job(req, settings, job_id=job_id, platform="runpod", gpu=gpu).model_dump()
         )
         store.save(row)
-    if row.status in RETRYABLE and payload.get("retry"):
-        row = store.apply(row, state.retry(job_id, row.status, row.attempts))
+    retried = bool(payload.get("retry"))
+    if row.status in RETRYABLE and retried:
+        row = store.apply(row, state.retry(job_id, row.status, row.attempts), recorded=True)
     if row.status in TERMINAL:
         last = next((e for e in reversed(store.events()) if e.type == "state"), None)
         if last is not None:
@@ -223,7 +228,8 @@ def open_volume_job(
         return store, None
     if row.status == JobStatus.running:  # the worker before this one was lost
         why = "the last worker stopped"
-        row = store.apply(row, state.requeue(job_id, row.status, why, row.last_checkpoint_step))
+        move = state.requeue(job_id, row.status, why, row.last_checkpoint_step)
+        row = store.apply(row, move, recorded=retried)
     row = store.apply(row, state.claim(job_id, row.status, row.attempts, row.started_at))
     store.attempt = row.attempts
     return store, row

@@ -2,12 +2,18 @@
 (``JobsApi().web.local()`` with Modal's spawn faked) and the gateway over RunPod
 (``RunPodJobs`` with RunPod's API faked, running the real training worker). The same
 requests get the same answers: submit and idempotency, gap-free events ending in the
-terminal state, the published model, 404s and 409s, cancel of a running job, retry refused
-on a finished one."""
+terminal state, the published model, 404s and 409s, cancel of a queued and of a running
+job, retry of a timed-out job, and a budget that stops a job.
+
+Each runtime can hold new work back (:meth:`Runtime.held`: the local scheduler starts none,
+Modal's and RunPod's fakes queue the call), so a job stays queued as long as a test needs.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +48,54 @@ def local(tmp_path: Path, small_csv: Path, tiny_base: Path) -> Iterator[tuple[Te
         yield client, settings.store_root
 
 
+@dataclass
+class Runtime:
+    client: TestClient
+    store: Path  # the model store its jobs publish to
+    hold: Callable[[bool], None]  # True: new work waits queued; False: it starts
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.hold(True)
+        try:
+            yield
+        finally:
+            self.hold(False)
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[TestClient, Path]:
-    """``(client, store root)`` of one runtime's ``/v1/jobs``."""
+def backend(request: pytest.FixtureRequest) -> Runtime:
+    """One runtime's ``/v1/jobs``."""
     made = request.getfixturevalue(request.param)
     if request.param == "modal":
-        return made.client, made.store
+        fake = made.fake
+
+        def hold_modal(on: bool) -> None:
+            if on:
+                fake.hold = True
+            else:
+                fake.release()
+
+        return Runtime(made.client, made.store, hold_modal)
     if request.param == "runpod":
-        client, _fake, worker = made
-        return client, worker.store_root
-    return made
+        client, fake_rp, worker = made
+
+        def hold_runpod(on: bool) -> None:
+            if on:
+                fake_rp.hold = True
+            else:
+                fake_rp.release()
+
+        return Runtime(client, worker.store_root, hold_runpod)
+    client, store = made
+    workers = client.app.state.jobs.workers
+    running = workers.max_running
+
+    def hold_local(on: bool) -> None:
+        workers.max_running = 0 if on else running
+        workers.wake()
+
+    return Runtime(client, store, hold_local)
 
 
 def params(data: Path, tiny_base: Path, name: str, **overrides: Any) -> dict[str, Any]:
@@ -69,7 +113,7 @@ def params(data: Path, tiny_base: Path, name: str, **overrides: Any) -> dict[str
 
 
 def test_submit_is_idempotent_and_a_job_ends_published(backend, small_csv, tiny_base):
-    client, store = backend
+    client, store = backend.client, backend.store
     body = {
         "task": "train_classifier",
         "params": params(small_csv, tiny_base, "same"),
@@ -100,7 +144,7 @@ def test_submit_is_idempotent_and_a_job_ends_published(backend, small_csv, tiny_
 
 
 def test_unknown_jobs_are_404s_everywhere(backend):
-    client, _ = backend
+    client = backend.client
     unknown = "job-20260101000000-00000000"
     for method, path in [
         ("GET", f"/v1/jobs/{unknown}"),
@@ -113,7 +157,7 @@ def test_unknown_jobs_are_404s_everywhere(backend):
 
 
 def test_cancel_of_a_running_job_answers_running_then_ends_cancelled(backend, small_csv, tiny_base):
-    client, store = backend
+    client, store = backend.client, backend.store
     body = {
         "task": "train_classifier",
         "params": params(small_csv, tiny_base, "long", epochs=50, patience=0),
@@ -135,3 +179,72 @@ def test_cancel_of_a_running_job_answers_running_then_ends_cancelled(backend, sm
     assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"  # as is
     assert not Store(store).list()  # nothing published
+
+
+def test_cancel_of_a_queued_job_is_final_at_once_and_it_never_runs(backend, small_csv, tiny_base):
+    client, store = backend.client, backend.store
+    body = {"task": "train_classifier", "params": params(small_csv, tiny_base, "never")}
+    with backend.held():
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+
+    assert cancelled.status_code == 200, cancelled.text
+    job = cancelled.json()
+    assert job["status"] == "cancelled" and job["finished_at"] is not None
+    assert job["cancel_requested"] is False and job["attempts"] == 0
+    events = follow(client, job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert states(events) == ["queued", "cancelled"]  # never "running"
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"  # as is
+    refused = client.post(f"/v1/jobs/{job_id}/retry")
+    assert refused.status_code == 409 and refused.json()["error"]["field"] == "status"
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempts"] == 0
+    assert not Store(store).list()
+
+
+def test_a_timed_out_job_is_retried_as_a_second_attempt(backend, small_csv, tiny_base):
+    client = backend.client
+    body = {
+        "task": "train_classifier",
+        "params": params(small_csv, tiny_base, "late", epochs=50, patience=0),
+        "timeout_s": 1,  # second: the job cannot finish
+    }
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    first = follow(client, job_id)
+    assert states(first) == ["queued", "running", "timed_out"]
+    timed_out = client.get(f"/v1/jobs/{job_id}").json()
+    assert timed_out["error"]["type"] == "timed_out" and timed_out["attempts"] == 1
+
+    retried = client.post(f"/v1/jobs/{job_id}/retry")
+
+    assert retried.status_code == 202, retried.text
+    assert retried.headers["location"] == f"/v1/jobs/{job_id}"
+    assert retried.json()["status"] == "queued" and retried.json()["error"] is None
+    events = follow(client, job_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # one seq, both runs
+    assert states(events) == ["queued", "running", "timed_out", "queued", "running", "timed_out"]
+    assert client.get(f"/v1/jobs/{job_id}").json()["attempts"] == 2
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_a_budget_stops_the_job_and_it_cannot_be_retried(backend, small_csv, tiny_base):
+    client, store = backend.client, backend.store
+    body = {
+        "task": "train_classifier",
+        "params": params(small_csv, tiny_base, "dear", epochs=50, patience=0),
+        "budget_usd": 0.000001,  # USD: spent within the first steps
+    }
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+
+    events = follow(client, job_id)
+
+    assert states(events) == ["queued", "running", "stopped_budget"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "stopped_budget" and job["cost_usd"] >= body["budget_usd"]
+    assert job["error"]["type"] == "stopped_budget"
+    for action in ("retry", "cancel"):
+        refused = client.post(f"/v1/jobs/{job_id}/{action}")
+        assert refused.status_code == 409, (action, refused.text)
+    assert not Store(store).list()

@@ -53,6 +53,8 @@ class FakeModal:
         self.crashed: set[str] = set()  # calls that died without running the function
         self.cancelled: list[str] = []
         self.crash_next = False
+        self.hold = False  # True: spawned calls wait (queued) until release()
+        self.held: dict[str, threading.Thread] = {}
         self.runs = 0  # train_job executions (a preempted call runs twice)
         self._ids = itertools.count(1)
 
@@ -78,16 +80,28 @@ class FakeModal:
 
         thread = threading.Thread(target=call, name=call_id, daemon=True)
         self.threads[call_id] = thread
-        thread.start()
+        if self.hold:
+            self.held[call_id] = thread
+        else:
+            thread.start()
         return call_id
 
+    def release(self) -> None:
+        """Start the held calls that were not cancelled meanwhile."""
+        self.hold = False
+        held, self.held = self.held, {}
+        for thread in held.values():
+            thread.start()
+
     def check(self, call_id: str) -> str:
-        if self.threads[call_id].is_alive():
+        if call_id in self.held or self.threads[call_id].is_alive():
             return "pending"
         return "failed" if call_id in self.crashed else "done"
 
     def cancel(self, call_id: str) -> None:
         self.cancelled.append(call_id)
+        if self.held.pop(call_id, None) is not None:  # never started: it never runs
+            self.threads.pop(call_id)
 
     def join(self, timeout: float = JOB_WAIT_S) -> None:
         for thread in list(self.threads.values()):

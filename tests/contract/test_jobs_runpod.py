@@ -290,6 +290,8 @@ class FakeRunPod:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.inputs: list[dict[str, Any]] = []
         self.lost: set[str] = set()  # runs whose worker went away
+        self.hold = False  # True: new runs wait IN_QUEUE until release()
+        self.held: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -316,8 +318,11 @@ class FakeRunPod:
                     answer["error"] = job["error"]
                 return httpx.Response(200, json=answer)
         if op == "cancel":
-            job["loop"].call_soon_threadsafe(job["task"].cancel)
-            job["thread"].join(30)
+            if self.held.pop(rest[0], None) is not None:  # still in RunPod's queue
+                job["status"] = "CANCELLED"
+            else:
+                job["loop"].call_soon_threadsafe(job["task"].cancel)
+                job["thread"].join(30)
             return httpx.Response(200, json={"id": rest[0], "status": job["status"]})
         return httpx.Response(404, text="404 page not found")
 
@@ -351,13 +356,24 @@ class FakeRunPod:
                     job["error"] = "worker lost: the machine went away"
 
         job["thread"] = threading.Thread(target=work, name=rp_id, daemon=True)
+        if self.hold:
+            self.held[rp_id] = job["thread"]
+            return {"id": rp_id, "status": "IN_QUEUE"}
         job["thread"].start()
         ready.wait()
         return {"id": rp_id, "status": "IN_QUEUE"}
 
+    def release(self) -> None:
+        """Start the held runs that were not cancelled meanwhile."""
+        self.hold = False
+        held, self.held = self.held, {}
+        for thread in held.values():
+            thread.start()
+
     def join(self) -> None:
-        for job in self.jobs.values():
-            job["thread"].join(JOB_WAIT_S)
+        for rp_id, job in self.jobs.items():
+            if rp_id not in self.held and job["thread"].ident is not None:
+                job["thread"].join(JOB_WAIT_S)
         for thread in threading.enumerate():  # the handlers' training threads
             if thread.name.startswith("train-rp-"):
                 thread.join(JOB_WAIT_S)

@@ -1,27 +1,26 @@
-"""What the ``/v1/jobs`` routes ask of a job runtime: the public methods of
-:class:`~fnbundle.jobs.manager.JobManager`, as a protocol.
+"""What the ``/v1/jobs`` routes ask of a job runtime, as a protocol.
 
-Three backends answer it: the local manager (worker processes, SQLite),
-:class:`~fnbundle.jobs.modal_backend.ModalJobs` (a spawned Modal function, state in a
-``modal.Dict``) and :class:`~fnbundle.jobs.runpod_backend.RunPodJobs` (a RunPod endpoint's
-job API). Key rules every backend keeps: job ids come from
+One implementation answers it: :class:`~fnbundle.jobs.service.JobService`, over a store and
+a launcher per runtime: the local manager (:class:`~fnbundle.jobs.manager.JobManager`:
+SQLite, worker processes), :class:`~fnbundle.jobs.modal_backend.ModalJobs` (a
+``modal.Dict``, spawned Modal functions) and :class:`~fnbundle.jobs.runpod_backend.RunPodJobs`
+(the gateway's ledger, a RunPod endpoint's job API). Key rules: job ids come from
 :func:`~fnbundle.jobs.db.new_job_id` (the routes refuse any other shape); failures are
-:class:`~fnbundle.errors.FnbError` subclasses with the manager's status codes (404 unknown
-job, 409 for a move the state machine refuses, 422 naming ``params.<field>``); ``follow``
-ends after the terminal ``state`` event. Importing this module imports nothing heavy.
+:class:`~fnbundle.errors.FnbError` subclasses (404 unknown job, 409 for a move the state
+machine refuses, 422 naming ``params.<field>``); ``follow`` ends after the terminal
+``state`` event. Importing this module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import builtins
-import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
 from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
 
 if TYPE_CHECKING:
-    from fnbundle.jobs.manager import JobManager
+    from fnbundle.jobs.service import JobService
     from fnbundle.settings import Settings
 
 
@@ -61,19 +60,15 @@ class JobBackend(Protocol):
         """Queue a failed or timed-out job again (it resumes from its checkpoint); 409 otherwise."""
         ...
 
-    def events(
-        self, job_id: str, after: int = 0, limit: int | None = None
-    ) -> builtins.list[JobEvent]: ...
-
     def follow(self, job_id: str, after: int = 0, poll_s: float = 0.2) -> AsyncIterator[JobEvent]:
         """Every event after ``after``, then new ones, until the terminal state event."""
         ...
 
 
-if TYPE_CHECKING:  # the local manager is a backend (checked by mypy, costs nothing at run time)
+if TYPE_CHECKING:  # the job service is a backend (checked by mypy, costs nothing at run time)
 
-    def _manager_is_a_backend(manager: JobManager) -> JobBackend:
-        return manager
+    def _service_is_a_backend(service: JobService) -> JobBackend:
+        return service
 
 
 def job_backend(settings: Settings) -> JobBackend:
@@ -92,14 +87,3 @@ def job_backend(settings: Settings) -> JobBackend:
     from fnbundle.jobs.manager import JobManager
 
     return JobManager(settings)
-
-
-def select_jobs(
-    jobs: Iterable[Job], status: builtins.list[JobStatus] | None, task: str | None, limit: int
-) -> builtins.list[Job]:
-    """The first ``limit`` of ``jobs`` in one of ``status`` and of ``task`` (unset: any):
-    ``list`` for backends that filter their own job records."""
-    wanted = (
-        j for j in jobs if (not status or j.status in status) and (not task or j.task == task)
-    )
-    return builtins.list(itertools.islice(wanted, limit))

@@ -110,11 +110,15 @@ class LocalWorkers:
         return new_job(req, self.settings)
 
     def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
-        self._wake.set()
+        self.wake()
         return None
 
     def cancel(self, job: JobRow, handle: str | None, *, running: bool) -> None:
-        self._wake.set()  # the scheduler signals a worker that ignores the request
+        self.wake()  # the scheduler signals a worker that ignores the request
+
+    def wake(self) -> None:
+        """Run a scheduler pass now (a job was queued, or the limits changed)."""
+        self._wake.set()
 
     def observe(self, service: JobService, job: JobRow, *, stream: bool = False) -> JobRow:
         return job  # the scheduler watches its own workers

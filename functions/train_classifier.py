@@ -43,6 +43,7 @@ from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
 from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
+from fnbundle.tasks import REGISTRY
 from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 
 from functions.images import DATASETS_DIR, VOLUME_DIR, gpu_image, options, volume
@@ -51,6 +52,9 @@ log = logging.getLogger("fnbundle.functions.train_classifier")
 
 endpoint = get_endpoint("train_classifier")  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
+# The hardware class TrainJobs serves: ModalJobs routes each job to the function of its
+# task's class, so another class's tasks get their own function and GPU.
+HARDWARE = REGISTRY.training["train_classifier"].hardware
 MINUTES = 60  # seconds
 DEFAULTS = {name: field.default for name, field in TrainClassifierParams.model_fields.items()}
 JOBS_DIR = VOLUME_DIR / "jobs"  # one folder per job: /vol/jobs/<job id>/checkpoints
@@ -143,7 +147,11 @@ class JobsApi:
         reload_volume()
         settings = Settings()
         jobs = ModalJobs(
-            settings, spawn=spawn_job, state=job_state, gpu=spec.gpu, refresh=reload_volume
+            settings,
+            spawn={HARDWARE: spawn_job},
+            state=job_state,
+            gpu={HARDWARE: spec.gpu},
+            refresh=reload_volume,
         )
         self.web_app = jobs_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
 
@@ -154,7 +162,9 @@ class JobsApi:
 
 def watch(job_id: str, call_id: str) -> JobStatus:
     """Print the job's events from the Dict until it ends; return how it ended."""
-    jobs = ModalJobs(Settings(), spawn=spawn_job, state=job_state, gpu=spec.gpu)
+    jobs = ModalJobs(
+        Settings(), spawn={HARDWARE: spawn_job}, state=job_state, gpu={HARDWARE: spec.gpu}
+    )
     after = 0
     while True:
         try:

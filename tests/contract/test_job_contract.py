@@ -243,7 +243,10 @@ def test_a_budget_stops_the_job_and_it_cannot_be_retried(backend, small_csv, tin
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "stopped_budget" and job["cost_usd"] >= body["budget_usd"]
-    assert job["error"]["type"] == "stopped_budget"
+    assert job["error"]["type"] == "stopped_budget" and job["model_id"] is None
+    # Warned at each threshold on the way (here all at once: the first update crosses them).
+    warnings = [e["data"]["fraction"] for e in events if e["type"] == "cost_usd"]
+    assert warnings == [0.5, 0.75, 0.9, 1.0]
     for action in ("retry", "cancel"):
         refused = client.post(f"/v1/jobs/{job_id}/{action}")
         assert refused.status_code == 409, (action, refused.text)

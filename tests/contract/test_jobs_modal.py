@@ -29,6 +29,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from fnbundle.endpoints import get_endpoint
+from fnbundle.settings import Settings
 from fnbundle.store import Store
 
 from tests.conftest import REPO, free_port
@@ -195,40 +196,6 @@ def test_submit_follow_and_publish(modal, tiny_base):
     assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409
     tail = client.get(f"/v1/jobs/{job_id}/events?after={events[-2]['seq']}")
     assert tail.status_code == 200 and tail.text.count("event:") == 1  # replay from any point
-
-
-def test_cancel_stops_the_training_through_the_dict_flag(modal, tiny_base):
-    client, fake, state = modal.client, modal.fake, modal.state
-    r = client.post(
-        "/v1/jobs",
-        json={
-            "task": "train_classifier",
-            "params": params(tiny_base, "modal-cancel", epochs=100, patience=0),
-        },
-    )
-    assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    answers: list[Any] = []
-
-    def cancel_at_first_step(event: dict[str, Any]) -> None:
-        if event["type"] == "step" and not answers:
-            answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
-
-    events = follow(client, job_id, cancel_at_first_step)
-    answer = answers[0].json()  # the truthful answer: still running, asked to stop
-    assert answers[0].status_code == 200, answer
-    assert answer["status"] == "running" and answer["cancel_requested"] is True
-    assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
-    assert fake.cancelled == []  # the flag stopped the training: the call was not killed
-    fake.join()
-    after = client.get(f"/v1/jobs/{job_id}/events?after={events[-1]['seq']}")
-    assert "event:" not in after.text  # nothing written once it was cancelled
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "cancelled" and job["model_id"] is None
-    assert job["progress"]["step"] < job["progress"]["total_steps"] // 4
-    assert state[f"job:{job_id}"]["status"] == "cancelled"  # the attempt closed its record
-    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
-    assert client.post(f"/v1/jobs/{job_id}/retry").status_code == 409
 
 
 def test_a_preempted_container_resumes_from_the_committed_checkpoint(modal, tiny_base, monkeypatch):
@@ -447,7 +414,6 @@ def test_list_pages_newest_first_and_filters(small_csv, tiny_base, tmp_path):
     from fnbundle.errors import NotFound
     from fnbundle.jobs.modal_backend import ModalJobs
     from fnbundle.jobs.schema import JobStatus, JobSubmit
-    from fnbundle.settings import Settings
 
     settings = Settings(store=tmp_path / "store", data_roots=[small_csv.parent, tiny_base.parent])
     jobs = ModalJobs(settings, spawn=lambda job_id, _submit: f"call-{job_id}", state={})
@@ -478,3 +444,33 @@ def test_the_backend_imports_neither_the_training_stack_nor_modal():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_job_is_spawned_by_the_function_of_its_tasks_hardware_class(
+    small_csv, tiny_base, tmp_path
+):
+    from fnbundle.jobs.modal_backend import ModalJobs
+    from fnbundle.jobs.schema import JobStatus, JobSubmit
+    from fnbundle.tasks import REGISTRY
+
+    settings = Settings(store=tmp_path / "store", data_roots=[small_csv.parent, tiny_base.parent])
+    submit = JobSubmit(task="train_classifier", params=params(tiny_base, "routed"))
+    hardware = REGISTRY.training["train_classifier"].hardware
+    other = "cpu" if hardware == "gpu" else "gpu"
+    spawned: list[tuple[str, str]] = []
+
+    def spawner(cls: str) -> Any:
+        return lambda job_id, _submit: spawned.append((cls, job_id)) or f"call-{cls}"
+
+    jobs = ModalJobs(settings, spawn={hardware: spawner(hardware), other: spawner(other)}, state={})
+    job, created = jobs.submit(submit)
+    assert created and job.status == JobStatus.queued
+    assert spawned == [(hardware, job.id)] and jobs.state.call_id(job.id) == f"call-{hardware}"
+
+    # A deployment without a function for the task's class says so on the job.
+    lacking = ModalJobs(settings, spawn={other: spawner(other)}, state={})
+    refused, created = lacking.submit(submit)
+    assert created and refused.status == JobStatus.failed
+    assert refused.error is not None and refused.error["type"] == "unavailable"
+    assert f"no training function for {hardware} jobs" in refused.error["message"]
+    assert spawned == [(hardware, job.id)]  # nothing else spawned

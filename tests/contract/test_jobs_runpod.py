@@ -231,6 +231,36 @@ def test_runpod_failures_are_clear_errors(scripted, answer, error, words):
     assert script.paths("POST").count("/run") == 2
 
 
+def test_a_job_runs_on_the_endpoint_of_its_tasks_hardware_class(tmp_path, small_csv, tiny_base):
+    from fnbundle.tasks import REGISTRY
+
+    settings = Settings(store=tmp_path / "store", jobs_dir=tmp_path / "client")
+    submit = JobSubmit(
+        task="train_classifier",
+        params=params(small_csv, tiny_base, "rp"),
+        idempotency_key="routed",
+    )
+    hardware = REGISTRY.training["train_classifier"].hardware
+    other = "cpu" if hardware == "gpu" else "gpu"
+    script = Script({("POST", "/run"): [{"id": "rp-1", "status": "IN_QUEUE"}]})
+    lacking = RunPodJobs(settings, {other: "ep-other"}, KEY, transport=httpx.MockTransport(script))
+    with pytest.raises(RunPodUnavailable, match=f"no RunPod endpoint for {hardware} jobs"):
+        lacking.submit(submit)
+    assert lacking.list() == [] and script.calls == []  # forgotten: the key may try again
+    lacking.stop()
+
+    jobs = RunPodJobs(
+        settings,
+        {hardware: "ep-test", other: "ep-other"},
+        KEY,
+        transport=httpx.MockTransport(script),
+    )
+    job, created = jobs.submit(submit)
+    assert created and job.status == JobStatus.queued
+    assert [(m, p) for m, p, _ in script.calls] == [("POST", "/run")]  # on /v2/ep-test
+    jobs.stop()
+
+
 def test_the_gateway_answers_runpod_failures_with_its_error_shape(scripted, tmp_path):
     make, submit = scripted
     jobs, _ = make({("POST", "/run"): [httpx.Response(429, headers={"Retry-After": "9"})]})
@@ -447,31 +477,6 @@ def test_submit_follow_and_publish_on_runpod(runpod, tiny_base, monkeypatch):
     ]
     step_updates = [e for e in sent if e["type"] == "step"]
     assert 1 <= len(step_updates) < len(done)
-
-
-def test_cancel_stops_the_training_on_the_worker(runpod, small_csv, tiny_base):
-    client, fake, worker = runpod
-    body = {
-        "task": "train_classifier",
-        "params": params(small_csv, tiny_base, "rp-cancel", epochs=100, patience=0),
-    }
-    job_id = client.post("/v1/jobs", json=body).json()["id"]
-    answers: list[Any] = []
-
-    def cancel_at_first_step(e: dict[str, Any]) -> None:
-        if e["type"] == "step" and not answers:
-            answers.append(client.post(f"/v1/jobs/{job_id}/cancel"))
-
-    events = follow(client, job_id, cancel_at_first_step)
-    answer = answers[0].json()  # the truthful answer: still running, asked to stop
-    assert answers[0].status_code == 200, answer
-    assert answer["status"] == "running" and answer["cancel_requested"] is True
-    assert states(events)[-1] == "cancelled" and events[-1]["type"] == "state"
-    fake.join()  # the handler's training thread stopped by itself
-    record = json.loads((worker.jobs_root / job_id / "job.json").read_text())
-    assert record["status"] == "cancelled" and record["last_checkpoint_step"] is not None
-    assert record["progress"]["step"] < record["progress"]["total_steps"] // 4
-    assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

@@ -42,6 +42,7 @@ def local(tmp_path: Path, small_csv: Path, tiny_base: Path) -> Iterator[tuple[Te
         data_roots=[small_csv.parent, tiny_base.parent],
         jobs_dir=tmp_path / "jobs",
         jobs_checkpoint_every=3,
+        jobs_cancel_grace_s=1.0,  # seconds: a worker still starting up is signalled soon
         preload=[],
     )
     with TestClient(create_app(settings)) as client:

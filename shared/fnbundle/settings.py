@@ -35,6 +35,28 @@ def _split_csv(value: object) -> object:
     return value
 
 
+HARDWARE_CLASSES = ("cpu", "gpu")  # fnbundle.tasks.base.Hardware
+
+
+def runpod_endpoints(value: str) -> str | dict[str, str]:
+    """``FNB_JOBS_RUNPOD_ENDPOINT`` read: one endpoint id for every job, or
+    ``gpu=<id>,cpu=<id>``, the endpoint of each hardware class."""
+    if "=" not in value:
+        return value.strip()
+    endpoints: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        hardware, sep, endpoint = (x.strip() for x in part.partition("="))
+        if not sep or not endpoint or hardware not in HARDWARE_CLASSES:
+            raise ValueError(
+                f"{part!r} is not <class>=<endpoint id> with a class among "
+                f"{', '.join(HARDWARE_CLASSES)} (e.g. gpu=abc123,cpu=def456)"
+            )
+        if hardware in endpoints:
+            raise ValueError(f"the {hardware} class is given twice")
+        endpoints[hardware] = endpoint
+    return endpoints
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FNB_", env_file=None, extra="ignore", populate_by_name=True
@@ -170,7 +192,9 @@ class Settings(BaseSettings):
     jobs_runpod_endpoint: str = Field(
         "",
         description="RunPod endpoint id whose workers run the gateway's training jobs "
-        "(handlers/train_classifier.py); empty: local worker processes.",
+        "(handlers/train_classifier.py), or one endpoint per hardware class "
+        "(`gpu=<id>,cpu=<id>`: each job goes to its task's class); empty: local worker "
+        "processes.",
     )
     jobs_runpod_url: str = Field(
         "",
@@ -231,6 +255,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
         return [Path(r).expanduser().resolve() for r in roots]
+
+    @field_validator("jobs_runpod_endpoint")
+    @classmethod
+    def _endpoint_per_class(cls, value: str) -> str:
+        if "=" in value:
+            runpod_endpoints(value)  # raises ValueError naming what is wrong
+        return value.strip()
 
     @model_validator(mode="after")
     def _runpod_jobs_need_a_key(self) -> Settings:

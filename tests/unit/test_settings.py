@@ -42,6 +42,43 @@ def test_runpod_jobs_need_a_key_and_keep_it_secret(monkeypatch):
     assert Settings().runpod_api_key.get_secret_value() == "rpa_fnb"
 
 
+def test_runpod_jobs_take_one_endpoint_per_hardware_class(monkeypatch, tmp_path):
+    from typing import get_args
+
+    from fnbundle.jobs.backend import job_backend
+    from fnbundle.settings import HARDWARE_CLASSES, runpod_endpoints
+    from fnbundle.tasks.base import Hardware
+
+    assert set(HARDWARE_CLASSES) == set(get_args(Hardware))
+    assert runpod_endpoints("ep123") == "ep123"
+    assert runpod_endpoints(" gpu = ep-gpu , cpu=ep-cpu ") == {"gpu": "ep-gpu", "cpu": "ep-cpu"}
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
+    monkeypatch.setenv("FNB_JOBS_DIR", str(tmp_path))
+    monkeypatch.setenv("FNB_JOBS_RUNPOD_ENDPOINT", "gpu=ep-gpu,cpu=ep-cpu")
+    jobs = job_backend(Settings())
+    try:
+        assert jobs.runpod.endpoints == {"gpu": "ep-gpu", "cpu": "ep-cpu"}
+        assert jobs.runpod.endpoint("train_classifier").base.endswith("/ep-gpu")
+    finally:
+        jobs.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("tpu=ep1", "'tpu=ep1' is not <class>=<endpoint id>"),
+        ("gpu=", "'gpu=' is not <class>=<endpoint id>"),
+        ("gpu=a,gpu=b", "the gpu class is given twice"),
+        ("gpu=a,b", "'b' is not <class>=<endpoint id>"),
+    ],
+)
+def test_a_bad_endpoint_per_class_is_refused_naming_it(monkeypatch, value, words):
+    monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
+    monkeypatch.setenv("FNB_JOBS_RUNPOD_ENDPOINT", value)
+    with pytest.raises(ValueError, match=words):
+        Settings()
+
+
 @pytest.mark.parametrize("keys", ['""', "short", "long-enough-key-0123,x"])
 def test_short_api_keys_are_refused(monkeypatch, keys):
     monkeypatch.setenv("FNB_API_KEYS", keys)

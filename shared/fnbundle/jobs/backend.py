@@ -73,14 +73,16 @@ if TYPE_CHECKING:  # the job service is a backend (checked by mypy, costs nothin
 
 def job_backend(settings: Settings) -> JobBackend:
     """The backend the settings ask for: :class:`RunPodJobs` on ``jobs_runpod_endpoint``
-    when it is set (the gateway in front of a RunPod training endpoint), else the local
+    when it is set (the gateway in front of RunPod training endpoints: one, or one per
+    hardware class), else the local
     worker processes."""
     if settings.jobs_runpod_endpoint:
         from fnbundle.jobs.runpod_backend import RunPodJobs
+        from fnbundle.settings import runpod_endpoints
 
         return RunPodJobs(
             settings,
-            settings.jobs_runpod_endpoint,
+            runpod_endpoints(settings.jobs_runpod_endpoint),
             settings.runpod_api_key.get_secret_value(),
             base_url=settings.jobs_runpod_url or None,
         )

@@ -277,8 +277,10 @@ class ModelHost:
 
     async def preload_async(self) -> None:
         """Preload in a thread, keeping :attr:`readiness` up to date (the app's start-up)."""
-        self.readiness.models = {ref: "loading" for ref in self.preload_refs()}
-        self.readiness.models = await asyncio.to_thread(self.preload)
+        refs = self.preload_refs()
+        self.readiness.models = {ref: "loading" for ref in refs}
+        if refs:  # nothing to load: ready at once, not after a thread hop a probe can beat
+            self.readiness.models = await asyncio.to_thread(self.preload)
         self.readiness.done = True
         log.info("models ready: %s", self.readiness.models or "(store is empty)")
 

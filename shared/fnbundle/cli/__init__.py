@@ -1,4 +1,4 @@
-"""The ``fnbundle`` command line: serve, train, predict, models, jobs, demo.
+"""The ``fnbundle`` command line: serve, train, predict, models, jobs, data, demo.
 
 Key rule: commands are thin wrappers over the same task code the HTTP API uses; errors
 print as one clear line (no traceback) and exit non-zero. One module per command group;
@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from fnbundle.cli.data import data_app
 from fnbundle.cli.demo import demo
 from fnbundle.cli.jobs import jobs_app
 from fnbundle.cli.models import models_app
@@ -25,6 +26,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(predict_app, name="predict")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(data_app, name="data")
 app.command()(demo)
 
 __all__ = ["app", "main"]

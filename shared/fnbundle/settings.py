@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         16 * KIB, ge=1 * KIB, description="Request line and headers together; more gets 431."
     )
+    dataset_max_mib: float = Field(
+        200, gt=0, description="Largest dataset upload or import (MiB); larger gets 413."
+    )
+    dataset_upload_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a dataset upload may take in all (each part of it must still "
+        "arrive within request_timeout_s of the last).",
+    )
     max_texts: int = Field(64, gt=0, description="Texts per classify request.")
     max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
     max_input_tokens: int = Field(
@@ -207,6 +216,17 @@ class Settings(BaseSettings):
         description="RunPod API key for jobs_runpod_endpoint (RUNPOD_API_KEY works too).",
     )
     # --- end of jobs ---------------------------------------------------------------------
+
+    # --- datasets from S3-compatible stores (AWS S3, Cloudflare R2, a RunPod volume's S3 API)
+    s3_endpoint_url: str = Field(
+        "", description="S3 API endpoint; empty: AWS (https://s3.<region>.amazonaws.com)."
+    )
+    s3_region: str = Field("", description="The store's region (auto for R2).")
+    s3_access_key_id: str = Field("", description="Access key id (else AWS_ACCESS_KEY_ID...).")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), description="Its secret key.")
+    s3_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Seconds to connect and between bytes of a download."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from fnbundle import __version__
-from fnbundle.api import health, models
+from fnbundle.api import datasets, health, models
 from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
@@ -83,6 +83,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(datasets.router)
     for serving in REGISTRY.serving.values():
         app.include_router(task_router(serving))
     if manager is not None:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fnbundle.errors import error_body
+from fnbundle.settings import MIB
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -61,12 +62,23 @@ def bearer_key_ok(headers: Iterable[tuple[bytes, bytes]], keys: list[bytes]) -> 
 
 class GuardMiddleware:
     def __init__(
-        self, app: ASGIApp, *, api_keys: list[str], max_body_bytes: int, body_timeout_s: float
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: list[str],
+        max_body_bytes: int,
+        body_timeout_s: float,
+        uploads: dict[str, int] | None = None,
+        upload_timeout_s: float = 600.0,
     ):
         self.app = app
         self.keys = [k.encode() for k in api_keys]
         self.max_body = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        # POST paths that take files: their own limit, and a deadline for the whole body
+        # (each part must still arrive within body_timeout_s of the one before).
+        self.uploads = uploads or {}
+        self.upload_timeout_s = upload_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,10 +101,12 @@ class GuardMiddleware:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
+        upload = scope["method"] == "POST" and scope["path"] in self.uploads
+        max_body = self.uploads[scope["path"]] if upload else self.max_body
         length = dict(headers).get(b"content-length")
         if length is not None:
             try:
-                too_big = int(length) > self.max_body
+                too_big = int(length) > max_body
             except ValueError:
                 await _send_error(
                     scope, send, 400, "invalid_request", "Invalid Content-Length header."
@@ -104,7 +118,7 @@ class GuardMiddleware:
                     send,
                     413,
                     "payload_too_large",
-                    f"Request body of {int(length)} bytes is over the limit of {self.max_body} bytes.",
+                    f"Request body of {int(length)} bytes is over the limit of {max_body} bytes.",
                 )
                 return
         started = False
@@ -115,7 +129,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, self._guarded_receive(receive), tracked_send)
+            await self.app(scope, self._guarded_receive(receive, max_body, upload), tracked_send)
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when the graceful shutdown ends; the
             # client should retry elsewhere, not read a server error.
@@ -130,12 +144,15 @@ class GuardMiddleware:
                 )
             raise
 
-    def _guarded_receive(self, receive: Receive) -> Receive:
-        """``receive`` with the body counted against the limit and a deadline on its arrival;
-        once the body is complete (or the client gone), later calls pass straight through
-        (an event stream waits on ``receive`` for the disconnect)."""
+    def _guarded_receive(self, receive: Receive, max_body: int, upload: bool) -> Receive:
+        """``receive`` with the body counted against the limit and a deadline on its arrival
+        (an upload's: the whole body within upload_timeout_s, each part within
+        body_timeout_s of the last); once the body is complete (or the client gone), later
+        calls pass straight through (an event stream waits on ``receive`` for the
+        disconnect)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_timeout_s
+        total_s = self.upload_timeout_s if upload else self.body_timeout_s
+        final = loop.time() + total_s
         received = 0
         body_done = False
 
@@ -143,21 +160,21 @@ class GuardMiddleware:
             nonlocal received, body_done
             if body_done:
                 return await receive()
+            idle = loop.time() + self.body_timeout_s if upload else final
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(min(final, idle)):
                     message = await receive()
             except TimeoutError:
+                waited = total_s if loop.time() >= final else self.body_timeout_s
                 raise HTTPException(
                     408,
-                    f"The request body did not arrive within {self.body_timeout_s:g} s.",
+                    f"The request body did not arrive within {waited:g} s.",
                     headers={"Connection": "close"},
                 ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise HTTPException(
-                        413, f"Request body is over the limit of {self.max_body} bytes."
-                    )
+                if received > max_body:
+                    raise HTTPException(413, f"Request body is over the limit of {max_body} bytes.")
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True
@@ -176,6 +193,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         api_keys=settings.api_keys,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.request_timeout_s,
+        uploads={"/v1/datasets": int(settings.dataset_max_mib * MIB)},
+        upload_timeout_s=settings.dataset_upload_timeout_s,
     )
     if settings.cors_origins:
         app.add_middleware(

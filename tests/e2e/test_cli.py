@@ -141,3 +141,24 @@ def test_no_keys_means_loopback_only(tmp_path):
     run = fnb("serve", "--host", "0.0.0.0", "--port", "8765", store=tmp_path, timeout=60)
     assert run.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in " ".join(run.stderr.split())
+
+
+def test_data_inspect_prints_the_schema_and_refuses_what_cannot_train(tmp_path):
+    shown = fnb("data", "inspect", "data/churn.csv", "--json", store=tmp_path, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["target"]["column"] == "churned" and body["problem"] is None
+    assert {c["name"]: c["kind"] for c in body["columns"]}["signup_date"] == "date"
+    table = fnb("data", "inspect", "data/churn.csv", store=tmp_path, timeout=120)
+    assert table.returncode == 0 and "churned (classification)" in table.stdout
+    wrong = fnb("data", "inspect", "data/churn.csv", "--target", "customer_id", store=tmp_path)
+    said = " ".join(wrong.stderr.split())
+    assert wrong.returncode == 1 and "cannot be the target: it is identifier" in said
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2\n3,4,5\n")
+    ragged = fnb("data", "inspect", str(tmp_path / "ragged.csv"), store=tmp_path)
+    assert ragged.returncode == 1 and "line 3 has 3 fields" in " ".join(ragged.stderr.split())
+    (tmp_path / "ids.csv").write_text("id,y\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(20)))
+    ids = fnb("data", "inspect", str(tmp_path / "ids.csv"), store=tmp_path)
+    assert ids.returncode == 1 and "No usable feature" in " ".join(ids.stderr.split())
+    assert "y (classification)" in ids.stdout  # the schema is still shown
+    assert "Traceback" not in ragged.stderr + wrong.stderr

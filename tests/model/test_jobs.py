@@ -430,3 +430,20 @@ def test_a_job_survives_its_gateway_being_killed(make_manager, tiny_base, tmp_pa
     assert states(events) == ["queued", "running", "queued", "running", "succeeded"]
     assert_monotone(events)
     assert [e.data["step"] for e in events if e.type == "step"] == list(range(1, 89))
+
+
+def test_a_job_trains_on_an_uploaded_dataset_named_by_its_id(make_manager, tiny_base):
+    from fnbundle.datasets import DatasetStore, datasets_root
+
+    manager = make_manager()
+    info, _ = DatasetStore(datasets_root(manager.settings)).add_file(
+        REVIEWS, max_bytes=10 << 20, source="test"
+    )
+    manager.start()
+    job = submit(manager, tiny_base, "fromds", params={"data": info.id, "epochs": 1})
+    assert job.params["data"] == info.id  # not anchored under a data root like a path
+    done = wait_terminal(manager, job.id)
+    assert done.status == JobStatus.succeeded, done.error
+    assert Store(manager.settings.store_root).resolve("fromds").id == done.model_id
+    with pytest.raises(Exception, match="No dataset ds-0000000000000000"):
+        submit(manager, tiny_base, "nods", params={"data": "ds-0000000000000000"})

@@ -107,7 +107,9 @@ def test_a_path_inside_the_data_roots_is_imported_and_one_outside_is_refused(cli
     ],
 )
 def test_what_is_not_a_table_is_a_400_and_leaves_nothing(client, tmp_path, content, words):
-    answer = client.post("/v1/datasets?name=x.csv" if content[:1] != b"\x00" else "/v1/datasets", content=content)
+    answer = client.post(
+        "/v1/datasets?name=x.csv" if content[:1] != b"\x00" else "/v1/datasets", content=content
+    )
     assert answer.status_code == 400, answer.text
     assert words in answer.json()["error"]["message"]
     assert client.get("/v1/datasets").json() == {"data": []}

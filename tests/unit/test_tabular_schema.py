@@ -84,7 +84,9 @@ def test_every_kind_is_detected_from_strings():
 
 
 def test_a_column_named_like_a_target_is_proposed_over_the_last_one():
-    frame = pd.DataFrame({"label": ["a", "b"] * 20, "x": [str(i) for i in range(40)], "z": ["1.5"] * 39 + ["2"]})
+    frame = pd.DataFrame(
+        {"label": ["a", "b"] * 20, "x": [str(i) for i in range(40)], "z": ["1.5"] * 39 + ["2"]}
+    )
     schema = detect(frame)
     assert schema.target.column == "label" and schema.target.task == "classification"
     assert schema.target.classes == 2 and "named 'label'" in schema.target.reason
@@ -182,7 +184,9 @@ def test_what_no_model_can_learn_from_is_refused_naming_it():
         check_trainable(ids_only, detect(ids_only))
     one_class = pd.DataFrame({"x": [str(i * 1.5) for i in range(20)], "y": ["a"] * 20})
     with pytest.raises(SchemaError, match="one class"):
-        check_trainable(one_class, resolve(detect(one_class), kinds={"y": "categorical"}, target="y"))
+        check_trainable(
+            one_class, resolve(detect(one_class), kinds={"y": "categorical"}, target="y")
+        )
     frame = pd.DataFrame({"x": [str(i * 1.5) for i in range(20)], "y": ["a"] * 19 + ["b"]})
     with pytest.raises(SchemaError, match=r"Class 'b' of 'y' has 1 row \(row 21 of the file\)"):
         check_trainable(frame, resolve(detect(frame), target="y"))

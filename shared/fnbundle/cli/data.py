@@ -65,21 +65,20 @@ def data_inspect(
         schema = detect(frame)
         if target is not None:
             schema = resolve(schema, target=target)
+    except FnbError as exc:
+        raise fail(exc.message) from None
+    try:
         check_trainable(frame, schema)
         problem = None
     except FnbError as exc:
-        if "schema" not in locals():
-            raise fail(exc.message) from None
         problem = exc.message
     body = schema.model_dump(mode="json")
     if json_out:
         console.print_json(json.dumps({**body, "problem": problem}))
     else:
         print_schema(body, file.name)
-        if problem:
-            console.print(f"[bold red]cannot train on it as it is:[/] {problem}")
     if problem:
-        raise typer.Exit(1)
+        raise fail(f"cannot train on it as it is: {problem}")
 
 
 @data_app.command("upload")

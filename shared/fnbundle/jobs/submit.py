@@ -69,9 +69,18 @@ def check_webhook(req: JobSubmit, settings: Settings) -> str | None:
 
 def anchor_data(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """A relative ``data`` path names a file under the first data root (on Modal: the
-    Volume's datasets folder), not under the process's working directory."""
+    Volume's datasets folder), not under the process's working directory; a dataset id
+    (``ds-...``) names an uploaded dataset."""
+    from fnbundle.datasets import is_dataset_id
+
     data = params.get("data")
-    if isinstance(data, str) and data and not Path(data).is_absolute() and settings.data_roots:
+    if (
+        isinstance(data, str)
+        and data
+        and not is_dataset_id(data)
+        and not Path(data).is_absolute()
+        and settings.data_roots
+    ):
         return {**params, "data": str(settings.data_roots[0] / data)}
     return params
 

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
+from fnbundle.datasets import data_roots, resolve_data
 from fnbundle.errors import InvalidRequest
 from fnbundle.platforms.catalogue import (
     CATALOGUE,
@@ -274,7 +275,10 @@ def estimate_job(
     check_platform(platform)
     p = TrainClassifierParams.model_validate(params)
     ds = load_text_dataset(
-        p.data, settings.data_roots, text_column=p.text_column, label_column=p.label_column
+        resolve_data(p.data, settings),
+        data_roots(settings),
+        text_column=p.text_column,
+        label_column=p.label_column,
     )
     splits = make_splits(ds, p.eval_split, p.seed)
     try:

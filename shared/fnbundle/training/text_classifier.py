@@ -34,7 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fnbundle.loading import resolve_inside_roots, resolve_model_dir
+from fnbundle.datasets import data_roots, resolve_data
+from fnbundle.loading import resolve_model_dir
 from fnbundle.runtime.tokenizer import encode, load_tokenizer
 from fnbundle.settings import Settings
 from fnbundle.store import Store
@@ -156,12 +157,15 @@ class _Trainer:
         )
 
         p, loop = self.p, self.loop
+        data_path = resolve_data(p.data, self.settings)  # a dataset id, or a path in the roots
         ds = self.ds = load_text_dataset(
-            p.data, self.settings.data_roots, text_column=p.text_column, label_column=p.label_column
+            data_path,
+            data_roots(self.settings),
+            text_column=p.text_column,
+            label_column=p.label_column,
         )
         resume_from = None
         if loop.control.checkpoint_dir is not None:
-            data_path = resolve_inside_roots(p.data, self.settings.data_roots, field="data")
             resume_from = loop.find_checkpoint(p.model_dump_json(), data_path)
         splits = self.splits = make_splits(ds, p.eval_split, p.seed)
         labels = self.labels = ds.label_names

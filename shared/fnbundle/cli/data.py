@@ -28,7 +28,8 @@ def print_schema(schema: dict[str, Any], title: str) -> None:
     for head in ("column", "kind", "missing", "distinct", "role", "examples / note"):
         table.add_column(head, justify="right" if head in ("missing", "distinct") else "left")
     for c in schema["columns"]:
-        note = c.get("reason") or ", ".join(c.get("examples") or [])
+        shown = ", ".join(c.get("examples") or [])
+        note = shown if c["role"] == "target" else c.get("reason") or shown
         if c.get("parsed"):
             note = f"read as {c['parsed']}; {note}"
         if c.get("parts"):

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
         "arrive within request_timeout_s of the last).",
     )
     max_texts: int = Field(64, gt=0, description="Texts per classify request.")
+    max_rows: int = Field(1000, gt=0, description="Rows per predict request.")
     max_text_chars: int = Field(4000, gt=0, description="Characters per text.")
     max_input_tokens: int = Field(
         128,

@@ -36,6 +36,7 @@ lock: setup
 	$(COMPILE) pyproject.toml --extra train -c $(LOCKS)/dev.txt $(CPU_ONLY) -o $(LOCKS)/train.txt
 	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-classify.txt
 	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-embed.txt
+	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-predict.txt
 	$(COMPILE) pyproject.toml --extra train --extra runpod -c $(LOCKS)/dev.txt $(CPU_ONLY) \
 		-o $(LOCKS)/runpod-train_classifier.txt
 	$(COMPILE) $(LOCKS)/torch-cuda.in -c $(LOCKS)/dev.txt -o $(LOCKS)/torch-cuda.txt

@@ -135,4 +135,66 @@ def check_embed_body(case: Case, body: dict[str, Any]) -> None:
     assert "Traceback" not in body["error"]["message"], body
 
 
-CASES_BY_TASK: dict[str, list[Case]] = {"classify": CASES, "embed": EMBED_CASES}
+PREDICT_MODEL = "churn"  # a logistic regression on data/churn.csv (tests/contract/test_predict.py)
+PREDICT_ROW = {
+    "signup_date": "2023-05-02",
+    "plan": "pro",
+    "country": "US",
+    "seats": 4,
+    "monthly_spend": "$160.00",
+    "last_login_days": 3,
+    "support_tickets": 0,
+    "autopay": "yes",
+    "nps": 9,
+    "feedback": None,
+}
+
+PREDICT_CASES: list[Case] = [
+    Case(
+        "good", {"model": PREDICT_MODEL, "rows": [PREDICT_ROW, PREDICT_ROW | {"plan": "free"}]}, 200
+    ),
+    Case(
+        "columns",
+        {"model": PREDICT_MODEL, "columns": {k: [v] for k, v in PREDICT_ROW.items()}},
+        200,
+    ),
+    Case(
+        "unseen_category", {"model": PREDICT_MODEL, "rows": [PREDICT_ROW | {"plan": "gold"}]}, 200
+    ),
+    Case("rows_empty", {"model": PREDICT_MODEL, "rows": []}, 400, "limit_exceeded", "rows"),
+    Case(
+        "bad_number",
+        {"model": PREDICT_MODEL, "rows": [PREDICT_ROW | {"seats": "many"}]},
+        422,
+        "validation_error",
+        "rows.0.seats",
+    ),
+    Case(
+        "missing_column",
+        {"model": PREDICT_MODEL, "rows": [{k: v for k, v in PREDICT_ROW.items() if k != "plan"}]},
+        422,
+        "validation_error",
+        "rows.0.plan",
+    ),
+    Case(
+        "unknown_column",
+        {"model": PREDICT_MODEL, "rows": [PREDICT_ROW | {"colour": "red"}]},
+        422,
+        "validation_error",
+        "rows.0.colour",
+    ),
+    Case("no_rows", {"model": PREDICT_MODEL}, 422, "validation_error", None),
+    Case(
+        "unknown_model",
+        {"model": "no-such-model", "rows": [PREDICT_ROW]},
+        404,
+        "not_found",
+        "model",
+    ),
+]
+
+CASES_BY_TASK: dict[str, list[Case]] = {
+    "classify": CASES,
+    "embed": EMBED_CASES,
+    "predict": PREDICT_CASES,
+}

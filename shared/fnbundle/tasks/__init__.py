@@ -16,11 +16,13 @@ from __future__ import annotations
 from fnbundle.tasks.base import Registry, ServingTask, TrainingTask
 from fnbundle.tasks.classify.serve import ClassifyTask
 from fnbundle.tasks.embed.serve import EmbedTask
+from fnbundle.tasks.predict.serve import PredictTask
 from fnbundle.tasks.train_classifier import TrainClassifierTask
 
 REGISTRY = Registry()
 REGISTRY.add(ClassifyTask())
 REGISTRY.add(EmbedTask())
+REGISTRY.add(PredictTask())
 REGISTRY.add(TrainClassifierTask())
 
 __all__ = ["REGISTRY", "Registry", "ServingTask", "TrainingTask"]

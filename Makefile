@@ -44,8 +44,12 @@ lock: setup
 run: setup
 	$(BIN)/fnbundle demo
 
+# Two workers (pytest-xdist): half the suite waits on servers, subprocesses and sleeps, so
+# the two cores overlap it; slow tests go first (tests/conftest.py) and a module that
+# trains once for several tests stays on one worker (xdist_group).
+PYTEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check .

@@ -41,7 +41,15 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 def client(settings: Settings) -> Any:
-    import boto3
+    try:
+        import boto3
+    except ImportError:
+        from fnbundle.tabular.read import ExtraMissing
+
+        raise ExtraMissing(
+            "s3:// datasets need boto3 (the tabular extra): pip install 'fnbundle[tabular]'.",
+            field="source",
+        ) from None
     from botocore.config import Config
 
     secret = settings.s3_secret_access_key.get_secret_value()
@@ -64,13 +72,13 @@ def import_s3(
     uri: str, store: DatasetStore, settings: Settings, name: str | None = None
 ) -> tuple[DatasetInfo, bool]:
     """Download ``uri`` into a dataset (see the module docstring)."""
+    bucket, key = parse_uri(uri)
+    s3 = client(settings)  # ExtraMissing first where boto3 is not installed
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, key = parse_uri(uri)
     limit = int(settings.dataset_max_mib * MIB)
     deadline = time.monotonic() + settings.dataset_upload_timeout_s
     try:
-        s3 = client(settings)
         size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
         if size > limit:
             raise PayloadTooLarge(

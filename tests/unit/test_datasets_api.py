@@ -229,3 +229,13 @@ def test_an_unreachable_s3_store_is_a_quick_503(tmp_path):
     with c:
         answer = c.post("/v1/datasets", json={"source": "s3://tables/x.csv"})
     assert answer.status_code == 503 and answer.json()["error"]["field"] == "source"
+
+
+def test_without_the_tabular_extra_uploads_are_a_clear_501(client, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
+    answer = client.post("/v1/datasets?name=t.csv", content=b"a,b\n1,2\n")
+    assert answer.status_code == 501, answer.text
+    assert "pip install 'fnbundle[tabular]'" in answer.json()["error"]["message"]
+    assert leftovers(tmp_path) == []

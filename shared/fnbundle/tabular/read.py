@@ -43,6 +43,22 @@ class TableError(FnbError):
     status, type = 400, "invalid_dataset"
 
 
+class ExtraMissing(FnbError):
+    """This installation lacks the optional packages a feature needs."""
+
+    status, type = 501, "not_installed"
+
+
+def require_pandas() -> None:
+    """ExtraMissing (501) instead of an ImportError (a 500) where pandas is not installed."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        raise ExtraMissing(
+            "Tables need the tabular extra, not installed here: pip install 'fnbundle[tabular]'."
+        ) from None
+
+
 def sniff_format(path: Path, name: str | None = None) -> Format:
     """The format by the file name's suffix, else by its first bytes."""
     suffix = Path(name or path.name).suffix.lower()
@@ -73,6 +89,7 @@ def sniff_format(path: Path, name: str | None = None) -> Format:
 
 def read_table(path: Path, fmt: Format | None = None, *, name: str | None = None) -> pd.DataFrame:
     """The table in ``path`` (format from ``fmt``, else sniffed); TableError if it is not one."""
+    require_pandas()
     import pandas as pd
 
     label = name or path.name

@@ -45,11 +45,12 @@ run: setup
 	$(BIN)/fnbundle demo
 
 # Two workers (pytest-xdist): half the suite waits on servers, subprocesses and sleeps, so
-# the two cores overlap it; slow tests go first (tests/conftest.py) and a module that
-# trains once for several tests stays on one worker (xdist_group).
+# the two cores overlap it. Slow tests go first (tests/conftest.py); a module runs on one
+# worker (loadscope), so what it builds once (the demo training, the image check's
+# virtualenvs) is built once.
 PYTEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope
 
 lint: setup
 	$(BIN)/ruff check .

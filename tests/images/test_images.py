@@ -46,7 +46,6 @@ from tests.images.dockerfile import copy_into, replay
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.xdist_group("images"),  # one worker: the project wheel and pip cache are shared
     pytest.mark.timeout(1800),  # seconds: four virtualenvs, two of them with torch
 ]
 

@@ -22,7 +22,6 @@ pytestmark = [
     pytest.mark.model,
     pytest.mark.slow,  # trains MiniLM: minutes on 2 cores
     pytest.mark.timeout(1800),  # the training is the first test's setup, beside other tests
-    pytest.mark.xdist_group("demo-minilm"),  # one worker trains once for the four tests
 ]
 
 UNSEEN = REPO / "data" / "reviews_unseen.csv"

@@ -46,11 +46,11 @@ run: setup
 
 # Two workers (pytest-xdist): half the suite waits on servers, subprocesses and sleeps, so
 # the two cores overlap it. Slow tests go first (tests/conftest.py); a module runs on one
-# worker (loadscope), so what it builds once (the demo training, the image check's
-# virtualenvs) is built once.
+# worker (loadscope, in collection order: xdist would put the biggest modules first), so
+# what it builds once (the demo training, the image check's virtualenvs) is built once.
 PYTEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check .

@@ -115,7 +115,7 @@ class TabularParams(BaseModel):
 class Candidate(BaseModel):
     model: str
     metrics: dict[str, Any]
-    cv: dict[str, float] | None = None
+    cv: dict[str, float | int] | None = None
     fit_s: float
 
 

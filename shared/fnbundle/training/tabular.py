@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fnbundle.errors import FnbError, TrainingFailed
 from fnbundle.settings import Settings
-from fnbundle.store import Artifact, Store
+from fnbundle.store import NAME_RE, Artifact, Store
 from fnbundle.tabular.features import FeatureSpec, read_number
 from fnbundle.tabular.schema import Kind, TableSchema, Task, check_trainable, detect, resolve
 
@@ -91,7 +91,9 @@ class TabularParams(BaseModel):
     data: str = Field(
         min_length=1, max_length=1024, description="A dataset id or a path inside the data roots."
     )
-    name: str = Field(description="Store name of the trained model.")
+    name: str = Field(
+        max_length=80, pattern=NAME_RE.pattern, description="Store name of the trained model."
+    )
     target: str | None = Field(
         None, description="The column to predict (default: the proposed one)."
     )

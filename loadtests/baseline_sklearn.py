@@ -17,6 +17,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+
+class PredictBody(BaseModel):
+    model: str
+    rows: list[dict[str, Any]]
+
 
 def fitted(data: Path, model: str) -> tuple[Any, Any, list[str]]:
     """The pipeline ``train_tabular`` fits for ``model`` on ``data``, its feature spec, classes."""
@@ -44,11 +51,6 @@ def build_app(data: Path, model: str, threads: int):  # -> FastAPI
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import pandas as pd
     from fastapi import FastAPI
-    from pydantic import BaseModel
-
-    class PredictBody(BaseModel):
-        model: str
-        rows: list[dict[str, Any]]
 
     pipe, spec, classes = fitted(data, model)
     app = FastAPI(title="baseline: scikit-learn predict_proba per request")

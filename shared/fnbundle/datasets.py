@@ -25,7 +25,6 @@ Importing this module imports neither pandas nor boto3.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -33,7 +32,7 @@ import shutil
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -168,25 +167,12 @@ class DatasetStore:
         """Receive ``chunks`` into a dataset (see the module docstring); (info, created)."""
         from starlette.concurrency import run_in_threadpool
 
-        staged = self.incoming()
-        digest, size = hashlib.sha256(), 0
-        try:
-            with staged.open("wb") as f:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(
-                            f"The dataset is over the limit of {max_bytes} bytes "
-                            "(FNB_DATASET_MAX_MIB).",
-                            field="file",
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-            return await run_in_threadpool(
-                self._commit, staged, digest.hexdigest(), size, name, fmt, source
-            )
-        finally:
-            staged.unlink(missing_ok=True)
+        too_big = f"The dataset is over the limit of {max_bytes} bytes (FNB_DATASET_MAX_MIB)."
+        with _Intake(self.incoming(), max_bytes, too_big, "file") as intake:
+            async for chunk in chunks:
+                intake.write(chunk)
+            intake.close()
+            return await run_in_threadpool(self._commit, intake, name, fmt, source)
 
     def add_file(
         self, path: Path, *, name: str | None = None, max_bytes: int, source: str
@@ -197,42 +183,29 @@ class DatasetStore:
             raise PayloadTooLarge(
                 f"{path.name} is {size} bytes, over the limit of {max_bytes} bytes.", field="path"
             )
-        staged = self.incoming()
-        try:
-            digest = hashlib.sha256()
-            with path.open("rb") as src, staged.open("wb") as dst:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    digest.update(chunk)
-                    dst.write(chunk)
-            return self._commit(staged, digest.hexdigest(), size, name or path.name, None, source)
-        finally:
-            staged.unlink(missing_ok=True)
+        with path.open("rb") as src:
+            chunks = iter(lambda: src.read(CHUNK), b"")
+            return self.add_chunks(
+                chunks, name=name or path.name, max_bytes=max_bytes, source=source
+            )
 
     def add_chunks(
         self, chunks: Iterable[bytes], *, name: str, max_bytes: int, source: str
     ) -> tuple[DatasetInfo, bool]:
         """A dataset from a blocking stream of bytes (a download); 413 past ``max_bytes``."""
-        staged = self.incoming()
-        digest, size = hashlib.sha256(), 0
-        try:
-            with staged.open("wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(
-                            f"{name} is over the limit of {max_bytes} bytes.", field="source"
-                        )
-                    digest.update(chunk)
-                    f.write(chunk)
-            return self._commit(staged, digest.hexdigest(), size, name, None, source)
-        finally:
-            staged.unlink(missing_ok=True)
+        too_big = f"{name} is over the limit of {max_bytes} bytes."
+        with _Intake(self.incoming(), max_bytes, too_big, "source") as intake:
+            for chunk in chunks:
+                intake.write(chunk)
+            intake.close()
+            return self._commit(intake, name, None, source)
 
     def _commit(
-        self, staged: Path, sha: str, size: int, name: str, fmt: Format | None, source: str
+        self, intake: _Intake, name: str, fmt: Format | None, source: str
     ) -> tuple[DatasetInfo, bool]:
         from fnbundle.tabular.read import read_table, sniff_format
 
+        staged, sha, size = intake.path, intake.digest.hexdigest(), intake.size
         dataset_id = f"ds-{sha[:16]}"
         if (self.root / dataset_id / "info.json").is_file():
             return self.get(dataset_id), False
@@ -264,12 +237,36 @@ class DatasetStore:
         return info, True
 
 
+class _Intake:
+    """A file arriving in ``.incoming``: counted against ``max_bytes`` (413 past it, with
+    ``message`` naming ``field``) and hashed as it is written; removed on leaving, whatever
+    happened (a committed dataset has been moved away by then)."""
+
+    def __init__(self, path: Path, max_bytes: int, message: str, field: str):
+        self.path, self.max_bytes, self.message, self.field = path, max_bytes, message, field
+        self.digest, self.size = hashlib.sha256(), 0
+        self.file = path.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(self.message, field=self.field)
+        self.digest.update(chunk)
+        self.file.write(chunk)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> _Intake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
 def safe_name(name: str) -> str:
     """A file name to show (never used as a path): its last part, printable, bounded."""
     base = re.split(r"[\\/]", name.strip())[-1]
     base = "".join(ch for ch in base if ch.isprintable())[:200]
     return base or "upload"
-
-
-def info_json(info: DatasetInfo) -> dict[str, Any]:
-    return json.loads(info.model_dump_json())

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from fnbundle.tasks.predict.serve import PredictTask
+
 MODEL = "tiny"  # store name published by the tiny_trained fixture
 MAX_TEXTS = 64  # Settings.max_texts default: one more is "too many"
 
@@ -136,18 +138,7 @@ def check_embed_body(case: Case, body: dict[str, Any]) -> None:
 
 
 PREDICT_MODEL = "churn"  # a logistic regression on data/churn.csv (tests/contract/test_predict.py)
-PREDICT_ROW = {
-    "signup_date": "2023-05-02",
-    "plan": "pro",
-    "country": "US",
-    "seats": 4,
-    "monthly_spend": "$160.00",
-    "last_login_days": 3,
-    "support_tickets": 0,
-    "autopay": "yes",
-    "nps": 9,
-    "feedback": None,
-}
+PREDICT_ROW = PredictTask.example["rows"][0]  # a churn customer, as the task documents
 
 PREDICT_CASES: list[Case] = [
     Case(

@@ -8,11 +8,8 @@ job runner and the gateway are real, over a tiny ONNX embedder in a temporary st
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +23,13 @@ from fnbundle.store import Store
 
 from tests.conftest import REPO
 from tests.contract.cases import EMBED_CASES, EMBED_MODEL, Case, check_embed_body, normalize
-from tests.contract.test_runpod import decode, load_handler
+from tests.contract.test_runpod import decode, load_handler, run_test_input
 from tests.unit.tiny_onnx import publish_tiny_embedder
 
 pytestmark = [
     pytest.mark.contract,
     pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning"),
 ]
-
-WORKER_TIMEOUT_S = 180  # one --test_input run: import, load the model, one job, on 2 busy cores
 
 
 @pytest.fixture(scope="module")
@@ -115,24 +110,5 @@ def test_runpod_test_input_worker_answers_like_the_gateway(
 ) -> None:
     case = next(c for c in EMBED_CASES if c.name == name)
     env = {**os.environ, "FNB_STORE": str(embed_store), "FNB_PRELOAD": EMBED_MODEL}
-    done = subprocess.run(
-        [
-            *(sys.executable, str(REPO / "handlers" / "embed.py")),
-            *("--test_input", json.dumps({"input": case.payload})),
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-        check=False,
-    )
-    # The SDK logs the outcome on stdout: a result as a Python literal, an error as is.
-    body = None
-    for line in done.stdout.splitlines():
-        if "| Job result: " in line:
-            body = ast.literal_eval(line.split("| Job result: ", 1)[1])["output"]
-        elif " failed with error: " in line:
-            body = {"error": line.split(" failed with error: ", 1)[1]}
-    assert body is not None, f"no job outcome in the worker's output:\n{done.stdout[-3000:]}"
+    _, body = run_test_input(case.payload, "embed", env)
     assert normalize(decode(body)) == normalize(gateway_bodies[case.name][1])

@@ -7,11 +7,8 @@ The store holds a logistic regression trained on ``data/churn.csv`` (a few secon
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import json
 import os
-import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -25,14 +22,12 @@ from fnbundle.settings import Settings
 
 from tests.conftest import REPO
 from tests.contract.cases import PREDICT_CASES, PREDICT_MODEL, Case, normalize
-from tests.contract.test_runpod import decode, load_handler
+from tests.contract.test_runpod import decode, load_handler, run_test_input
 
 pytestmark = [
     pytest.mark.contract,
     pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning"),
 ]
-
-WORKER_TIMEOUT_S = 180  # one --test_input run: import, load the model, one job, on 2 busy cores
 
 
 def check_predict_body(case: Case, body: dict[str, Any]) -> None:
@@ -153,23 +148,5 @@ def test_runpod_test_input_worker_answers_like_the_gateway(
 ) -> None:
     case = next(c for c in PREDICT_CASES if c.name == name)
     env = {**os.environ, "FNB_STORE": str(predict_store), "FNB_PRELOAD": PREDICT_MODEL}
-    done = subprocess.run(
-        [
-            *(sys.executable, str(REPO / "handlers" / "predict.py")),
-            *("--test_input", json.dumps({"input": case.payload})),
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT_S,
-        check=False,
-    )
-    body = None
-    for line in done.stdout.splitlines():
-        if "| Job result: " in line:
-            body = ast.literal_eval(line.split("| Job result: ", 1)[1])["output"]
-        elif " failed with error: " in line:
-            body = {"error": line.split(" failed with error: ", 1)[1]}
-    assert body is not None, f"no job outcome in the worker's output:\n{done.stdout[-3000:]}"
+    _, body = run_test_input(case.payload, "predict", env)
     assert normalize(decode(body)) == normalize(gateway_bodies[case.name][1])

@@ -144,16 +144,19 @@ def test_classify_worker_preloads_its_endpoints_model_not_the_whole_store(
     assert module.setup().preload_refs() == [MODEL]  # FNB_PRELOAD wins
 
 
-def run_test_input(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Run the classify worker the SDK's local way; return its exit code and job output."""
+def run_test_input(
+    payload: dict[str, Any], handler: str = "classify", env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Run ``handlers/<handler>.py`` the SDK's local way (``--test_input``); return its exit
+    code and job output."""
     done = subprocess.run(
         [
             sys.executable,
-            str(HANDLERS / "classify.py"),
+            str(HANDLERS / f"{handler}.py"),
             "--test_input",
             json.dumps({"input": payload}),
         ],
-        env=worker_env(),
+        env=worker_env() if env is None else env,
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -49,17 +49,6 @@ Kind = Literal[
     "constant",
 ]
 Task = Literal["classification", "regression"]
-KINDS: tuple[Kind, ...] = (
-    "numeric",
-    "integer",
-    "boolean",
-    "categorical",
-    "text",
-    "date",
-    "datetime",
-    "identifier",
-    "constant",
-)
 FEATURE_KINDS = frozenset({"numeric", "integer", "boolean", "categorical", "date", "datetime"})
 TARGET_KINDS = frozenset({"numeric", "integer", "boolean", "categorical"})
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?", "#n/a", "nil"})

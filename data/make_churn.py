@@ -5,11 +5,13 @@ feedback on a few rows. Whether a customer churned follows a logistic model of t
 activity, tickets, tenure, autopay and NPS, plus noise, so a good model reaches about 0.8
 accuracy and not 1.0.
 
-Run: ``python data/make_churn.py`` (stdlib only; the output is byte-for-byte the same).
+Run: ``python data/make_churn.py`` (stdlib only; the output is byte-for-byte the same);
+``--rows N --out PATH`` writes a larger table of the same kind (the 100k-row benchmark).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import random
@@ -35,9 +37,17 @@ def money(value: float) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    write(args.rows, args.out)
+
+
+def write(count: int, out: Path) -> None:
     rng = random.Random(20261129)
     rows = []
-    for i in range(ROWS):
+    for i in range(count):
         plan = rng.choices(list(PLANS), weights=[30, 30, 28, 12])[0]
         seats = 1 if plan == "free" else max(1, int(rng.lognormvariate(1.2, 0.8)))
         spend = PLANS[plan] * seats * rng.uniform(0.9, 1.1)
@@ -74,11 +84,11 @@ def main() -> None:
                 "churned": "yes" if churned else "no",
             }
         )
-    with OUT.open("w", newline="", encoding="utf-8") as f:
+    with out.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {OUT} ({ROWS} rows, {sum(r['churned'] == 'yes' for r in rows)} churned)")
+    print(f"wrote {out} ({count} rows, {sum(r['churned'] == 'yes' for r in rows)} churned)")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from rich.markup import escape
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = "handlers/Dockerfile"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # torch for CPU workers' images
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 RUNPOD_VOLUME_MOUNT = "/runpod-volume"  # where serverless workers see a network volume
 MODAL_URL = re.compile(r"https://[a-z0-9-]+--[a-z0-9-]+\.modal\.run")
@@ -101,14 +102,12 @@ def example_input(endpoint: Endpoint, target: str) -> dict[str, Any]:
     if endpoint.task in REGISTRY.serving:
         example = REGISTRY.serving[endpoint.task].example
         return {**example, "model": endpoint.model or example["model"]}
-    if endpoint.task == "train_classifier":
+    if endpoint.task in REGISTRY.training:
+        example = REGISTRY.training[endpoint.task].example
         # `modal run` uploads a local file; a RunPod worker reads datasets from the volume.
-        data = (
-            "data/reviews.csv"
-            if target == "modal"
-            else f"{RUNPOD_VOLUME_MOUNT}/datasets/reviews.csv"
-        )
-        return {"data": data, "name": "sentiment"}
+        file = example["data"]
+        data = f"data/{file}" if target == "modal" else f"{RUNPOD_VOLUME_MOUNT}/datasets/{file}"
+        return {**example, "data": data}
     return {"model": endpoint.model} if endpoint.model else {}
 
 
@@ -267,7 +266,10 @@ def _runpod_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
     if source == "build":
         handler = Path(spec.handler).stem
         build = ["docker", "build", "--platform", "linux/amd64", "-f", DOCKERFILE]
-        build += ["--build-arg", f"HANDLER={handler}", "-t", image, "."]
+        build += ["--build-arg", f"HANDLER={handler}"]
+        if spec.compute == "CPU":  # a CPU worker that trains gets torch's CPU build
+            build += ["--build-arg", f"TORCH_INDEX={CPU_TORCH_INDEX}"]
+        build += ["-t", image, "."]
         steps += [{"run": build}, {"run": ["docker", "push", image]}]
     name = runpod_name(endpoint)
     steps += [

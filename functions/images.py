@@ -1,7 +1,8 @@
 """The container images and the model-store Volume shared by every Modal app in functions/.
 
 Two images, built once and reused by every app: ``cpu_image`` serves (ONNX Runtime, no
-torch), ``gpu_image`` trains (torch with CUDA, transformers, the ONNX exporter). Both carry
+torch), ``gpu_image`` trains (torch with CUDA, transformers, the ONNX exporter, the tabular
+stack), on a GPU or, for the tabular models, on CPU cores alone. Both carry
 the ``fnbundle`` package and ``deploy/endpoints.toml``, and point the store at the Volume.
 
 Key rules: every package comes from the lock, ``requirements/`` (``make lock``), at its exact
@@ -100,8 +101,10 @@ def with_project(image: modal.Image) -> modal.Image:
         .add_local_file(REPO / "deploy" / "endpoints.toml", "/root/deploy/endpoints.toml")
         .add_local_dir(LOCKS, "/root/requirements", ignore=["*.in"])
         .add_local_file(Path(__file__), "/root/functions/images.py")
-        # The serving apps' shared container class: `modal deploy` uploads the entry file only.
+        # What the serving apps and the training apps share: `modal deploy` uploads the
+        # entry file only.
         .add_local_file(Path(__file__).with_name("serving.py"), "/root/functions/serving.py")
+        .add_local_file(Path(__file__).with_name("training.py"), "/root/functions/training.py")
     )
 
 

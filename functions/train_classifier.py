@@ -1,5 +1,5 @@
 """Modal app for ``train_classifier``: fine-tune, export and publish a classifier into the
-Volume as a training job, behind the gateway's ``/v1/jobs`` routes or from your terminal.
+Volume as a training job (on a GPU), and the job API every training task shares.
 
     modal deploy functions/train_classifier.py     # JobsApi.web serves /v1/jobs
     modal run --detach functions/train_classifier.py --data data/reviews.csv --name sentiment
@@ -8,45 +8,44 @@ The local entrypoint uploads the CSV into the Volume's datasets folder, submits 
 ``TrainJobs.train_job`` and follows it in the terminal; ``--detach`` keeps the job running
 if the terminal goes (then watch it with ``fnbundle jobs watch <id>`` against JobsApi).
 ``JobsApi.web`` answers the job routes with
-:class:`~fnbundle.jobs.modal_backend.ModalJobs`, which spawns ``TrainJobs.train_job``; job
-records and events live in the ``fnbundle-jobs`` Dict, checkpoints under
-``/vol/jobs/<job id>/checkpoints``.
+:class:`~fnbundle.jobs.modal_backend.ModalJobs`, which spawns each job on the training
+function of its hardware class: ``TrainJobs.train_job`` here for GPU jobs, the deployed
+``functions/train_tabular.py``'s ``TabularJobs.train_job`` for CPU jobs (looked up by
+name when a job is spawned). Job records and events live in the ``fnbundle-jobs`` Dict,
+checkpoints under ``/vol/jobs/<job id>/checkpoints``.
 
-Key rules: a new model version is committed to the Volume only once it is completely
-published, so a serving container never sees half a model; ``train_job`` commits after
-every checkpoint, so the container Modal starts after a preemption resumes instead of
-starting over. Modal retries nothing else (``retries=0``): a run ends ``timed_out`` with a
-checkpoint :data:`FINISH_MARGIN_S` before the function's timeout, and ``POST
-/v1/jobs/<id>/retry`` resumes it. On Modal, a container without a usable CUDA device
-fails the job before training instead of training on its CPU. JobsApi's timeout is the
-declaration's ``web_timeout_s``, and its event streams end cleanly before it (clients
-reconnect with ``Last-Event-ID``). Importing this file imports no torch.
+Key rules (the Volume commits and time limits are :mod:`functions.training`'s): Modal
+retries nothing (``retries=0``): a preempted input restarts and resumes from its last
+committed checkpoint. On Modal, a container without a usable CUDA device fails the job
+before training instead of training on its CPU. JobsApi's timeout is the declaration's
+``web_timeout_s``, and its event streams end cleanly before it (clients reconnect with
+``Last-Event-ID``). Importing this file imports no torch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import modal
 from fastapi import FastAPI
 from fnbundle.api.jobs_app import jobs_app
-from fnbundle.contract import parse
 from fnbundle.endpoints import get_endpoint
-from fnbundle.errors import FnbError, NotFound
-from fnbundle.jobs.db import new_job_id
-from fnbundle.jobs.modal_backend import DICT_NAME, DictState, ModalJobs
-from fnbundle.jobs.modal_run import run_modal_job
-from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
+from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs
 from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
 from fnbundle.tasks import REGISTRY
 from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 
-from functions.images import DATASETS_DIR, VOLUME_DIR, gpu_image, options, volume
+from functions.images import VOLUME_DIR, gpu_image, options, volume
+from functions.training import (
+    commit_volume,
+    execution_limit_s,
+    reload_volume,
+    run_job,
+    submit_from_terminal,
+)
 
 log = logging.getLogger("fnbundle.functions.train_classifier")
 
@@ -55,35 +54,16 @@ spec = endpoint.modal
 # The hardware class TrainJobs serves: ModalJobs routes each job to the function of its
 # task's class, so another class's tasks get their own function and GPU.
 HARDWARE = REGISTRY.training["train_classifier"].hardware
-MINUTES = 60  # seconds
 DEFAULTS = {name: field.default for name, field in TrainClassifierParams.model_fields.items()}
-JOBS_DIR = VOLUME_DIR / "jobs"  # one folder per job: /vol/jobs/<job id>/checkpoints
 WEB_MAX_INPUTS = 100  # requests per web container: an event stream stays open for a whole job
 WEB_TIMEOUT_S = spec.web_timeout_s or spec.timeout_s  # seconds one web request may last
-# Seconds kept after a job's own time limit for the last checkpoint, export and publish,
-# so the job ends timed_out before Modal kills the container at the function's timeout.
-FINISH_MARGIN_S = min(10 * MINUTES, spec.timeout_s // 4)
-EXECUTION_LIMIT_S = spec.timeout_s - FINISH_MARGIN_S  # seconds one run of a job may train
+EXECUTION_LIMIT_S = execution_limit_s(spec)  # seconds one run of a job may train
 STREAM_END_MARGIN_S = 30  # seconds: an event stream ends cleanly before WEB_TIMEOUT_S
-WATCH_POLL_S = 2.0  # seconds between reads of the job's events in the terminal
+# The CPU training function (functions/train_tabular.py), deployed as its own app.
+CPU_ENDPOINT = get_endpoint("train_tabular").modal
 
 app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
-
-
-def jobs_root() -> Path:
-    """Job folders (checkpoints): on the Volume in a container, FNB_JOBS_DIR when local."""
-    return Settings().jobs_root if modal.is_local() else Path(JOBS_DIR)
-
-
-def commit_volume() -> None:
-    if not modal.is_local():
-        volume.commit()
-
-
-def reload_volume() -> None:
-    if not modal.is_local():
-        volume.reload()  # see checkpoints and datasets committed by other containers
 
 
 def gpu_check() -> None:
@@ -103,7 +83,7 @@ def gpu_check() -> None:
     scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
     timeout=spec.timeout_s,  # seconds for one run of a job
     # Modal restarts a preempted input without any retries; a retry would only rerun a
-    # timed-out one, which ends timed_out by itself (see FINISH_MARGIN_S).
+    # timed-out one, which ends timed_out by itself (see training.finish_margin_s).
     retries=0,
 )
 class TrainJobs:
@@ -113,21 +93,35 @@ class TrainJobs:
     def train_job(self, job_id: str, submit: dict[str, Any]) -> dict[str, Any]:
         """Run (or resume) job ``job_id``; ``submit`` is its JobSubmit JSON, read only when
         the Dict has no record of it. Returns the job as JSON."""
-        reload_volume()
-        return run_modal_job(
+        return run_job(
             job_id,
             submit,
-            Settings(),
-            job_state,
-            jobs_root=jobs_root(),
+            job_state=job_state,
             commit=commit_volume,
-            preflight=gpu_check,
             time_limit_s=EXECUTION_LIMIT_S,
+            preflight=gpu_check,
         )
 
 
 def spawn_job(job_id: str, submit: dict[str, Any]) -> str:
     return str(TrainJobs().train_job.spawn(job_id, submit).object_id)
+
+
+def spawn_cpu_job(job_id: str, submit: dict[str, Any]) -> str:
+    """A CPU job on the deployed tabular app's function (a lookup by name: a Modal call)."""
+    jobs = modal.Cls.from_name(CPU_ENDPOINT.app, "TabularJobs")
+    return str(jobs().train_job.spawn(job_id, submit).object_id)
+
+
+def modal_jobs(settings: Settings, **extra: Any) -> ModalJobs:
+    """The job service over the Dict, spawning each hardware class on its function."""
+    return ModalJobs(
+        settings,
+        spawn={HARDWARE: spawn_job, "cpu": spawn_cpu_job},
+        state=job_state,
+        gpu={HARDWARE: spec.gpu},
+        **extra,
+    )
 
 
 @app.cls(
@@ -146,44 +140,12 @@ class JobsApi:
     def build(self) -> None:
         reload_volume()
         settings = Settings()
-        jobs = ModalJobs(
-            settings,
-            spawn={HARDWARE: spawn_job},
-            state=job_state,
-            gpu={HARDWARE: spec.gpu},
-            refresh=reload_volume,
-        )
+        jobs = modal_jobs(settings, refresh=reload_volume)
         self.web_app = jobs_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:
         return self.web_app
-
-
-def watch(job_id: str, call_id: str) -> JobStatus:
-    """Print the job's events from the Dict until it ends; return how it ended."""
-    jobs = ModalJobs(
-        Settings(), spawn={HARDWARE: spawn_job}, state=job_state, gpu={HARDWARE: spec.gpu}
-    )
-    after = 0
-    while True:
-        try:
-            job = jobs.get(job_id)
-        except NotFound:  # the container has not written the record yet
-            if jobs.check_call(call_id) != "pending":
-                raise SystemExit(
-                    f"job {job_id} was refused before it started; `modal app logs {spec.app}` "
-                    "has the reason"
-                ) from None
-            time.sleep(WATCH_POLL_S)
-            continue
-        for event in jobs.events(job_id, after):
-            after = event.seq
-            if event.type != "step":  # steps: the progress in the job record
-                print(f"{event.type}: {json.dumps(event.data)}")  # noqa: T201 - the command's output
-        if job.status in TERMINAL:
-            return job.status
-        time.sleep(WATCH_POLL_S)
 
 
 @app.local_entrypoint()
@@ -198,38 +160,21 @@ def main(
     seed: int = DEFAULTS["seed"],
 ) -> None:
     """Upload ``data`` into the Volume, submit a training job, follow it to its end."""
-    local = Path(data)
-    if not local.is_file():
-        raise SystemExit(f"{data}: no such file")
-    try:
-        params = parse(
-            TrainClassifierParams,
-            {
-                "data": local.name,  # relative: under the Volume's datasets folder
-                "name": name,
-                "base": base,
-                "epochs": epochs,
-                "learning_rate": learning_rate,
-                "batch_size": batch_size,
-                "max_length": max_length,
-                "seed": seed,
-            },
-        )
-    except FnbError as exc:
-        raise SystemExit(f"--{(exc.field or '').replace('_', '-')}: {exc.message}") from None
-    with volume.batch_upload(force=True) as batch:  # force: a re-run replaces the upload
-        batch.put_file(local, f"/{DATASETS_DIR.relative_to(VOLUME_DIR)}/{local.name}")
-    job_id = new_job_id()
-    submit = JobSubmit(task="train_classifier", params=params.model_dump(exclude_unset=True))
-    call_id = spawn_job(job_id, submit.model_dump(mode="json"))
-    DictState(job_state).set_call(job_id, call_id)  # the deployed JobsApi can check the call
-    print(  # noqa: T201 - the command's output
-        f"job {job_id} submitted (Modal call {call_id}).\n"
-        f"Run with `modal run --detach` to keep it training if this terminal goes; watch it\n"
-        f"with `fnbundle jobs watch {job_id} --url <JobsApi URL>` after `modal deploy "
-        f"functions/train_classifier.py`."
+    submit_from_terminal(
+        "train_classifier",
+        TrainClassifierParams,
+        Path(data),
+        {
+            "name": name,
+            "base": base,
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "seed": seed,
+        },
+        spawn=spawn_job,
+        jobs=modal_jobs(Settings()),
+        job_state=job_state,
+        app_name=spec.app,
     )
-    status = watch(job_id, call_id)
-    print(f"job {job_id} {status.value}")  # noqa: T201 - the command's output
-    if status != JobStatus.succeeded:
-        raise SystemExit(1)

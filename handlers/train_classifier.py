@@ -1,178 +1,23 @@
-"""RunPod worker for ``train_classifier``: one job trains, publishes and streams its progress.
+"""RunPod worker for ``train_classifier``: one job fine-tunes a text
+encoder, exports and publishes a classifier, and streams its progress (a GPU endpoint).
 
-Its input is a training job, ``{"job": <JobSubmit>, "job_id": <id>, "after_seq": n}``, from
-:class:`~fnbundle.jobs.runpod_backend.RunPodJobs` (everything is a job: any other input is
-one clear error): its record, events and
-checkpoints live under ``<volume>/fnbundle/jobs/<id>/``, so a second run of the same job
-on any worker resumes from its checkpoint. A job yields typed job events (JobEvent JSON:
-``{"seq", "type", "at", "data"}``) and ends with its terminal ``state`` event; when RunPod
-cancels the run, the handler tells the trainer to stop (it saves a checkpoint first). On
-RunPod, a worker of a GPU endpoint without a usable CUDA device (an old host driver, a CPU
-torch) refuses to train: the job ends failed naming the cause, instead of a CPU run billed
-as a GPU one (``cuda_versions`` in deploy/endpoints.toml keeps such hosts away).
-
-Key rules: importing this file loads nothing (torch and transformers are imported by
-``setup()`` under ``__main__``, once per worker, before ``runpod.serverless.start``). The
-handler is an async generator that never raises: it yields the job's events as they happen
-(step events thinned to one per ``STEP_EVENTS_EVERY_S``, the last step before any other
-event always kept; see :class:`~fnbundle.jobs.runpod_run.StepThinner`) and ends with the
-job's terminal ``state`` event, or yields a single ``{"error": "<JSON>"}`` when the input is
-not a job or the worker cannot set up: the gateway's error object ``{"type", "message",
-"field"?}`` encoded as a string, because RunPod carries a failed job's error as a string.
-With ``return_aggregate_stream`` a ``/runsync`` call returns the whole list.
-Datasets and local base models must sit inside ``FNB_DATA_ROOTS`` (default: the volume).
-
-Training runs in a worker thread so the SDK's event loop stays free while it runs; epoch
-and state events go to RunPod's progress updates (``/status`` shows the latest), step events
-at most once per ``PROGRESS_EVERY_S``: each update is an HTTP call to RunPod.
+It is a :class:`~fnbundle.runpod_training.TrainingWorker` (the input, the events it
+streams, cancel, resume and the GPU check are described there); this file names its
+endpoint in deploy/endpoints.toml and the packages it imports before its first job.
 
     python handlers/train_classifier.py --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8011
+
+Key rule: importing this file loads nothing heavy; ``setup()`` under ``__main__`` imports
+the stack once per worker.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
-import os
-import queue
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from importlib import import_module
-from typing import Any
+from fnbundle.runpod_training import TrainingWorker
 
-import runpod
-from fnbundle.contract import error_result
-from fnbundle.endpoints import get_endpoint
-from fnbundle.errors import InvalidRequest
-from fnbundle.jobs.runpod_run import run_volume_job
-from fnbundle.runpod_worker import (
-    job_output,
-    require_cuda,
-    worker_concurrency,
-    worker_settings,
-)
-from fnbundle.settings import Settings
-
-ENDPOINT = "train_classifier"  # its entry in deploy/endpoints.toml
-PROGRESS_EVERY_S = 5.0  # seconds: the least time between two step progress updates
-
-log = logging.getLogger("fnbundle.handlers.train_classifier")
-
-_settings: Settings | None = None
-_DONE = object()  # the training thread's last message
-
-
-def setup(settings: Settings | None = None) -> Settings:
-    """Choose the settings and import the training stack once, before the first job."""
-    global _settings
-    _settings = settings or worker_settings()
-    for name in ("torch", "transformers"):
-        import_module(name)
-    log.info("store %s; data roots %s", _settings.store_root, _settings.data_roots)
-    return _settings
-
-
-def on_runpod() -> bool:
-    # The SDK posts progress to this URL; off RunPod it is unset and every update would
-    # only log a failed post.
-    return "RUNPOD_WEBHOOK_POST_OUTPUT" in os.environ
-
-
-def gpu_check() -> Callable[[], None] | None:
-    """What a worker of this GPU endpoint checks before it trains: a usable CUDA device.
-    None off RunPod (it sets RUNPOD_POD_ID on every worker): a local ``--rp_serve_api`` or
-    ``--test_input`` run trains on the CPU it has."""
-    spec = get_endpoint(ENDPOINT).runpod
-    if spec.compute != "GPU" or "RUNPOD_POD_ID" not in os.environ:
-        return None
-    return lambda: require_cuda(spec.cuda_versions)
-
-
-class ProgressReporter:
-    """Forwards events to RunPod's progress updates: step events at most once per
-    ``PROGRESS_EVERY_S``, the ``always`` types each time."""
-
-    def __init__(self, job: dict[str, Any], always: frozenset[str] = frozenset({"eval"})):
-        self.job = job
-        self.always = always
-        self.enabled = on_runpod()
-        self.last_step_at = -math.inf  # monotonic seconds
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if not self.enabled or (kind != "step" and kind not in self.always):
-            return
-        if kind == "step":
-            now = time.monotonic()
-            if now - self.last_step_at < PROGRESS_EVERY_S:
-                return
-            self.last_step_at = now
-        try:  # sends from a daemon thread; a failed post is the SDK's to log, not the job's
-            runpod.serverless.progress_update(self.job, event)
-        except Exception:
-            log.warning("progress update failed", exc_info=True)
-
-
-async def stream(
-    job: dict[str, Any], work: Callable[[Callable[[Any], None], threading.Event], None]
-) -> AsyncIterator[dict[str, Any]]:
-    """Run ``work(emit, stop)`` in a thread and yield what it emits; if the run is stopped
-    (RunPod cancels it), ``stop`` is set so the work ends too."""
-    events: queue.Queue[Any] = queue.Queue()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            work(events.put, stop)
-        finally:
-            events.put(_DONE)
-
-    threading.Thread(target=run, name=f"train-{job.get('id')}", daemon=True).start()
-    try:
-        while (event := await asyncio.to_thread(events.get)) is not _DONE:
-            yield event
-    finally:
-        stop.set()
-
-
-async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """One RunPod job: job events, then the terminal state, or one ``{"error": "<JSON>"}``."""
-    payload = job.get("input")
-    report = ProgressReporter(job, frozenset({"epoch", "state"}))
-
-    def train(emit: Callable[[Any], None], stop: threading.Event) -> None:
-        try:
-            if not (isinstance(payload, dict) and "job" in payload):
-                raise InvalidRequest(
-                    "This worker runs training jobs only: submit one with POST /v1/jobs on a "
-                    'gateway (input {"job": ..., "job_id": ...}), or `fnbundle jobs submit`.',
-                    field="input",
-                )
-            settings = _settings or setup()
-            gpus = get_endpoint(ENDPOINT).runpod.gpu_ids
-            gpu = gpus[0] if gpus else None
-            run_volume_job(payload, settings, gpu=gpu, emit=emit, stop=stop, preflight=gpu_check())
-        except Exception as exc:  # a bad job, or setup failed: this worker cannot train
-            emit(job_output(error_result(exc)[1]))
-
-    async for event in stream(job, train):
-        report(event)
-        yield event
-
+worker = TrainingWorker("train_classifier", ("torch", "transformers"))
+setup = worker.setup
+handler = worker.handler
 
 if __name__ == "__main__":
-    # force: importing runpod already configured the root logger with its own format.
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
-    )
-    concurrency = worker_concurrency(setup(), ENDPOINT)  # training runs at once per worker
-    # start() reads RunPod's own flags (--test_input, --rp_serve_api, ...) from sys.argv.
-    runpod.serverless.start(
-        {
-            "handler": handler,
-            "return_aggregate_stream": True,  # /runsync answers with every yielded event
-            "concurrency_modifier": lambda _current: concurrency,
-        }
-    )
+    worker.start()

@@ -28,10 +28,11 @@ class PredictBody(BaseModel):
 def fitted(data: Path, model: str) -> tuple[Any, Any, list[str]]:
     """The pipeline ``train_tabular`` fits for ``model`` on ``data``, its feature spec, classes."""
     from fnbundle.settings import Settings
-    from fnbundle.training.tabular import TabularParams, estimator, pipeline, prepare
+    from fnbundle.tasks.train_tabular.params import TrainTabularParams
+    from fnbundle.training.tabular import estimator, pipeline, prepare
     from sklearn.model_selection import train_test_split
 
-    p = TabularParams(data=str(data.resolve()), name="baseline", model=model)
+    p = TrainTabularParams(data=str(data.resolve()), name="baseline", model=model)
     _, schema, spec, x, y, classes = prepare(p, Settings(data_roots=[data.resolve().parent]))
     assert schema.target is not None
     task = schema.target.task
@@ -39,7 +40,7 @@ def fitted(data: Path, model: str) -> tuple[Any, Any, list[str]]:
         x, y, test_size=p.test_split, random_state=p.seed, stratify=y if classes else None
     )
     return (
-        pipeline(spec, estimator(model, task, p.hyperparams, p.seed)).fit(x_train, y_train),
+        pipeline(spec, estimator(model, task, p, len(x_train))).fit(x_train, y_train),
         spec,
         classes,
     )

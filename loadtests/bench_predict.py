@@ -59,7 +59,8 @@ def parse_args() -> argparse.Namespace:
 def ensure_model(store: Path, name: str) -> Any:
     from fnbundle.settings import Settings
     from fnbundle.store import Store
-    from fnbundle.training.tabular import TabularParams, train_tabular
+    from fnbundle.tasks.train_tabular.params import TrainTabularParams
+    from fnbundle.training.tabular import train_tabular
 
     try:
         return Store(store).resolve(name)
@@ -68,7 +69,7 @@ def ensure_model(store: Path, name: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             settings = Settings(store=store, data_roots=[DATA.parent])
-            return train_tabular(TabularParams(data=str(DATA), name=name), settings).artifact
+            return train_tabular(TrainTabularParams(data=str(DATA), name=name), settings).artifact
 
 
 def rows() -> list[dict[str, Any]]:

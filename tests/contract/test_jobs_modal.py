@@ -270,13 +270,15 @@ def test_a_gpu_container_without_cuda_fails_the_job_instead_of_training_on_its_c
     import modal as modal_sdk
     import torch
 
-    import functions.train_classifier as fn
+    import functions.training as training
 
     client, fake = modal.client, modal.fake
     # In a Modal container of the GPU function, on a host whose driver torch cannot use:
     # where the code runs, the Volume and the hardware are the boundaries faked here.
     monkeypatch.setattr(modal_sdk, "is_local", lambda: False)
-    monkeypatch.setattr(fn, "volume", SimpleNamespace(reload=lambda: None, commit=lambda: None))
+    monkeypatch.setattr(  # the Volume the shared training code reloads and commits
+        training, "volume", SimpleNamespace(reload=lambda: None, commit=lambda: None)
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     r = client.post(
         "/v1/jobs", json={"task": "train_classifier", "params": params(tiny_base, "modal-gpu")}

@@ -35,7 +35,7 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 APP_MODULES = sorted(p.stem for p in (REPO / "functions").glob("*.py") if p.stem != "__init__")
-SHARED_MODULES = {"images", "serving"}  # what the apps import; no app of their own
+SHARED_MODULES = {"images", "serving", "training"}  # what the apps import; no app of their own
 HEAVY = ("torch", "transformers", "onnxruntime", "tokenizers", "onnx", "matplotlib")
 GOOD = next(case for case in CASES if case.status == 200).payload
 
@@ -374,12 +374,13 @@ def test_modal_run_submits_a_job_follows_it_and_publishes(
     import fnbundle.jobs.modal_backend as backend
 
     import functions.train_classifier as fn
+    import functions.training as training
     from functions.classify import Classifier
 
     datasets = tmp_path / "datasets"
     monkeypatch.setenv("FNB_DATA_ROOTS", f"{datasets},{tiny_base.parent}")
     monkeypatch.setenv("FNB_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setattr(fn, "WATCH_POLL_S", 0.2)
+    monkeypatch.setattr(training, "WATCH_POLL_S", 0.2)
     state: dict[str, Any] = {}
     runs: list[threading.Thread] = []
 

@@ -49,14 +49,15 @@ def check_predict_body(case: Case, body: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def predict_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fnbundle.training.tabular import TabularParams, train_tabular
+    from fnbundle.tasks.train_tabular.params import TrainTabularParams
+    from fnbundle.training.tabular import train_tabular
 
     root = tmp_path_factory.mktemp("predict-store")
     settings = Settings(store=root, data_roots=[REPO / "data"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         train_tabular(
-            TabularParams(
+            TrainTabularParams(
                 data=str(REPO / "data" / "churn.csv"),
                 name=PREDICT_MODEL,
                 model="logistic_regression",

@@ -15,7 +15,8 @@ from fnbundle.settings import Settings
 from fnbundle.store import Store
 from fnbundle.tasks.predict.schema import PredictRequest
 from fnbundle.tasks.predict.serve import PredictTask
-from fnbundle.training.tabular import TabularParams, train_tabular
+from fnbundle.tasks.train_tabular.params import TrainTabularParams
+from fnbundle.training.tabular import train_tabular
 from pydantic import ValidationError
 
 from tests.tiny import REPO
@@ -32,14 +33,18 @@ def trained(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         train_tabular(
-            TabularParams(data=str(CHURN), name="churn", model="logistic_regression", cv_folds=2),
+            TrainTabularParams(
+                data=str(CHURN), name="churn", model="logistic_regression", cv_folds=2
+            ),
             settings,
         )
         from sklearn.datasets import load_diabetes
 
         load_diabetes(as_frame=True).frame.to_csv(root / "diabetes.csv", index=False)
         train_tabular(
-            TabularParams(data=str(root / "diabetes.csv"), name="sugar", model="ridge", cv_folds=2),
+            TrainTabularParams(
+                data=str(root / "diabetes.csv"), name="sugar", model="ridge", cv_folds=2
+            ),
             settings,
         )
     return settings

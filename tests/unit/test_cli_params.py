@@ -58,12 +58,45 @@ def test_a_required_field_is_a_required_option():
     assert result.exit_code == 2 and "--data" in result.output
 
 
-@pytest.mark.parametrize("command", [["train", "classifier"], ["jobs", "submit"]])
-def test_the_training_commands_offer_every_field_of_the_registered_params(command):
-    model = REGISTRY.training_task("train_classifier").params_model
-    result = runner.invoke(app, [*command, "--help"])
+TRAINING = sorted(REGISTRY.training)
+
+
+@pytest.mark.parametrize("where", [["train"], ["jobs", "submit"]])
+@pytest.mark.parametrize("slug", TRAINING)
+def test_the_training_commands_offer_every_field_of_the_registered_params(where, slug):
+    model = REGISTRY.training_task(slug).params_model
+    result = runner.invoke(app, [*where, slug.removeprefix("train_"), "--help"])
     assert result.exit_code == 0, result.output
     for name, info in model.model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         flag = str(extra.get("cli", "--" + name.replace("_", "-"))).split("/")[0]
         assert flag in result.output, name
+    assert "PydanticUndefined" not in result.output
+
+
+class Shaped(BaseModel):
+    data: str
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="Units.")
+    kinds: dict[str, Literal["numeric", "text"]] = Field(default_factory=dict)
+    pick: Literal["a", "b"] | Literal["all"] | None = Field(None, description="Which.")
+
+
+def test_lists_and_mappings_are_comma_separated_options():
+    seen: list[dict[str, Any]] = []
+    cli = typer.Typer()
+
+    @cli.command()
+    @with_params(Shaped)
+    def go(params: dict[str, Any]) -> None:
+        seen.append(params)
+
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Units. (default: 128,64)" in result.output and "One of: a, b, all" in result.output
+    args = ["--data", "t.csv", "--hidden", "32, 16", "--kinds", "zip=text,age=numeric"]
+    result = runner.invoke(cli, [*args, "--pick", "all"])
+    assert result.exit_code == 0, result.output
+    assert seen == [{"data": "t.csv", "hidden": ["32", "16"], "kinds": {"zip": "text",
+                     "age": "numeric"}, "pick": "all"}]  # fmt: skip
+    checked = Shaped(**seen[0])
+    assert checked.hidden == [32, 16] and checked.kinds["zip"] == "text"

@@ -58,7 +58,15 @@ def test_runpod_jobs_take_one_endpoint_per_hardware_class(monkeypatch, tmp_path)
     jobs = job_backend(Settings())
     try:
         assert jobs.runpod.endpoints == {"gpu": "ep-gpu", "cpu": "ep-cpu"}
-        assert jobs.runpod.endpoint("train_classifier").base.endswith("/ep-gpu")
+        from types import SimpleNamespace
+
+        def base(task: str, **params: str) -> str:
+            return jobs.runpod.endpoint(SimpleNamespace(task=task, params=params)).base
+
+        assert base("train_classifier").endswith("/ep-gpu")
+        assert base("train_tabular", model="compare").endswith("/ep-cpu")
+        # An MLP asked to train on CUDA is a GPU job, whatever its task's own class.
+        assert base("train_tabular", model="mlp_classifier", device="cuda").endswith("/ep-gpu")
     finally:
         jobs.stop()
 

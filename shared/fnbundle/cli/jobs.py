@@ -14,10 +14,11 @@ import typer
 from rich.table import Table
 
 from fnbundle.cli.client import DEFAULT_URL, Gateway
-from fnbundle.cli.output import console, duration, err, fail, money
+from fnbundle.cli.output import console, duration, err, fail, model_line, money
 from fnbundle.cli.params import with_params
 from fnbundle.cli.serve import is_loopback
-from fnbundle.cli.train import TRAIN_CLASSIFIER
+from fnbundle.tasks import REGISTRY
+from fnbundle.tasks.base import TrainingTask
 
 jobs_app = typer.Typer(
     no_args_is_help=True, help="Training jobs on a gateway: submit, watch, list, cancel."
@@ -79,6 +80,8 @@ def _watch(gateway: Gateway, job_id: str) -> None:
                     say(
                         f"cost {money(data.get('cost_usd'))} of the {money(data.get('budget_usd'))} budget"
                     )
+                elif kind == "model":
+                    say(model_line(data), markup=False)
                 elif kind == "log":
                     say(f"{data.get('level', 'info')}: {data.get('message')}", markup=False)
     except KeyboardInterrupt:
@@ -91,60 +94,84 @@ def _watch(gateway: Gateway, job_id: str) -> None:
     console.print(f"[bold green]succeeded[/] {job_id}: published {job.get('model_id')}")
 
 
-@jobs_app.command("submit")
-@with_params(TRAIN_CLASSIFIER.params_model)
-def jobs_submit(
-    params: dict[str, Any],
-    budget_usd: Annotated[
-        float | None, typer.Option(help="Stop (with a checkpoint) when the cost reaches this.")
-    ] = None,
-    gpu: Annotated[
-        str | None, typer.Option(help="GPU name; default: the cheapest that fits.")
-    ] = None,
-    idempotency_key: Annotated[
-        str | None, typer.Option(help="Submitting the same key again returns the same job.")
-    ] = None,
-    webhook_url: Annotated[
-        str | None, typer.Option(help="POSTed the job when it ends (signed).")
-    ] = None,
-    timeout_s: Annotated[float | None, typer.Option(help="Execution time limit (seconds).")] = None,
-    watch: Annotated[bool, typer.Option("--watch", help="Follow it until it ends.")] = False,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = None,
-    json_out: JsonOut = False,
-) -> None:
-    """Queue a text-classifier training job on the gateway (options as `train classifier`)."""
-    from urllib.parse import urlsplit
+submit_app = typer.Typer(
+    no_args_is_help=True,
+    help="Queue a training job on the gateway: one command per training task, its options "
+    "generated from the task's params.",
+)
+jobs_app.add_typer(submit_app, name="submit")
 
-    gateway = Gateway(url, api_key)
-    data = params["data"]
-    if is_loopback(urlsplit(gateway.url).hostname or "") and Path(data).is_file():
-        params["data"] = str(Path(data).resolve())  # a local gateway may run in another folder
-    body = {
-        "task": TRAIN_CLASSIFIER.slug,
-        "params": params,
-        "budget_usd": budget_usd,
-        "gpu": gpu,
-        "idempotency_key": idempotency_key,
-        "webhook_url": webhook_url,
-        "timeout_s": timeout_s,
-    }
-    accepted = gateway.call(
-        "POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None}
+
+def command_name(task: TrainingTask[Any]) -> str:
+    """``train_classifier`` -> ``classifier``: the name under ``train`` and ``jobs submit``."""
+    return task.slug.removeprefix("train_")
+
+
+def _submit_command(task: TrainingTask[Any]) -> Any:
+    def jobs_submit(
+        params: dict[str, Any],
+        budget_usd: Annotated[
+            float | None, typer.Option(help="Stop (with a checkpoint) when the cost reaches this.")
+        ] = None,
+        gpu: Annotated[
+            str | None, typer.Option(help="GPU name; default: the cheapest that fits.")
+        ] = None,
+        idempotency_key: Annotated[
+            str | None, typer.Option(help="Submitting the same key again returns the same job.")
+        ] = None,
+        webhook_url: Annotated[
+            str | None, typer.Option(help="POSTed the job when it ends (signed).")
+        ] = None,
+        timeout_s: Annotated[
+            float | None, typer.Option(help="Execution time limit (seconds).")
+        ] = None,
+        watch: Annotated[bool, typer.Option("--watch", help="Follow it until it ends.")] = False,
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+        json_out: JsonOut = False,
+    ) -> None:
+        from urllib.parse import urlsplit
+
+        gateway = Gateway(url, api_key)
+        data = params["data"]
+        if is_loopback(urlsplit(gateway.url).hostname or "") and Path(data).is_file():
+            params["data"] = str(Path(data).resolve())  # a local gateway may run elsewhere
+        body = {
+            "task": task.slug,
+            "params": params,
+            "budget_usd": budget_usd,
+            "gpu": gpu,
+            "idempotency_key": idempotency_key,
+            "webhook_url": webhook_url,
+            "timeout_s": timeout_s,
+        }
+        accepted = gateway.call(
+            "POST", "/v1/jobs", json={k: v for k, v in body.items() if v is not None}
+        )
+        if json_out:
+            console.print_json(json.dumps(accepted))
+        else:
+            console.print(f"job {accepted['id']} {accepted['status']}", highlight=False)
+            estimate = accepted.get("estimate") or {}
+            if "seconds" in estimate:
+                console.print(
+                    f"estimate: ~{duration(estimate['seconds'])} (m:ss), "
+                    f"~{money(estimate.get('usd'))} on {estimate.get('gpu', '?')} "
+                    f"({estimate.get('platform', '?')})",
+                    highlight=False,
+                )
+        if watch:
+            _watch(gateway, accepted["id"])
+
+    jobs_submit.__doc__ = (
+        f"Queue a {task.slug} job: {task.summary} "
+        f"(options as `fnbundle train {command_name(task)}`)."
     )
-    if json_out:
-        console.print_json(json.dumps(accepted))
-    else:
-        console.print(f"job {accepted['id']} {accepted['status']}", highlight=False)
-        estimate = accepted.get("estimate") or {}
-        if "seconds" in estimate:
-            console.print(
-                f"estimate: ~{duration(estimate['seconds'])} (m:ss), ~{money(estimate.get('usd'))}"
-                f" on {estimate.get('gpu', '?')} ({estimate.get('platform', '?')})",
-                highlight=False,
-            )
-    if watch:
-        _watch(gateway, accepted["id"])
+    return with_params(task.params_model)(jobs_submit)
+
+
+for _task in REGISTRY.training.values():
+    submit_app.command(command_name(_task))(_submit_command(_task))
 
 
 @jobs_app.command("watch")

@@ -35,3 +35,14 @@ def duration(seconds: Any) -> str:
         return "-"
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
+
+
+def model_line(data: dict[str, Any]) -> str:
+    """One model of a compare run, as a line: ``[2/7] random_forest done: accuracy 0.74``."""
+    head = f"[{data.get('index')}/{data.get('of')}] {data.get('model')} {data.get('state')}"
+    if data.get("state") == "failed":
+        return f"{head}: {data.get('reason')}"
+    scores = data.get("scores") or {}
+    figures = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    took = f" in {data['fit_s']:.1f} s" if data.get("fit_s") is not None else ""
+    return f"{head}{': ' + figures if figures else ''}{took}"

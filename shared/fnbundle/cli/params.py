@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
@@ -34,21 +35,55 @@ def _flags(name: str, info: FieldInfo) -> str:
 
 def _help(name: str, info: FieldInfo) -> str:
     text = info.description or name.replace("_", " ").capitalize() + "."
-    choices = (
-        typing.get_args(info.annotation) if typing.get_origin(info.annotation) is Literal else ()
-    )
+    annotation = _unwrap(info.annotation)
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
     if choices:
         text += f" One of: {', '.join(map(str, choices))}."
     if not info.is_required():
-        text += f" (default: {info.default})"
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(map(str, default))
+        if default not in (None, "", {}):  # None: the description says what happens
+            text += f" (default: {default})"
     return text
 
 
+def _unwrap(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` (an option left out is None anyway); a union of Literals is
+    one Literal of all their choices."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+        if all(typing.get_origin(a) is Literal for a in args):
+            return Literal[tuple(c for a in args for c in typing.get_args(a))]
+    return annotation
+
+
+def _shape(info: FieldInfo) -> str:
+    """How the command line spells a field: ``list`` (a,b), ``dict`` (k=v,k=v) or plain."""
+    origin = typing.get_origin(_unwrap(info.annotation))
+    return "list" if origin is list else "dict" if origin is dict else "plain"
+
+
 def _cli_type(info: FieldInfo) -> Any:
-    """What the command line parses before pydantic checks it: Literal choices as text."""
-    if typing.get_origin(info.annotation) is Literal:
+    """What the command line parses before pydantic checks it: Literal choices, lists
+    (comma-separated) and mappings (``key=value`` pairs, comma-separated) as text."""
+    annotation = _unwrap(info.annotation)
+    if typing.get_origin(annotation) is Literal or _shape(info) != "plain":
         return str
-    return info.annotation
+    return annotation
+
+
+def _parse(value: Any, shape: str) -> Any:
+    """A list or mapping option's text as the list or dict pydantic then checks."""
+    if shape == "plain" or not isinstance(value, str):
+        return value
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if shape == "list":
+        return items
+    pairs = [item.partition("=") for item in items]
+    return {key.strip(): kind.strip() for key, _, kind in pairs}
 
 
 def options(model: type[BaseModel]) -> list[inspect.Parameter]:
@@ -78,10 +113,13 @@ def with_params(model: type[BaseModel]) -> Callable[..., Any]:
         generated = options(model)
         names = {p.name for p in generated}
 
+        shapes = {name: _shape(info) for name, info in model.model_fields.items()}
+
         @functools.wraps(command)
         def run(**kwargs: Any) -> Any:
             given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-            return command(**kwargs, **{PARAMS: {k: v for k, v in given.items() if v is not None}})
+            params = {k: _parse(v, shapes[k]) for k, v in given.items() if v is not None}
+            return command(**kwargs, **{PARAMS: params})
 
         required = [p for p in generated if p.default is inspect.Parameter.empty]
         optional = [p for p in generated if p.default is not inspect.Parameter.empty]

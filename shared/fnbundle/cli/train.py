@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from fnbundle.cli.output import console, fail, setup_logging
+from fnbundle.cli.output import console, fail, model_line, setup_logging
 from fnbundle.cli.params import with_params
 from fnbundle.errors import FnbError
 from fnbundle.settings import get_settings
@@ -42,9 +42,10 @@ def _progress_printer() -> tuple[Any, Any]:
         kind = event["type"]
         if kind == "start":
             progress.start()
+            labels = f"; labels: {', '.join(event['labels'])}" if event["labels"] else ""
             console.print(
                 f"training on {event['train_examples']} examples, validating on "
-                f"{event['eval_examples']}; labels: {', '.join(event['labels'])}"
+                f"{event['eval_examples']}{labels}"
             )
             state["task"] = progress.add_task("train", total=event["total_steps"], loss="-")
         elif kind == "step":
@@ -55,10 +56,18 @@ def _progress_printer() -> tuple[Any, Any]:
                 description=f"epoch {event['epoch']}",
             )
         elif kind == "eval":
-            progress.console.print(
-                f"epoch {event['epoch']}: eval loss {event['eval_loss']:.4f}, "
-                f"accuracy {event['accuracy']:.3f}, macro-F1 {event['macro_f1']:.3f}"
+            figures = ", ".join(
+                f"{name.replace('_', '-')} {event[name]:.3f}"
+                for name in ("accuracy", "macro_f1", "r2", "rmse")
+                if event.get(name) is not None
             )
+            progress.console.print(
+                f"epoch {event['epoch']}: eval loss {event['eval_loss']:.4f}, {figures}"
+            )
+        elif kind == "model":
+            progress.console.print(model_line(event), markup=False)
+            done = event["index"] - (event["state"] == "training")
+            progress.update(state["task"], completed=done, description="models")
         elif kind == "log":
             progress.console.print(event["message"])
 
@@ -68,6 +77,18 @@ def _progress_printer() -> tuple[Any, Any]:
 TRAIN_CLASSIFIER = REGISTRY.training_task("train_classifier")
 
 
+def _checked(model: Any, params: dict[str, Any]) -> Any:
+    """The params, or exit 2 naming the option that is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "-".join(map(str, first["loc"][:1])).replace("_", "-")
+        raise fail(f"--{option}: {first['msg']}", 2) from None
+
+
 @train_app.command("classifier")
 @with_params(TRAIN_CLASSIFIER.params_model)
 def train_classifier_cmd(
@@ -75,17 +96,10 @@ def train_classifier_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Fine-tune a text classifier, export it to ONNX and publish it."""
-    from pydantic import ValidationError
-
     setup_logging()
     from fnbundle.training.text_classifier import train_classifier
 
-    try:
-        checked: Any = TRAIN_CLASSIFIER.params_model.model_validate(params)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        option = "-".join(map(str, first["loc"])).replace("_", "-")
-        raise fail(f"--{option}: {first['msg']}", 2) from None
+    checked = _checked(TRAIN_CLASSIFIER.params_model, params)
     progress, on_event = _progress_printer()
     try:
         with progress:
@@ -114,3 +128,45 @@ def train_classifier_cmd(
                 bucket, str(row["examples"]), f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}"
             )
     console.print(table)
+
+
+TRAIN_TABULAR = REGISTRY.training_task("train_tabular")
+
+
+@train_app.command("tabular")
+@with_params(TRAIN_TABULAR.params_model)
+def train_tabular_cmd(
+    params: dict[str, Any],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train one of 13 models on a table (or compare them), export it to ONNX and publish it."""
+    from fnbundle.training.control import TrainControl
+
+    setup_logging()
+    checked = _checked(TRAIN_TABULAR.params_model, params)
+    progress, on_event = _progress_printer()
+    try:
+        with progress:
+            result = TRAIN_TABULAR.train(checked, get_settings(), on_event, TrainControl())
+    except FnbError as exc:
+        raise fail(exc.message) from None
+    if json_out:
+        console.print_json(result.model_dump_json(by_alias=True))
+        return
+    target = result.schema_.target
+    console.print(
+        f"[bold green]published[/] {result.model_id}: {result.best} predicts "
+        f"{target.column!r} ({target.task})"
+    )
+    table = Table(title="leaderboard (held-out rows)")
+    scores = [k for k, v in result.leaderboard[0].metrics.items() if isinstance(v, float)]
+    for column in ("model", *scores, "fit s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for c in result.leaderboard:
+        table.add_row(
+            c.model, *(f"{c.metrics.get(k, float('nan')):.4f}" for k in scores), f"{c.fit_s:.2f}"
+        )
+    console.print(table)
+    top = list((result.leaderboard[0].metrics.get("feature_importances") or {}).items())[:5]
+    if top:
+        console.print("most important columns: " + ", ".join(f"{k} {v:.3f}" for k, v in top))

@@ -119,6 +119,7 @@ class Attempt:
         self.first_step: int | None = None  # this attempt's first step, for throughput
         self.trained_until: float | None = None  # monotonic time of the last eval
         self.last_step = job.last_checkpoint_step or 0
+        self._models_before = job.progress.step  # models an earlier attempt finished
 
     @staticmethod
     def _seen(events: list[JobEvent]) -> tuple[int, int, int]:
@@ -212,6 +213,8 @@ class Attempt:
             else:
                 self._write([], last_checkpoint_step=step)
             self.store.checkpointed(step)
+        elif kind == "model":
+            self._on_model(event)
         elif kind == "log":
             message = str(event.get("message", ""))
             self._write([("log", {"level": event.get("level", "info"), "message": message})])
@@ -253,6 +256,27 @@ class Attempt:
             "cost_usd": round(self.budget.cost_usd, 6),
         }
         self._write([("step", data)], progress=self.progress)
+
+    def _on_model(self, event: dict[str, Any]) -> None:
+        """One model of a run that trains several: its event, and the progress in models
+        (a retry refits the models before its checkpoint; those are not reported again)."""
+        index, of = int(event["index"]), int(event["of"])
+        finished = event.get("state") != "training"
+        if index < self.progress.step or (index == self.progress.step and not finished):
+            return
+        data = {k: v for k, v in event.items() if k != "type" and v is not None}
+        if finished and index > self.progress.step:
+            took = self.elapsed()
+            done_now = index - self._models_before
+            self.progress = Progress(
+                step=index,
+                total_steps=of,
+                epoch=0.0,
+                loss=None,
+                eta_s=round(took / done_now * (of - index), 1) if done_now > 0 else None,
+                fraction=round(index / of, 4),
+            )
+        self._write([("model", data)], progress=self.progress)
 
     def record_throughput(self) -> None:
         """Feed what this attempt measured into the cost model's calibration."""

@@ -124,11 +124,12 @@ class ModalLauncher:
         self.refresh = refresh  # e.g. a Volume reload, so a dataset uploaded just now is seen
         self._checked: dict[str, float] = {}  # job id -> monotonic time its call was asked
 
-    def gpu(self, task: str) -> str | None:
-        """The GPU the task's training function is deployed with (None: not declared)."""
+    def gpu(self, task: str, params: dict[str, Any] | None = None) -> str | None:
+        """The GPU the job's training function is deployed with (None: not declared, or
+        a CPU function)."""
         if self.gpus is None or isinstance(self.gpus, str):
             return self.gpus
-        return self.gpus.get(hardware_of(task))
+        return self.gpus.get(hardware_of(task, params))
 
     def start(self) -> None:
         """Nothing runs in this process: Modal runs the jobs."""
@@ -137,7 +138,7 @@ class ModalLauncher:
         """Nothing runs in this process."""
 
     def new_job(self, req: JobSubmit) -> Job:
-        gpu = self.gpu(req.task)
+        gpu = self.gpu(req.task, req.params)
         if gpu and req.gpu and req.gpu.upper() != gpu.upper():
             raise InvalidRequest(
                 f"This deployment trains {req.task} on {gpu}; submit without gpu or with "
@@ -153,7 +154,7 @@ class ModalLauncher:
         return new_job(req, self.settings, platform=PLATFORM, gpu=gpu)
 
     def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
-        hardware = hardware_of(job.task)
+        hardware = hardware_of(job.task, job.params)
         spawn = self.spawners if callable(self.spawners) else self.spawners.get(hardware)
         if spawn is None:
             raise LaunchFailed(f"This deployment has no training function for {hardware} jobs.")

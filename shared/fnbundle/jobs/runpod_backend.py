@@ -200,12 +200,12 @@ class RunPodLauncher:
         self.stream_timeout_s = stream_timeout_s
         self._clients: dict[str, RunPodEndpoint] = {}
 
-    def endpoint(self, task: str) -> RunPodEndpoint:
-        """The client of the endpoint that runs ``task``'s hardware class."""
+    def endpoint(self, job: JobRow) -> RunPodEndpoint:
+        """The client of the endpoint that runs the job's hardware class."""
         if isinstance(self.endpoints, str):
             endpoint_id = self.endpoints
         else:
-            hardware = hardware_of(task)
+            hardware = hardware_of(job.task, job.params)
             if hardware not in self.endpoints:
                 raise RunPodUnavailable(f"This gateway has no RunPod endpoint for {hardware} jobs.")
             endpoint_id = self.endpoints[hardware]
@@ -241,7 +241,7 @@ class RunPodLauncher:
         payload: dict[str, Any] = {"job": submit, "job_id": job.id, "after_seq": after_seq}
         if retry:
             payload["retry"] = True
-        answer = self.endpoint(job.task).call("POST", "/run", {"input": payload})
+        answer = self.endpoint(job).call("POST", "/run", {"input": payload})
         if not answer.get("id"):
             raise RunPodUnavailable(f"RunPod accepted job {job.id} without a job id: {answer}.")
         return str(answer["id"])
@@ -250,14 +250,14 @@ class RunPodLauncher:
         """POST /cancel: RunPod stops the run (a running handler saves a checkpoint and
         its worker writes ``cancelled``, or RunPod's CANCELLED says so)."""
         if handle is not None:
-            self.endpoint(job.task).call("POST", f"/cancel/{handle}")
+            self.endpoint(job).call("POST", f"/cancel/{handle}")
 
     def observe(self, service: JobService, job: JobRow, *, stream: bool = False) -> JobRow:
         """Ask RunPod (``/stream`` for a follower, else ``/status``) and keep what it says."""
         rp_id = self.store.handle(job.id)
         if job.status in TERMINAL or rp_id is None:
             return job
-        client = self.endpoint(job.task)
+        client = self.endpoint(job)
         source = "stream" if stream else "status"
         timeout = self.stream_timeout_s if stream else None
         answer = client.call(client.read_method, f"/{source}/{rp_id}", timeout=timeout)

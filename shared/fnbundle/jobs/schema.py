@@ -69,8 +69,12 @@ JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
 #   eval_metric {"epoch", "step", "name", "value"}    one per metric (accuracy, macro_f1)
 #   checkpoint  {"step", "epoch"}                      a complete checkpoint is on disk
 #   cost_usd    {"cost_usd", "budget_usd", "fraction"} budget warnings at 50/75/90/100%
+#   model       {"model", "index", "of", "state", "scores"?, "fit_s"?, "reason"?}
+#                                                   one model of a compare run starts/ends
 #   log         {"level", "message"}
-EventType = Literal["state", "step", "epoch", "eval_metric", "checkpoint", "cost_usd", "log"]
+EventType = Literal[
+    "state", "step", "epoch", "eval_metric", "checkpoint", "cost_usd", "model", "log"
+]
 
 
 MIN_TIMEOUT_S = 1  # seconds: below this no worker can even start

@@ -56,12 +56,14 @@ class LaunchFailed(FnbError):
     type: ClassVar[str] = "unavailable"
 
 
-def hardware_of(task: str) -> str:
-    """The hardware class a training task runs on (``gpu``, ``cpu``), from the registry:
-    launchers route by it, so a task needs no platform code of its own."""
+def hardware_of(task: str, params: dict[str, Any] | None = None) -> str:
+    """The hardware class a job runs on (``gpu``, ``cpu``), from the registry: the task's
+    own, or the one its ``params`` ask for (a tabular MLP on CUDA). Launchers route by it,
+    so a task needs no platform code of its own."""
     from fnbundle.tasks import REGISTRY
 
-    return str(REGISTRY.training[task].hardware)
+    task_ = REGISTRY.training[task]
+    return str(task_.hardware if params is None else task_.hardware_for(params))
 
 
 class Launcher(Protocol):

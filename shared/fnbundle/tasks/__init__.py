@@ -18,11 +18,13 @@ from fnbundle.tasks.classify.serve import ClassifyTask
 from fnbundle.tasks.embed.serve import EmbedTask
 from fnbundle.tasks.predict.serve import PredictTask
 from fnbundle.tasks.train_classifier import TrainClassifierTask
+from fnbundle.tasks.train_tabular import TrainTabularTask
 
 REGISTRY = Registry()
 REGISTRY.add(ClassifyTask())
 REGISTRY.add(EmbedTask())
 REGISTRY.add(PredictTask())
 REGISTRY.add(TrainClassifierTask())
+REGISTRY.add(TrainTabularTask())
 
 __all__ = ["REGISTRY", "Registry", "ServingTask", "TrainingTask"]

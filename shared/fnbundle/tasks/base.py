@@ -141,6 +141,13 @@ class TrainingTask(ABC, Generic[Params]):
     summary: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]  # CLI options, job params and docs come from it
     hardware: ClassVar[Hardware]
+    # Params of a job on a file of data/ (``data``: the file's name), for deploy's examples.
+    example: ClassVar[dict[str, Any]]
+
+    def hardware_for(self, params: dict[str, Any]) -> Hardware:
+        """The hardware class one job of this task runs on (its params JSON); by default
+        the task's own ``hardware``."""
+        return self.hardware
 
     @abstractmethod
     def estimate(

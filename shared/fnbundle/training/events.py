@@ -44,12 +44,17 @@ class Step(_Event):
 
 
 class Eval(_Event):
+    """Validation figures after an epoch: a classifier's accuracy and macro-F1, a
+    regressor's R² and RMSE (on the target's own scale)."""
+
     type: Literal["eval"] = "eval"
     epoch: int
     step: int
     eval_loss: float
-    accuracy: float
-    macro_f1: float
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    r2: float | None = None
+    rmse: float | None = None
 
 
 class Epoch(_Event):
@@ -72,13 +77,28 @@ class Log(_Event):
     level: Literal["info", "warning", "error"] = "info"
 
 
+class ModelProgress(_Event):
+    """One model of a run that trains several (a tabular ``compare``): it starts, ends
+    with its held-out scores, or could not be fitted (``reason``)."""
+
+    type: Literal["model"] = "model"
+    model: str
+    index: int  # 1-based position in the run
+    of: int  # models in the run
+    state: Literal["training", "done", "failed"]
+    scores: dict[str, float] | None = None  # the main held-out figures, when done
+    fit_s: float | None = None
+    reason: str | None = None
+
+
 class Published(_Event):
     type: Literal["published"] = "published"
     model_id: str
 
 
 TrainerEvent = Annotated[
-    Start | Step | Eval | Epoch | Checkpoint | Log | Published, Field(discriminator="type")
+    Start | Step | Eval | Epoch | Checkpoint | Log | ModelProgress | Published,
+    Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[TrainerEvent] = TypeAdapter(TrainerEvent)
 

@@ -13,105 +13,53 @@ Key rules:
 * Metrics on a held-out split (stratified for classification): accuracy, macro-F1, ROC-AUC
   and the confusion matrix; R², RMSE and MAE. On small tables (up to
   :data:`CV_MAX_ROWS` training rows) also k-fold cross-validation of the main score.
-* The served graph (skl2onnx) must give the trained pipeline's answers on the held-out
-  rows (:func:`parity`), else nothing is published. No pickle is written.
+* The served graph must give the trained pipeline's answers on the held-out rows
+  (:mod:`fnbundle.training.tabular_export`), else nothing is published. No pickle is
+  written.
+* A job steers the run through ``control``: a stop request is honoured between models
+  (a scikit-learn fit runs to its end, seconds on the tables this takes) and within one
+  step of an MLP, which checkpoints every epoch and resumes from there on a retry.
+  Events are the typed vocabulary of :mod:`fnbundle.training.events`: a ``start`` with
+  the models to train as its steps, ``model`` when each starts and ends, an MLP's
+  ``eval`` / ``epoch`` / ``checkpoint`` per epoch, ``published`` at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fnbundle.errors import FnbError, TrainingFailed
+from fnbundle.errors import FnbError, TrainingFailed, TrainingStopped
 from fnbundle.settings import Settings
-from fnbundle.store import NAME_RE, Artifact, Store
+from fnbundle.store import Artifact, Store
 from fnbundle.tabular.features import FeatureSpec, read_number
-from fnbundle.tabular.schema import Kind, TableSchema, Task, check_trainable, detect, resolve
+from fnbundle.tabular.schema import TableSchema, Task, check_trainable, detect, resolve
+from fnbundle.tasks.train_tabular.params import NEURAL, TASKS_OF, TrainTabularParams
+from fnbundle.training.control import TrainControl
+from fnbundle.training.events import parse_event
+from fnbundle.training.tabular_export import parity, to_onnx
 
 log = logging.getLogger(__name__)
 
 CV_MAX_ROWS = 5000  # training rows up to which the main score is also cross-validated
-ModelName = Literal[
-    "linear_regression",
-    "ridge",
-    "lasso",
-    "elastic_net",
-    "polynomial_regression",
-    "logistic_regression",
-    "decision_tree",
-    "random_forest",
-    "gradient_boosting",
-    "svm",
-    "naive_bayes",
-]
-TASKS_OF: dict[str, tuple[Task, ...]] = {
-    "linear_regression": ("regression",),
-    "ridge": ("regression",),
-    "lasso": ("regression",),
-    "elastic_net": ("regression",),
-    "polynomial_regression": ("regression",),
-    "logistic_regression": ("classification",),
-    "naive_bayes": ("classification",),
-    "decision_tree": ("classification", "regression"),
-    "random_forest": ("classification", "regression"),
-    "gradient_boosting": ("classification", "regression"),
-    "svm": ("classification", "regression"),
-}
 MAIN_SCORE = {"classification": "accuracy", "regression": "r2"}
-
-
-class ModelParams(BaseModel):
-    """The main hyperparameters; each model reads the ones it has, defaults work."""
-
-    model_config = ConfigDict(extra="forbid")
-    alpha: float = Field(1.0, gt=0, description="Regularisation of ridge, lasso, elastic net.")
-    l1_ratio: float = Field(0.5, ge=0, le=1, description="Elastic net's share of L1.")
-    degree: int = Field(2, ge=2, le=4, description="Polynomial regression's degree.")
-    c: float = Field(
-        1.0, gt=0, description="Inverse regularisation of logistic regression and SVM."
-    )
-    kernel: Literal["rbf", "linear", "poly"] = Field("rbf", description="The SVM's kernel.")
-    max_depth: int | None = Field(
-        None, ge=1, le=64, description="Trees' depth (none: grow fully; boosting: 3)."
-    )
-    n_estimators: int = Field(200, ge=1, le=2000, description="Trees of a forest or boosting.")
-    learning_rate: float = Field(0.1, gt=0, le=1, description="Gradient boosting's step.")
-    min_samples_leaf: int = Field(1, ge=1, le=1000, description="Trees' smallest leaf.")
-
-
-class TabularParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    data: str = Field(
-        min_length=1, max_length=1024, description="A dataset id or a path inside the data roots."
-    )
-    name: str = Field(
-        max_length=80, pattern=NAME_RE.pattern, description="Store name of the trained model."
-    )
-    target: str | None = Field(
-        None, description="The column to predict (default: the proposed one)."
-    )
-    task: Task | None = Field(
-        None, description="classification or regression (default: from the target)."
-    )
-    columns: dict[str, Kind] = Field(default_factory=dict, description="Column kinds to override.")
-    exclude: list[str] = Field(default_factory=list, description="Columns not to use.")
-    model: ModelName | Literal["compare"] = Field(
-        "compare", description="One model, or compare all that fit."
-    )
-    models: list[ModelName] | None = Field(None, description="With compare: only these.")
-    hyperparams: ModelParams = Field(default_factory=ModelParams)
-    test_split: float = Field(0.2, ge=0.05, le=0.5, description="Share of rows held out.")
-    cv_folds: int = Field(
-        5, ge=2, le=10, description="Folds of the cross-validation on small tables."
-    )
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+# Held-out rows up to which permutation importances use them all; above, a sample.
+IMPORTANCE_ROWS = 5000
+# Kernel SVMs cost the square of their rows: above this many training rows one is fitted
+# on a stratified sample of them (said in its leaderboard entry).
+SVM_MAX_ROWS = 20_000
+# Above this many training rows, gradient boosting is scikit-learn's histogram-based
+# variant (multi-threaded, minutes faster at 100k rows; n_estimators -> max_iter).
+HIST_BOOSTING_ROWS = 10_000
+MLP_EVENTS = frozenset({"eval", "epoch", "checkpoint", "log"})  # forwarded from an MLP
+OnEvent = Callable[[dict[str, Any]], None]
 
 
 class Candidate(BaseModel):
@@ -119,6 +67,7 @@ class Candidate(BaseModel):
     metrics: dict[str, Any]
     cv: dict[str, float | int] | None = None
     fit_s: float
+    training: dict[str, Any] | None = None  # an MLP's epochs and steps
 
 
 class TabularResult(BaseModel):
@@ -128,42 +77,89 @@ class TabularResult(BaseModel):
     leaderboard: list[Candidate]
     schema_: TableSchema = Field(alias="schema")
 
+    @property
+    def model_id(self) -> str:
+        return str(self.artifact.id)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """What the job reports: the best model's held-out figures and the leaderboard."""
+        best = self.leaderboard[0]
+        main = {k: v for k, v in best.metrics.items() if isinstance(v, int | float)}
+        board = [
+            {"model": c.model, **{k: c.metrics[k] for k in main if k in c.metrics},
+             "fit_s": c.fit_s}
+            for c in self.leaderboard
+        ]  # fmt: skip
+        return {"best": self.best, **main, "leaderboard": board}
+
 
 # --- the models -----------------------------------------------------------------------------
-def estimator(name: str, task: Task, hp: ModelParams, seed: int) -> Any:
+def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0) -> Any:
+    """Model ``name`` with the hyperparameters of ``p`` it has, for ``rows`` training rows."""
     from sklearn import ensemble, linear_model, naive_bayes, svm, tree
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
     classify = task == "classification"
+    seed = p.seed
+    if name in NEURAL:
+        from fnbundle.training.tabular_mlp import MLPEstimator
+
+        return MLPEstimator(
+            classify=classify,
+            hidden_layers=tuple(p.hidden_layers),
+            dropout=p.dropout,
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            learning_rate=p.mlp_learning_rate,
+            weight_decay=p.weight_decay,
+            patience=p.patience,
+            device=p.device,
+            seed=seed,
+        )
     if name == "linear_regression":
         return linear_model.LinearRegression()
     if name == "ridge":
-        return linear_model.Ridge(alpha=hp.alpha)
+        return linear_model.Ridge(alpha=p.alpha)
     if name == "lasso":
-        return linear_model.Lasso(alpha=hp.alpha, max_iter=20000, random_state=seed)
+        return linear_model.Lasso(alpha=p.alpha, max_iter=20000, random_state=seed)
     if name == "elastic_net":
         return linear_model.ElasticNet(
-            alpha=hp.alpha, l1_ratio=hp.l1_ratio, max_iter=20000, random_state=seed
+            alpha=p.alpha, l1_ratio=p.l1_ratio, max_iter=20000, random_state=seed
         )
     if name == "polynomial_regression":
         return make_pipeline(
-            PolynomialFeatures(hp.degree, include_bias=False), linear_model.Ridge(alpha=hp.alpha)
+            PolynomialFeatures(p.degree, include_bias=False), linear_model.Ridge(alpha=p.alpha)
         )
     if name == "logistic_regression":
-        return linear_model.LogisticRegression(C=hp.c, max_iter=5000)
+        return linear_model.LogisticRegression(C=p.c, max_iter=5000)
     if name == "naive_bayes":
         return naive_bayes.GaussianNB()
     if name == "decision_tree":
         cls = tree.DecisionTreeClassifier if classify else tree.DecisionTreeRegressor
-        return cls(max_depth=hp.max_depth, min_samples_leaf=hp.min_samples_leaf, random_state=seed)
+        return cls(max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf, random_state=seed)
     if name == "random_forest":
         cls = ensemble.RandomForestClassifier if classify else ensemble.RandomForestRegressor
         return cls(
-            n_estimators=hp.n_estimators,
-            max_depth=hp.max_depth,
-            min_samples_leaf=hp.min_samples_leaf,
+            n_estimators=p.n_estimators,
+            max_depth=p.max_depth,
+            min_samples_leaf=p.min_samples_leaf,
             n_jobs=-1,
+            random_state=seed,
+        )
+    if name == "gradient_boosting" and rows > HIST_BOOSTING_ROWS:
+        cls = (
+            ensemble.HistGradientBoostingClassifier
+            if classify
+            else ensemble.HistGradientBoostingRegressor
+        )
+        return cls(
+            max_iter=p.n_estimators,
+            learning_rate=p.learning_rate,
+            max_depth=p.max_depth,
+            min_samples_leaf=max(p.min_samples_leaf, 20),
+            early_stopping=False,
             random_state=seed,
         )
     if name == "gradient_boosting":
@@ -171,18 +167,18 @@ def estimator(name: str, task: Task, hp: ModelParams, seed: int) -> Any:
             ensemble.GradientBoostingClassifier if classify else ensemble.GradientBoostingRegressor
         )
         return cls(
-            n_estimators=hp.n_estimators,
-            learning_rate=hp.learning_rate,
-            max_depth=hp.max_depth or 3,
-            min_samples_leaf=hp.min_samples_leaf,
+            n_estimators=p.n_estimators,
+            learning_rate=p.learning_rate,
+            max_depth=p.max_depth or 3,
+            min_samples_leaf=p.min_samples_leaf,
             random_state=seed,
         )
     if name == "svm":
         if classify:  # probabilities by calibration (SVC's own probability= is deprecated)
             from sklearn.calibration import CalibratedClassifierCV
 
-            return CalibratedClassifierCV(svm.SVC(C=hp.c, kernel=hp.kernel), ensemble=False, cv=3)
-        return svm.SVR(C=hp.c, kernel=hp.kernel)
+            return CalibratedClassifierCV(svm.SVC(C=p.c, kernel=p.kernel), ensemble=False, cv=3)
+        return svm.SVR(C=p.c, kernel=p.kernel)
     raise ValueError(name)
 
 
@@ -204,7 +200,7 @@ def pipeline(spec: FeatureSpec, model: Any) -> Any:
     return Pipeline([("pre", ColumnTransformer(parts)), ("model", model)])
 
 
-def models_for(task: Task, p: TabularParams) -> list[str]:
+def models_for(task: Task, p: TrainTabularParams) -> list[str]:
     if p.model != "compare":
         if task not in TASKS_OF[p.model]:
             raise FnbError(
@@ -262,6 +258,9 @@ def importances(
 
     drops: dict[str, float] = {}
     rng = np.random.default_rng(seed)
+    if len(x) > IMPORTANCE_ROWS:
+        keep = rng.choice(len(x), IMPORTANCE_ROWS, replace=False)
+        x, y = x.iloc[keep].reset_index(drop=True), y[keep]
     scorer = get_scorer(MAIN_SCORE[task])
     base = scorer(fitted, x, y)
     for f in spec.features:
@@ -278,7 +277,7 @@ def importances(
 
 # --- training ---------------------------------------------------------------------------------
 def prepare(
-    p: TabularParams, settings: Settings
+    p: TrainTabularParams, settings: Settings
 ) -> tuple[Any, TableSchema, FeatureSpec, Any, np.ndarray, list[str]]:
     """The table, its resolved schema, the feature spec, the inputs, the target and classes."""
     import pandas as pd
@@ -312,133 +311,163 @@ def prepare(
     return frame, schema, spec, x, y, classes
 
 
+class _Run:
+    """One training run: the split, the models in turn, the stop checks, the events."""
+
+    def __init__(self, p: TrainTabularParams, settings: Settings, emit: OnEvent,
+                 control: TrainControl):  # fmt: skip
+        self.p, self.settings, self.control = p, settings, control
+        self.emit = emit
+
+    def event(self, event: dict[str, Any]) -> None:
+        parse_event(event)  # the typed vocabulary: a misfit is a bug here
+        self.emit(event)
+
+    def check_stop(self, done: int, board: list[Candidate]) -> None:
+        reason = self.control.should_stop()
+        if reason:
+            best = max(board, key=lambda c: c.metrics[self.main]) if board else None
+            raise TrainingStopped(
+                f"Training stopped ({reason}) after {done} of {len(self.names)} models; "
+                "nothing was published.",
+                reason=reason,
+                step=done,
+                metrics={"best_so_far": best.model, **best.metrics} if best else None,
+            )
+
+    def mlp_events(self, event: dict[str, Any]) -> None:
+        if event["type"] in MLP_EVENTS:
+            self.event(event)
+
+    def fit(self, name: str, x_train: Any, y_train: Any) -> tuple[Any, dict[str, Any] | None]:
+        """The fitted pipeline, and how it was trained when that is worth saying."""
+        model = pipeline(self.spec, estimator(name, self.task, self.p, len(x_train)))
+        note: dict[str, Any] | None = None
+        if name == "svm" and len(x_train) > SVM_MAX_ROWS:
+            from sklearn.model_selection import train_test_split
+
+            stratify = y_train if self.task == "classification" else None
+            x_train, _, y_train, _ = train_test_split(
+                x_train, y_train, train_size=SVM_MAX_ROWS, random_state=self.p.seed,
+                stratify=stratify,
+            )  # fmt: skip
+            note = {"rows": SVM_MAX_ROWS, "sampled": "a kernel SVM's cost is quadratic in rows"}
+        if name in NEURAL:
+            from fnbundle.datasets import resolve_data
+            from fnbundle.training.tabular_mlp import params_json
+
+            folder = self.control.checkpoint_dir
+            control = dataclasses.replace(
+                self.control, checkpoint_dir=None if folder is None else folder / name
+            )
+            model.named_steps["model"].attach(
+                self.mlp_events,
+                control,
+                params_json(self.p.model_dump(mode="json")),
+                resolve_data(self.p.data, self.settings),
+            )
+        model.fit(x_train, y_train)
+        if name in NEURAL:
+            note = model.named_steps["model"].summary()
+        return model, note
+
+    def cross_validate(self, name: str, x_train: Any, y_train: Any) -> dict[str, Any] | None:
+        """k-fold score of the main metric on small tables (not for the MLPs: k more
+        trainings, each with its own early stopping)."""
+        from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+
+        if len(x_train) > CV_MAX_ROWS or name in NEURAL:
+            return None
+        folds = (StratifiedKFold if self.task == "classification" else KFold)(
+            self.p.cv_folds, shuffle=True, random_state=self.p.seed
+        )
+        scores = cross_val_score(
+            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train))),
+            x_train, y_train, cv=folds, scoring=self.main, n_jobs=-1,
+        )  # fmt: skip
+        return {
+            "mean": round(float(scores.mean()), 4),
+            "std": round(float(scores.std()), 4),
+            "folds": self.p.cv_folds,
+        }
+
+    def run(self) -> TabularResult:
+        from sklearn.model_selection import train_test_split
+
+        p = self.p
+        _, schema, spec, x, y, classes = prepare(p, self.settings)
+        assert schema.target is not None
+        self.spec, self.task, self.main = spec, schema.target.task, MAIN_SCORE[schema.target.task]
+        self.names = names = models_for(self.task, p)
+        stratify = y if self.task == "classification" else None
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=p.test_split, random_state=p.seed, stratify=stratify
+        )
+        self.event({
+            "type": "start", "total_steps": len(names), "epochs": 1, "labels": classes,
+            "train_examples": len(x_train), "eval_examples": len(x_test), "device": "cpu",
+        })  # fmt: skip
+        board: list[Candidate] = []
+        fitted: dict[str, Any] = {}
+        answers: dict[str, np.ndarray] = {}
+        for i, name in enumerate(names, start=1):
+            self.check_stop(i - 1, board)
+            at = {"type": "model", "model": name, "index": i, "of": len(names)}
+            self.event({**at, "state": "training"})
+            started = time.perf_counter()
+            try:
+                model, note = self.fit(name, x_train, y_train)
+            except (ValueError, ArithmeticError) as exc:
+                log.warning("%s could not be fitted: %s", name, exc)
+                self.event({**at, "state": "failed", "reason": str(exc)[:300]})
+                continue
+            fit_s = round(time.perf_counter() - started, 3)
+            proba = (
+                model.predict_proba(x_test)
+                if self.task == "classification" and hasattr(model, "predict_proba")
+                else None
+            )
+            answers[name] = model.predict(x_test)
+            metrics = score(self.task, y_test, answers[name], proba, classes)
+            board.append(Candidate(
+                model=name, metrics=metrics, cv=self.cross_validate(name, x_train, y_train),
+                fit_s=fit_s, training=note,
+            ))  # fmt: skip
+            fitted[name] = model
+            scores = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            self.event({**at, "state": "done", "scores": scores, "fit_s": fit_s})
+        if not board:
+            raise TrainingFailed(
+                "No model could be fitted on this table (see the log).", field="params.model"
+            )
+        self.check_stop(len(names), board)
+        board.sort(key=lambda c: c.metrics[self.main], reverse=True)
+        best = board[0].model
+        board[0].metrics["feature_importances"] = importances(
+            fitted[best], spec, x_test, y_test, self.task, p.seed
+        )
+        artifact = publish(
+            p, self.settings, schema, spec, fitted[best], board, x_test, classes,
+            pictures={"answers": answers, "actual": y_test},
+        )  # fmt: skip
+        self.event({"type": "published", "model_id": artifact.id})
+        return TabularResult(artifact=artifact, best=best, leaderboard=board, schema=schema)
+
+
 def train_tabular(
-    p: TabularParams,
+    p: TrainTabularParams,
     settings: Settings,
-    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    on_event: OnEvent | None = None,
+    control: TrainControl | None = None,
 ) -> TabularResult:
     """Train (or compare), export the best to ONNX with parity, publish; see the module
     docstring."""
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score, train_test_split
-
-    emit = on_event or (lambda kind, data: None)
-    _, schema, spec, x, y, classes = prepare(p, settings)
-    assert schema.target is not None
-    task = schema.target.task
-    names = models_for(task, p)
-    stratify = y if task == "classification" else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=p.test_split, random_state=p.seed, stratify=stratify
-    )
-    board: list[Candidate] = []
-    fitted: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        emit("model", {"model": name, "index": i + 1, "of": len(names), "state": "training"})
-        model = pipeline(spec, estimator(name, task, p.hyperparams, p.seed))
-        started = time.perf_counter()
-        try:
-            model.fit(x_train, y_train)
-        except (ValueError, ArithmeticError) as exc:
-            log.warning("%s could not be fitted: %s", name, exc)
-            emit("model", {"model": name, "state": "failed", "reason": str(exc)[:300]})
-            continue
-        fit_s = time.perf_counter() - started
-        proba = (
-            model.predict_proba(x_test)
-            if task == "classification" and hasattr(model, "predict_proba")
-            else None
-        )
-        metrics = score(task, y_test, model.predict(x_test), proba, classes)
-        cv = None
-        if len(x_train) <= CV_MAX_ROWS:
-            folds = (StratifiedKFold if task == "classification" else KFold)(
-                p.cv_folds, shuffle=True, random_state=p.seed
-            )
-            scores = cross_val_score(
-                pipeline(spec, estimator(name, task, p.hyperparams, p.seed)),
-                x_train, y_train, cv=folds, scoring=MAIN_SCORE[task], n_jobs=-1,
-            )  # fmt: skip
-            cv = {
-                "mean": round(float(scores.mean()), 4),
-                "std": round(float(scores.std()), 4),
-                "folds": p.cv_folds,
-            }
-        board.append(Candidate(model=name, metrics=metrics, cv=cv, fit_s=round(fit_s, 3)))
-        fitted[name] = model
-        emit("model", {"model": name, "state": "done", MAIN_SCORE[task]: metrics[MAIN_SCORE[task]]})
-    if not board:
-        raise TrainingFailed(
-            "No model could be fitted on this table (see the log).", field="params.model"
-        )
-    main = MAIN_SCORE[task]
-    board.sort(key=lambda c: c.metrics[main], reverse=True)
-    best = board[0].model
-    board[0].metrics["feature_importances"] = importances(
-        fitted[best], spec, x_test, y_test, task, p.seed
-    )
-    artifact = publish(p, settings, schema, spec, fitted[best], board, x_test, classes)
-    emit("published", {"model_id": artifact.id, "best": best})
-    return TabularResult(artifact=artifact, best=best, leaderboard=board, schema=schema)
+    return _Run(p, settings, on_event or (lambda _e: None), control or TrainControl()).run()
 
 
-# --- export -----------------------------------------------------------------------------------
-def to_onnx(model: Any, spec: FeatureSpec, task: Task) -> Any:
-    from skl2onnx import to_onnx as convert
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-
-    types = [(n, FloatTensorType([None, 1])) for n in spec.numeric_inputs]
-    types += [(n, StringTensorType([None, 1])) for n in spec.categorical_inputs]
-    options = (
-        {id(model.named_steps["model"]): {"zipmap": False}} if task == "classification" else None
-    )
-    return convert(
-        model, initial_types=types, options=options, target_opset={"": 17, "ai.onnx.ml": 3}
-    )
-
-
-def onnx_answers(
-    path: Path, inputs: dict[str, np.ndarray], task: Task
-) -> tuple[np.ndarray, np.ndarray | None]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    outputs = session.run(None, feed)
-    if task == "classification":
-        return np.asarray(outputs[0]).ravel(), np.asarray(outputs[1])
-    return np.asarray(outputs[0]).ravel(), None
-
-
-def graph_inputs(x: Any, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """A training frame's columns as the graph's ``[n, 1]`` inputs."""
-    inputs = {n: x[n].to_numpy(dtype=np.float32).reshape(-1, 1) for n in spec.numeric_inputs}
-    for n in spec.categorical_inputs:
-        inputs[n] = x[n].astype(str).to_numpy(dtype=object).reshape(-1, 1)
-    return inputs
-
-
-def parity(model: Any, path: Path, x_test: Any, spec: FeatureSpec, task: Task) -> dict[str, Any]:
-    """The ONNX graph against the trained pipeline on the held-out rows."""
-    inputs = graph_inputs(x_test, spec)
-    pred, proba = onnx_answers(path, inputs, task)
-    if task == "classification":
-        agree = float((pred == model.predict(x_test)).mean())
-        diff = (
-            float(np.abs(proba - model.predict_proba(x_test)).max()) if proba is not None else 0.0
-        )
-        return {
-            "label_agreement": round(agree, 5),
-            "max_prob_diff": round(diff, 6),
-            "passed": agree >= 0.99 and diff <= 1e-3,
-        }
-    expected = model.predict(x_test)
-    scale = float(np.std(expected)) or 1.0
-    diff = float(np.abs(pred - expected).max()) / scale
-    return {"max_rel_diff": round(diff, 7), "passed": diff <= 1e-3}
-
-
+# --- publishing -------------------------------------------------------------------------------
 def publish(
-    p: TabularParams,
+    p: TrainTabularParams,
     settings: Settings,
     schema: TableSchema,
     spec: FeatureSpec,
@@ -446,7 +475,11 @@ def publish(
     board: list[Candidate],
     x_test: Any,
     classes: list[str],
+    *,
+    pictures: dict[str, Any],
 ) -> Artifact:
+    from fnbundle.training.tabular_report import draw
+
     assert schema.target is not None
     task = schema.target.task
     store = Store(settings.store_root)
@@ -459,6 +492,15 @@ def publish(
             raise TrainingFailed(
                 f"The ONNX export of {board[0].model} does not match the trained model: {check}."
             )
+        drawn = draw(
+            staged,
+            task=task,
+            main=MAIN_SCORE[task],
+            board=[c.model_dump() for c in board],
+            answers=pictures["answers"],
+            actual=pictures["actual"],
+            title=p.name,
+        )
         best = board[0]
         manifest = {
             "name": p.name,
@@ -470,7 +512,8 @@ def publish(
             "features": spec.model_dump()["features"],
             "metrics": best.metrics,
             "cv": best.cv,
-            "leaderboard": [c.model_dump() for c in board],
+            "leaderboard": [c.model_dump(exclude_none=True) for c in board],
+            "pictures": drawn,
             "params": p.model_dump(mode="json"),
             "export": {"onnx": {"file": "model.onnx", **check}},
             "default_backend": "onnx",

@@ -27,6 +27,7 @@ class TrainClassifierTask(TrainingTask[TrainClassifierParams]):
     slug: ClassVar[str] = SLUG
     serves: ClassVar[str] = "classify"
     summary: ClassVar[str] = "Fine-tune a text encoder into a classifier and publish it."
+    example: ClassVar[dict[str, Any]] = {"data": "reviews.csv", "name": "sentiment"}
     params_model = TrainClassifierParams
     # Routed to GPU workers on Modal and RunPod (the local gateway trains on what it has).
     hardware: ClassVar[Hardware] = "gpu"

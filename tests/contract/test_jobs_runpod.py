@@ -657,3 +657,35 @@ def test_the_backend_imports_neither_the_training_stack_nor_the_sdk():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_tabular_worker_runs_a_job_on_its_dev_server_and_publishes(tmp_path):
+    """``python handlers/train_tabular.py --rp_serve_api``: the CPU training worker as the
+    SDK serves it, a job in, its events and the published model out, on the volume's
+    layout (the SDK's ``--test_input`` runs no streaming handler)."""
+    from tests.contract.test_runpod import worker_env
+    from tests.contract.test_runpod_server import dev_server
+
+    job_id = "job-20260101000000-0000beef"
+    params = {"data": str(REPO / "data" / "churn.csv"), "name": "churn", "cv_folds": 2,
+              "models": ["logistic_regression", "naive_bayes"]}  # fmt: skip
+    env = worker_env() | {
+        "FNB_STORE": str(tmp_path / "store"),
+        "FNB_DATA_ROOTS": str(REPO / "data"),
+        "FNB_JOBS_DIR": str(tmp_path / "volume" / "fnbundle" / "jobs"),
+    }
+    payload = {"job": {"task": "train_tabular", "params": params}, "job_id": job_id}
+    with dev_server("train_tabular", env, tmp_path / "worker.log") as base:
+        answer = httpx.post(f"{base}/runsync", json={"input": payload}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    events = answer.json()["output"]
+    assert states(events) == ["running", "succeeded"]
+    models = [e["data"] for e in events if e.get("type") == "model"]
+    assert [(m["model"], m["state"]) for m in models] == [
+        ("logistic_regression", "training"), ("logistic_regression", "done"),
+        ("naive_bayes", "training"), ("naive_bayes", "done"),
+    ]  # fmt: skip
+    jobs = tmp_path / "volume" / "fnbundle" / "jobs"
+    record = json.loads((jobs / job_id / "job.json").read_text())
+    assert record["status"] == "succeeded"
+    assert Store(tmp_path / "store").resolve("churn").id == record["model_id"]

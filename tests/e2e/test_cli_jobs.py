@@ -46,6 +46,7 @@ def jobs(*args: str, url: str, timeout: float = 300, **env: str) -> subprocess.C
 def submit_args(tiny_base: Path, name: str, *extra: str) -> list[str]:
     return [
         "submit",
+        "classifier",
         "--data",
         str(REVIEWS.relative_to(REPO)),  # a relative path: sent as an absolute one
         "--name",

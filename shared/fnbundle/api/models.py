@@ -1,4 +1,5 @@
-"""GET /v1/models and GET /v1/models/{model}: what the store holds.
+"""GET /v1/models and GET /v1/models/{model}: what the store holds; GET
+/v1/models/{model}/files/{path}: one file of a model (its pictures, its metrics).
 
 Key rule: each model says its state (``not_loaded``, ``loading``, ``ready``, ``failed``) and,
 when it failed, the ``reason`` a request for it is answered with (a 503); its task (from
@@ -11,8 +12,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
+from fastapi.responses import FileResponse
 
-from fnbundle.errors import FnbError
+from fnbundle.errors import FnbError, NotFound
 from fnbundle.store import NAME_RE
 from fnbundle.tasks import REGISTRY
 
@@ -61,3 +63,28 @@ async def get_model(model: ModelName, request: Request) -> dict[str, Any]:
     """One model (by name or version id) with its metrics and manifest summary."""
     store = request.app.state.host.store
     return _describe(request, model, set(store.latest_ids().values()))
+
+
+MEDIA_TYPES = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
+               ".txt": "text/plain; charset=utf-8"}  # fmt: skip
+
+
+@router.get(
+    "/v1/models/{model}/files/{path:path}",
+    response_class=FileResponse,
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, 404: {}},
+)
+async def get_model_file(model: ModelName, path: str, request: Request) -> FileResponse:
+    """One file the model's manifest lists (``pictures/leaderboard.png``, ``metrics.json``);
+    weights and other files are served as bytes. Anything else is a 404."""
+    from fnbundle.store import inside_artifact
+
+    artifact = request.app.state.host.artifact(model)
+    listed = artifact.manifest.get("files") or {}
+    if path not in listed:
+        raise NotFound(f"Model {artifact.id} has no file {path[:200]!r}.", field="path")
+    file = inside_artifact(artifact.id, artifact.path, path)
+    media = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
+    return FileResponse(
+        file, media_type=media, filename=file.name if media.endswith("stream") else None
+    )

@@ -257,7 +257,7 @@ def jobs_list(
         console.print_json(json.dumps(jobs))
         return
     if not jobs:
-        console.print("no jobs; queue one with `fnbundle jobs submit`")
+        console.print("no jobs; queue one with `fnbundle jobs submit <task>`")
         return
     table = Table()
     for col in ("id", "status", "name", "step", "loss", "cost", "outcome"):

@@ -109,7 +109,8 @@ def new_job(
             task.params_model.model_validate(params), settings, platform=platform, gpu=chosen
         )
         summary = found.model_dump(mode="json", exclude_none=True)
-        if not found.approximate:  # an approximate estimate's GPU is a price, not a choice
+        # An approximate estimate's GPU is a price, not a choice; "cpu" is no GPU at all.
+        if not found.approximate and found.gpu != "cpu":
             chosen = chosen or found.gpu
     return Job(
         id=job_id or new_job_id(),

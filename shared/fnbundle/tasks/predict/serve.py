@@ -68,6 +68,15 @@ class PredictTask(ServingTask[PredictRequest, PredictResponse, TabularModel]):
             "target": (m.get("target") or {}).get("column"),
             "classes": m.get("classes") or None,
             "features": [{"name": f["name"], "kind": f["kind"]} for f in m.get("features", [])],
+            "model": m.get("model"),
+            "leaderboard": [
+                {
+                    "model": c["model"],
+                    **{k: v for k, v in c["metrics"].items() if isinstance(v, int | float)},
+                }
+                for c in m.get("leaderboard") or []
+            ],
+            "pictures": m.get("pictures") or [],  # GET /v1/models/{id}/files/<picture>
         }
 
     def pick_backend(self, artifact: Artifact, requested: str) -> str:

@@ -7,7 +7,8 @@ Volume as a training job (on a GPU), and the job API every training task shares.
 The local entrypoint uploads the CSV into the Volume's datasets folder, submits a job to
 ``TrainJobs.train_job`` and follows it in the terminal; ``--detach`` keeps the job running
 if the terminal goes (then watch it with ``fnbundle jobs watch <id>`` against JobsApi).
-``JobsApi.web`` answers the job routes with
+``JobsApi.web`` answers the job routes (and ``/v1/datasets``: an upload is committed to
+the Volume before it is answered) with
 :class:`~fnbundle.jobs.modal_backend.ModalJobs`, which spawns each job on the training
 function of its hardware class: ``TrainJobs.train_job`` here for GPU jobs, the deployed
 ``functions/train_tabular.py``'s ``TabularJobs.train_job`` for CPU jobs (looked up by
@@ -31,6 +32,7 @@ from typing import Any
 import modal
 from fastapi import FastAPI
 from fnbundle.api.jobs_app import jobs_app
+from fnbundle.dataset_sync import VolumeDatasets
 from fnbundle.endpoints import get_endpoint
 from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs
 from fnbundle.runpod_worker import require_cuda
@@ -141,7 +143,13 @@ class JobsApi:
         reload_volume()
         settings = Settings()
         jobs = modal_jobs(settings, refresh=reload_volume)
-        self.web_app = jobs_app(settings, jobs, max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S)
+        self.web_app = jobs_app(
+            settings,
+            jobs,
+            max_stream_s=WEB_TIMEOUT_S - STREAM_END_MARGIN_S,
+            # Uploaded datasets go into the Volume the training functions reload.
+            dataset_sync=VolumeDatasets(reload=reload_volume, commit=lambda: commit_volume()),
+        )
 
     @modal.asgi_app(requires_proxy_auth=options.proxy_auth)
     def web(self) -> FastAPI:

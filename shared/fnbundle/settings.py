@@ -206,6 +206,17 @@ class Settings(BaseSettings):
         "(`gpu=<id>,cpu=<id>`: each job goes to its task's class); empty: local worker "
         "processes.",
     )
+    jobs_runpod_volume: str = Field(
+        "",
+        description="The RunPod network volume the training workers mount, as its S3 API's "
+        "bucket (the volume id): uploaded datasets are copied there (FNB_S3_ENDPOINT_URL: "
+        "the volume's datacenter endpoint, e.g. https://s3api-eu-ro-1.runpod.io).",
+    )
+    jobs_runpod_volume_prefix: str = Field(
+        "fnbundle/store",
+        description="Where the workers' store is on that volume (handlers/Dockerfile: "
+        "/runpod-volume/fnbundle/store).",
+    )
     jobs_runpod_url: str = Field(
         "",
         description="That endpoint's API base URL; default https://api.runpod.ai/v2/<id> "

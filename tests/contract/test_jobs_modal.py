@@ -501,8 +501,18 @@ def test_a_job_is_spawned_by_the_function_of_its_tasks_hardware_class(
 
 def test_a_tabular_job_runs_on_the_cpu_function_and_an_mlp_on_cuda_on_the_gpu_one(modal, small_csv):
     client, fake = modal.client, modal.fake
-    table = shutil.copy(REPO / "data" / "churn.csv", small_csv.parent)  # into the data roots
-    params = {"data": str(table), "name": "churn",
+    # The table is uploaded to JobsApi, which commits it to the Volume the functions read.
+    before = len(modal.commits)
+    uploaded = client.post(
+        "/v1/datasets?name=churn.csv",
+        content=(REPO / "data" / "churn.csv").read_bytes(),
+        headers={"content-type": "text/csv"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    assert len(modal.commits) == before + 1
+    dataset = uploaded.json()["id"]
+    assert client.get(f"/v1/datasets/{dataset}/schema").json()["target"]["column"] == "churned"
+    params = {"data": dataset, "name": "churn",
               "models": ["logistic_regression", "naive_bayes"], "cv_folds": 2}  # fmt: skip
     r = client.post("/v1/jobs", json={"task": "train_tabular", "params": params})
     assert r.status_code == 202, r.text

@@ -239,3 +239,60 @@ def test_without_the_tabular_extra_uploads_are_a_clear_501(client, tmp_path, mon
     assert answer.status_code == 501, answer.text
     assert "pip install 'fnbundle[tabular]'" in answer.json()["error"]["message"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_runpod_gateway_copies_each_dataset_to_the_workers_volume(
+    tmp_path, s3_server, monkeypatch
+):
+    """FNB_JOBS_RUNPOD_VOLUME: an upload is also written to the network volume through its
+    S3 API, where a worker's store (the volume's fnbundle/store) finds it by id."""
+    import boto3
+    from fnbundle.datasets import DatasetStore
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    keys = {"s3_access_key_id": "test", "s3_secret_access_key": "test", "s3_region": "us-east-1"}
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                      aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    s3.create_bucket(Bucket="vol-abc123")
+    c, _ = make_client(tmp_path, s3_endpoint_url=s3_server, jobs_runpod_endpoint="ep-1",
+                       runpod_api_key="rpa_test", jobs_runpod_volume="vol-abc123", **keys)  # fmt: skip
+    with c:
+        answer = c.post("/v1/datasets?name=churn.csv", content=CHURN.read_bytes(),
+                        headers={"content-type": "text/csv"})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        dataset = answer.json()["id"]
+        listed = s3.list_objects_v2(Bucket="vol-abc123", Prefix="fnbundle/store/datasets/")
+        keys_there = sorted(o["Key"] for o in listed["Contents"])
+        assert keys_there == [f"fnbundle/store/datasets/{dataset}/data.csv",
+                              f"fnbundle/store/datasets/{dataset}/info.json"]  # fmt: skip
+        # What a worker mounting the volume sees: the dataset, readable by its id.
+        volume = tmp_path / "volume" / "datasets" / dataset
+        volume.mkdir(parents=True)
+        for key in keys_there:
+            s3.download_file("vol-abc123", key, str(volume / key.rsplit("/", 1)[1]))
+        worker = DatasetStore(tmp_path / "volume" / "datasets")
+        assert worker.data_path(dataset).read_bytes() == CHURN.read_bytes()
+        # Lost on the volume: posting the same file again copies it again.
+        s3.delete_object(Bucket="vol-abc123", Key=f"fnbundle/store/datasets/{dataset}/info.json")
+        again = c.post("/v1/datasets?name=churn.csv", content=CHURN.read_bytes(),
+                       headers={"content-type": "text/csv"})  # fmt: skip
+        assert again.status_code == 200
+        s3.head_object(Bucket="vol-abc123", Key=f"fnbundle/store/datasets/{dataset}/info.json")
+        assert c.delete(f"/v1/datasets/{dataset}").status_code == 204
+        gone = s3.list_objects_v2(Bucket="vol-abc123", Prefix="fnbundle/store/datasets/")
+        assert gone.get("KeyCount") == 0
+
+
+def test_a_volume_that_cannot_be_written_is_a_503_and_the_dataset_is_kept(tmp_path):
+    c, _ = make_client(tmp_path, s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+                       s3_access_key_id="test", s3_secret_access_key="test",
+                       s3_region="us-east-1", s3_timeout_s=1, jobs_runpod_endpoint="ep-1",
+                       runpod_api_key="rpa_test", jobs_runpod_volume="vol-abc123")  # fmt: skip
+    with c:
+        answer = c.post("/v1/datasets?name=churn.csv", content=CHURN.read_bytes(),
+                        headers={"content-type": "text/csv"})  # fmt: skip
+        assert answer.status_code == 503, answer.text
+        error = answer.json()["error"]
+        assert "not on the RunPod volume" in error["message"] and "again" in error["message"]
+        assert len(c.get("/v1/datasets").json()["data"]) == 1  # kept here

@@ -25,6 +25,7 @@ from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
 from fnbundle.api.openapi import install_openapi
 from fnbundle.api.serving import task_router
+from fnbundle.dataset_sync import dataset_sync
 from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks import REGISTRY
@@ -77,6 +78,7 @@ def create_app(
     app.state.settings = settings
     app.state.host = host
     app.state.jobs = manager
+    app.state.dataset_sync = dataset_sync(settings)  # a RunPod volume to copy datasets to
     app.state.openai_paths = {
         t.route for t in REGISTRY.serving.values() if t.error_style == "openai"
     }

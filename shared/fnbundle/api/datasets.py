@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from fnbundle.dataset_sync import DatasetSync, LocalDatasets
 from fnbundle.datasets import DATASET_ID, DatasetInfo, DatasetStore, datasets_root
 from fnbundle.errors import InvalidRequest, ValidationFailed
 from fnbundle.settings import MIB
@@ -67,6 +68,25 @@ class DatasetList(BaseModel):
 
 def _store(request: Request) -> DatasetStore:
     return DatasetStore(datasets_root(request.app.state.settings))
+
+
+def _sync(request: Request) -> DatasetSync:
+    """Where datasets must also be for the workers (fnbundle.dataset_sync)."""
+    return getattr(request.app.state, "dataset_sync", None) or LocalDatasets()
+
+
+async def _refreshed(request: Request) -> DatasetStore:
+    await run_in_threadpool(_sync(request).refresh)
+    return _store(request)
+
+
+async def _synced(
+    request: Request, store: DatasetStore, answer: tuple[DatasetInfo, bool]
+) -> Response:
+    """The answer once the workers can read the dataset too (a 503 if they cannot yet)."""
+    info, created = answer
+    await run_in_threadpool(_sync(request).added, info.id, store.root / info.id)
+    return _answer(info, created)
 
 
 def _limit(request: Request) -> int:
@@ -128,13 +148,13 @@ async def add_dataset(
             if chunk:
                 yield chunk
 
-    info, created = await store.add_stream(
+    answer = await store.add_stream(
         body(),
         name=name or "upload",
         max_bytes=limit,
         fmt=TEXT_TYPES.get(kind),  # type: ignore[arg-type]
     )
-    return _answer(info, created)
+    return await _synced(request, store, answer)
 
 
 async def _form_upload(request: Request, store: DatasetStore, limit: int) -> Response:
@@ -150,13 +170,13 @@ async def _form_upload(request: Request, store: DatasetStore, limit: int) -> Res
                 yield chunk
 
         kind = (upload.content_type or "").split(";")[0].strip().lower()
-        info, created = await store.add_stream(
+        answer = await store.add_stream(
             chunks(),
             name=upload.filename or "upload",
             max_bytes=limit,
             fmt=TEXT_TYPES.get(kind),  # type: ignore[arg-type]
         )
-    return _answer(info, created)
+    return await _synced(request, store, answer)
 
 
 async def _import(request: Request, store: DatasetStore, limit: int) -> Response:
@@ -175,34 +195,35 @@ async def _import(request: Request, store: DatasetStore, limit: int) -> Response
         path = resolve_inside_roots(req.path, settings.data_roots, field="path")
         if not path.is_file():
             raise InvalidRequest(f"{req.path!r} is not a file inside the data roots.", field="path")
-        info, created = await run_in_threadpool(
+        answer = await run_in_threadpool(
             store.add_file, path, name=req.name, max_bytes=limit, source=f"path:{req.path}"
         )
-        return _answer(info, created)
+        return await _synced(request, store, answer)
     from fnbundle.s3 import import_s3
 
-    info, created = await run_in_threadpool(import_s3, str(req.source), store, settings, req.name)
-    return _answer(info, created)
+    answer = await run_in_threadpool(import_s3, str(req.source), store, settings, req.name)
+    return await _synced(request, store, answer)
 
 
 @router.get("/v1/datasets")
 async def list_datasets(request: Request) -> DatasetList:
     """Every dataset, newest first."""
-    return DatasetList(data=await run_in_threadpool(_store(request).list))
+    return DatasetList(data=await run_in_threadpool((await _refreshed(request)).list))
 
 
 @router.get("/v1/datasets/{dataset_id}")
 async def get_dataset(dataset_id: DatasetId, request: Request) -> DatasetInfo:
-    return _store(request).get(dataset_id)
+    return (await _refreshed(request)).get(dataset_id)
 
 
 @router.get("/v1/datasets/{dataset_id}/schema")
 async def get_schema(dataset_id: DatasetId, request: Request) -> TableSchema:
     """Each column's detected type, missing share and role; the proposed target and task."""
-    return await run_in_threadpool(_store(request).schema, dataset_id)
+    return await run_in_threadpool((await _refreshed(request)).schema, dataset_id)
 
 
 @router.delete("/v1/datasets/{dataset_id}", status_code=204)
 async def delete_dataset(dataset_id: DatasetId, request: Request) -> Response:
-    await run_in_threadpool(_store(request).delete, dataset_id)
+    await run_in_threadpool((await _refreshed(request)).delete, dataset_id)
+    await run_in_threadpool(_sync(request).deleted, dataset_id)
     return Response(status_code=204)

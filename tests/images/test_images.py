@@ -46,13 +46,16 @@ from tests.images.dockerfile import copy_into, replay
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.timeout(1800),  # seconds: four virtualenvs, two of them with torch
+    pytest.mark.timeout(1800),  # seconds: five virtualenvs, three of them with torch
 ]
 
 INSTALL_TIMEOUT_S = 900  # one pip run: torch from a local wheel on 2 busy cores
 RUN_TIMEOUT_S = 300  # one probe: imports, model load, a one-epoch tiny training
 CUDA_RUNTIME = re.compile(r"^(nvidia-|cuda-|triton==)")
 TEXTS = ["Great value, works perfectly.", "Broke after one day."]
+# A tabular job small enough for the image check, with an MLP: torch's export in the image.
+TABLE = {"data": str(REPO / "data" / "churn.csv"), "name": "image-table", "cv_folds": 2,
+         "models": ["logistic_regression", "mlp_classifier"], "epochs": 2}  # fmt: skip
 
 
 def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -224,11 +227,21 @@ with TestClient(fn.JobsApi().web.local()) as client:
     listed = client.get("/v1/jobs")
     submitted = client.post("/v1/jobs", json={"task": "train_classifier", "params": PARAMS})
 job = fn.TrainJobs().train_job.local(*spawned[0])
+# The CPU function (functions/train_tabular.py) runs in the same image: a tabular job.
+import functions.train_tabular as tab
+tab.job_state = fn.job_state
+cpu = []
+fn.spawn_cpu_job = lambda job_id, submit: cpu.append((job_id, submit)) or "fc-2"
+with TestClient(fn.JobsApi().web.local()) as client:
+    table = client.post("/v1/jobs", json={"task": "train_tabular", "params": TABLE})
+tabular = tab.TabularJobs().train_job.local(*cpu[0])
 print(json.dumps({
     "apps": apps,
     "listed": [listed.status_code, listed.json()],
     "submitted": [submitted.status_code, submitted.json()],
     "job": job,
+    "table": [table.status_code, table.json()],
+    "tabular": tabular,
 }))
 """
 )
@@ -261,11 +274,11 @@ def test_modal_gpu_image_serves_jobs_and_trains(venvs, project_wheel, train_inpu
     env = offline_env(
         tmp_path,
         FNB_STORE=str(store),
-        FNB_DATA_ROOTS=train_inputs["FNB_DATA_ROOTS"],
+        FNB_DATA_ROOTS=f"{train_inputs['FNB_DATA_ROOTS']},{REPO / 'data'}",
         FNB_JOBS_DIR=str(tmp_path / "jobs"),
     )
     params = train_params(train_inputs, "image-check")
-    code = SERVE_JOBS_AND_TRAIN.replace("PARAMS", repr(params))
+    code = SERVE_JOBS_AND_TRAIN.replace("PARAMS", repr(params)).replace("TABLE", repr(TABLE))
 
     seen = probe(python, code, fresh_env(**env))
 
@@ -273,7 +286,9 @@ def test_modal_gpu_image_serves_jobs_and_trains(venvs, project_wheel, train_inpu
     assert seen["listed"] == [200, {"jobs": []}], seen["listed"]
     assert seen["submitted"][0] == 202, seen["submitted"]
     assert seen["job"]["status"] == "succeeded", seen["job"]
-    assert len(list((store / "models").glob("*/model.onnx"))) == 1
+    assert seen["table"][0] == 202, seen["table"]
+    assert seen["tabular"]["status"] == "succeeded", seen["tabular"]
+    assert len(list((store / "models").glob("*/model.onnx"))) == 2  # the classifier, the table
 
 
 # --- RunPod --------------------------------------------------------------------------------
@@ -308,7 +323,7 @@ def runpod_worker(venvs, handler: str, tmp_path_factory) -> tuple[Path, Path]:
         place_declaration(python, app / "deploy" / "endpoints.toml")
 
     lock = (LOCKS / f"runpod-{handler}.txt").read_text()
-    python = venvs(lock, install)
+    python = venvs(f"{handler}\n{lock}", install)  # per handler: install also fills /app
     return python, app
 
 
@@ -398,4 +413,28 @@ def test_runpod_training_worker_trains_and_publishes(venvs, train_inputs, tmp_pa
     ], events[-3:]
     model_id = events[-1]["data"]["model_id"]
     assert model_id.startswith("image-check-")
+    assert (store / "models" / model_id / "model.onnx").is_file()
+
+
+def test_runpod_tabular_worker_trains_and_publishes(venvs, tmp_path_factory):
+    python, app = runpod_worker(venvs, "train_tabular", tmp_path_factory)
+    store = tmp_path_factory.mktemp("runpod-tabular-store")
+    env = {
+        "FNB_STORE": str(store),
+        "FNB_DATA_ROOTS": str(REPO / "data"),
+        "FNB_JOBS_DIR": str(tmp_path_factory.mktemp("runpod-tabular-jobs")),
+    }
+    payload = {"job": {"task": "train_tabular", "params": TABLE},
+               "job_id": "job-20260101000000-0000cafe"}  # fmt: skip
+
+    with dev_server(python, app, "train_tabular", env) as base:
+        answer = httpx.post(f"{base}/runsync", json={"input": payload}, timeout=RUN_TIMEOUT_S)
+
+    assert answer.status_code == 200, answer.text
+    events = answer.json()["output"]
+    assert [e["data"]["status"] for e in events if e["type"] == "state"] == [
+        "running",
+        "succeeded",
+    ], events[-3:]
+    model_id = events[-1]["data"]["model_id"]
     assert (store / "models" / model_id / "model.onnx").is_file()

@@ -70,3 +70,35 @@ def test_a_cuda_run_is_deterministic_and_its_artifact_serves_on_cpu(tiny_base, t
     predictions = model.predict([row["text"] for row in held_out])
     correct = sum(p["label"] == r["label"] for p, r in zip(predictions, held_out, strict=True))
     assert correct / len(held_out) == pytest.approx(first.metrics["accuracy"], abs=0.03)
+
+
+def test_a_tabular_mlp_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    from fnbundle.tasks.train_tabular.params import TrainTabularParams
+    from fnbundle.training.tabular import train_tabular
+
+    if cuda_available():
+        pytest.skip("this machine has a CUDA GPU: the error cannot happen here")
+    settings = Settings(store=tmp_path / "store", data_roots=[REPO / "data"])
+    p = TrainTabularParams(data=str(REPO / "data" / "churn.csv"), name="mlp",
+                           model="mlp_classifier", device="cuda")  # fmt: skip
+    with pytest.raises(InvalidRequest, match="no CUDA GPU is available"):
+        train_tabular(p, settings)
+    assert not any((tmp_path / "store").rglob("manifest.json"))
+
+
+@pytest.mark.gpu
+def test_a_tabular_mlp_trains_on_cuda_and_its_graph_serves_on_cpu(tmp_path):
+    from fnbundle.tasks.train_tabular.params import TrainTabularParams
+    from fnbundle.training.tabular import train_tabular
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA GPU")
+    settings = Settings(store=tmp_path / "store", data_roots=[REPO / "data"])
+    events: list[dict[str, Any]] = []
+    p = TrainTabularParams(data=str(REPO / "data" / "churn.csv"), name="mlp",
+                           model="mlp_classifier", device="cuda", epochs=20)  # fmt: skip
+    result = train_tabular(p, settings, events.append)
+    assert next(e for e in events if e["type"] == "eval")  # trained, epoch by epoch
+    manifest = result.artifact.manifest
+    assert manifest["export"]["onnx"]["passed"]  # the CUDA-trained net, exported, on CPU
+    assert result.leaderboard[0].metrics["accuracy"] > 0.7

@@ -77,6 +77,20 @@ def _progress_printer() -> tuple[Any, Any]:
 TRAIN_CLASSIFIER = REGISTRY.training_task("train_classifier")
 
 
+def _train(task: Any, params: dict[str, Any]) -> Any:
+    """Train ``task`` in this process with a live progress display; its result."""
+    from fnbundle.training.control import TrainControl
+
+    setup_logging()
+    checked = _checked(task.params_model, params)
+    progress, on_event = _progress_printer()
+    try:
+        with progress:
+            return task.train(checked, get_settings(), on_event, TrainControl())
+    except FnbError as exc:
+        raise fail(exc.message) from None
+
+
 def _checked(model: Any, params: dict[str, Any]) -> Any:
     """The params, or exit 2 naming the option that is wrong."""
     from pydantic import ValidationError
@@ -96,16 +110,7 @@ def train_classifier_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Fine-tune a text classifier, export it to ONNX and publish it."""
-    setup_logging()
-    from fnbundle.training.text_classifier import train_classifier
-
-    checked = _checked(TRAIN_CLASSIFIER.params_model, params)
-    progress, on_event = _progress_printer()
-    try:
-        with progress:
-            result = train_classifier(checked, get_settings(), on_event)
-    except FnbError as exc:
-        raise fail(exc.message) from None
+    result = _train(TRAIN_CLASSIFIER, params)
     if json_out:
         console.print_json(result.model_dump_json())
         return
@@ -140,16 +145,7 @@ def train_tabular_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train one of 13 models on a table (or compare them), export it to ONNX and publish it."""
-    from fnbundle.training.control import TrainControl
-
-    setup_logging()
-    checked = _checked(TRAIN_TABULAR.params_model, params)
-    progress, on_event = _progress_printer()
-    try:
-        with progress:
-            result = TRAIN_TABULAR.train(checked, get_settings(), on_event, TrainControl())
-    except FnbError as exc:
-        raise fail(exc.message) from None
+    result = _train(TRAIN_TABULAR, params)
     if json_out:
         console.print_json(result.model_dump_json(by_alias=True))
         return

@@ -178,7 +178,9 @@ def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0) -> An
             from sklearn.calibration import CalibratedClassifierCV
 
             return CalibratedClassifierCV(svm.SVC(C=p.c, kernel=p.kernel), ensemble=False, cv=3)
-        return svm.SVR(C=p.c, kernel=p.kernel)
+        from fnbundle.training.tabular_export import ScaledTarget
+
+        return ScaledTarget(svm.SVR(C=p.c, kernel=p.kernel))  # an SVR assumes a unit-scale target
     raise ValueError(name)
 
 

@@ -49,8 +49,70 @@ def to_onnx(model: Any, spec: FeatureSpec, task: Task) -> Any:
         pre = convert(model.named_steps["pre"], initial_types=input_types(spec),
                       target_opset=opsets)  # fmt: skip
         return merge(pre, network_onnx(final), task)
+    if isinstance(final, ScaledTarget):  # the inner model's graph, then back to the scale
+        from sklearn.pipeline import Pipeline
+
+        inner = Pipeline([("pre", model.named_steps["pre"]), ("model", final.model_)])
+        graph = convert(inner, initial_types=input_types(spec), target_opset=opsets)
+        return unscale(graph, final.mean_, final.scale_)
     options = {id(final): {"zipmap": False}} if task == "classification" else None
     return convert(model, initial_types=input_types(spec), options=options, target_opset=opsets)
+
+
+class ScaledTarget:
+    """A regressor fitted on the standardised target, answering on the target's scale
+    (scikit-learn's TransformedTargetRegressor, which skl2onnx cannot convert): a kernel
+    SVR's epsilon and C assume a target of about unit scale."""
+
+    def __init__(self, model: Any = None):
+        self.model = model
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"model": self.model}
+
+    def set_params(self, **params: Any) -> ScaledTarget:
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self) -> Any:
+        from sklearn.utils import RegressorTags, Tags, TargetTags
+
+        return Tags(estimator_type="regressor", target_tags=TargetTags(required=True),
+                    regressor_tags=RegressorTags())  # fmt: skip
+
+    def fit(self, x: Any, y: Any) -> ScaledTarget:
+        from sklearn.base import clone
+
+        y = np.asarray(y, dtype=np.float64)
+        self.mean_, self.scale_ = float(y.mean()), float(y.std()) or 1.0
+        self.model_ = clone(self.model).fit(x, (y - self.mean_) / self.scale_)
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        return np.asarray(self.model_.predict(x)) * self.scale_ + self.mean_
+
+
+def unscale(graph: Any, mean: float, scale: float) -> Any:
+    """``graph``'s one output times ``scale`` plus ``mean``, under the same output name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = graph.graph.output[0]
+    name = out.name
+    inner = f"{name}_standardised"
+    for node in graph.graph.node:
+        node.output[:] = [inner if o == name else o for o in node.output]
+    graph.graph.initializer.extend([
+        numpy_helper.from_array(np.array([scale], dtype=np.float32), f"{name}_scale"),
+        numpy_helper.from_array(np.array([mean], dtype=np.float32), f"{name}_mean"),
+    ])  # fmt: skip
+    graph.graph.node.extend([
+        helper.make_node("Mul", [inner, f"{name}_scale"], [f"{name}_scaled"]),
+        helper.make_node("Add", [f"{name}_scaled", f"{name}_mean"], [name]),
+    ])  # fmt: skip
+    onnx.checker.check_model(graph)
+    return graph
 
 
 def network_onnx(estimator: Any) -> Any:

@@ -241,6 +241,9 @@ def test_dry_run_runpod_plans_builds_and_mutations_scaled_to_zero(tmp_path):
         build, push, template, saved = entry["steps"]
         assert build["run"][:2] == ["docker", "build"] and image in build["run"]
         assert f"HANDLER={Path(spec.handler).stem}" in build["run"]
+        # A CPU worker's image gets torch's CPU build (a GPU one the Dockerfile's CUDA one).
+        cpu_torch = "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in build["run"]
+        assert cpu_torch == (spec.compute == "CPU"), name
         assert push == {"run": ["docker", "push", image]}
         assert template["api"] == "saveTemplate" and template["input"]["imageName"] == image
         assert template["input"]["isServerless"] is True

@@ -123,11 +123,12 @@ def copy_into(source: str, dest: Path) -> None:
 
 
 def replay(
-    handler: str, app: Path, bin_dir: Path, **arg_overrides: str
+    handler: str, app: Path, bin_dir: Path, *, pip: bool = True, **arg_overrides: str
 ) -> list[subprocess.CompletedProcess[str]]:
     """Build ``handler``'s image into the folder ``app`` (the image's WORKDIR): its COPY steps
-    and every RUN step that runs pip, with ``bin_dir`` first on PATH. Stops at the first
-    failed step; returns each RUN step's outcome."""
+    and every RUN step that runs pip (unless ``pip`` is False: the files alone, for a second
+    handler whose packages are already installed), with ``bin_dir`` first on PATH. Stops at
+    the first failed step; returns each RUN step's outcome."""
     variables = {**build_args(), **arg_overrides, "HANDLER": handler}
     env = {**variables, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     app.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,7 @@ def replay(
                 if not (REPO / source).exists():
                     raise FileNotFoundError(f"COPY {source}: not in the build context")
                 copy_into(source, target)
-        elif keyword == "RUN" and "pip " in args:
+        elif pip and keyword == "RUN" and "pip " in args:
             step = subprocess.run(
                 ["sh", "-c", args],
                 env=env,

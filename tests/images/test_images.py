@@ -323,7 +323,9 @@ def runpod_worker(venvs, handler: str, tmp_path_factory) -> tuple[Path, Path]:
         place_declaration(python, app / "deploy" / "endpoints.toml")
 
     lock = (LOCKS / f"runpod-{handler}.txt").read_text()
-    python = venvs(f"{handler}\n{lock}", install)  # per handler: install also fills /app
+    python = venvs(lock, install)  # handlers with the same lock share one virtualenv
+    if not (app / "handlers" / f"{handler}.py").is_file():  # installed for another handler
+        replay(handler, app, python.parent, pip=False)
     return python, app
 
 

@@ -29,7 +29,8 @@ def fitted(data: Path, model: str) -> tuple[Any, Any, list[str]]:
     """The pipeline ``train_tabular`` fits for ``model`` on ``data``, its feature spec, classes."""
     from fnbundle.settings import Settings
     from fnbundle.tasks.train_tabular.params import TrainTabularParams
-    from fnbundle.training.tabular import estimator, pipeline, prepare
+    from fnbundle.training.tabular import prepare
+    from fnbundle.training.tabular_models import estimator, pipeline
     from sklearn.model_selection import train_test_split
 
     p = TrainTabularParams(data=str(data.resolve()), name="baseline", model=model)

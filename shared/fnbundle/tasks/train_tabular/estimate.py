@@ -60,7 +60,8 @@ def model_seconds(
     name: str, task: str, rows: int, width: int, cores: int, p: TrainTabularParams
 ) -> float:
     """One model's fit (and cross-validation on small tables), in seconds."""
-    from fnbundle.training.tabular import CV_MAX_ROWS, HIST_BOOSTING_ROWS, SVM_MAX_ROWS
+    from fnbundle.training.tabular import CV_MAX_ROWS, SVM_MAX_ROWS
+    from fnbundle.training.tabular_models import HIST_BOOSTING_ROWS
 
     cells = rows * width
     if name == "svm":
@@ -98,7 +99,7 @@ def estimate_tabular(
     from fnbundle.tabular.features import FeatureSpec
     from fnbundle.tabular.read import read_table
     from fnbundle.tabular.schema import check_trainable, detect, resolve
-    from fnbundle.training.tabular import models_for
+    from fnbundle.training.tabular_models import models_for
 
     check_platform(platform)
     frame = read_table(resolve_data(p.data, settings))

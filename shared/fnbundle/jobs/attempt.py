@@ -259,23 +259,22 @@ class Attempt:
 
     def _on_model(self, event: dict[str, Any]) -> None:
         """One model of a run that trains several: its event, and the progress in models
-        (a retry refits the models before its checkpoint; those are not reported again)."""
+        (a retry refits the models an earlier attempt finished; those are not reported
+        again)."""
         index, of = int(event["index"]), int(event["of"])
-        finished = event.get("state") != "training"
-        if index < self.progress.step or (index == self.progress.step and not finished):
+        if index <= self._models_before:
             return
-        data = {k: v for k, v in event.items() if k != "type" and v is not None}
-        if finished and index > self.progress.step:
-            took = self.elapsed()
+        if event.get("state") != "training":
             done_now = index - self._models_before
             self.progress = Progress(
                 step=index,
                 total_steps=of,
                 epoch=0.0,
                 loss=None,
-                eta_s=round(took / done_now * (of - index), 1) if done_now > 0 else None,
+                eta_s=round(self.elapsed() / done_now * (of - index), 1),
                 fraction=round(index / of, 4),
             )
+        data = {k: v for k, v in event.items() if k != "type" and v is not None}
         self._write([("model", data)], progress=self.progress)
 
     def record_throughput(self) -> None:

@@ -3,9 +3,10 @@ best for ``predict``. The declaration the job service, the submit check, the CLI
 platforms read: params schema, estimate, train, hardware class.
 
 Hardware: the scikit-learn models run on CPU cores, so the task's class is ``cpu`` (a CPU
-worker on Modal and RunPod); a job that asks for an MLP on ``device=cuda`` goes to the GPU
-class instead (:meth:`TrainTabularTask.hardware_for`), which is where a GPU pays off: an
-MLP on a large table. The estimate says which at submit.
+worker on Modal and RunPod); a job that asks for ``device=cuda`` (its MLPs train there,
+a compare run's other models on the GPU worker's cores) goes to the GPU class instead
+(:meth:`TrainTabularTask.hardware_for`), which is where a GPU pays off: an MLP on a large
+table. The estimate says which at submit.
 
 Key rule: declaring the task imports no pandas, scikit-learn or torch.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fnbundle.tasks.base import Hardware, TrainingTask
-from fnbundle.tasks.train_tabular.params import NEURAL, TrainTabularParams
+from fnbundle.tasks.train_tabular.params import TrainTabularParams
 
 if TYPE_CHECKING:
     from fnbundle.platforms.estimates import Estimate
@@ -38,8 +39,9 @@ class TrainTabularTask(TrainingTask[TrainTabularParams]):
     hardware: ClassVar[Hardware] = "cpu"
 
     def hardware_for(self, params: dict[str, Any]) -> Hardware:
-        """``gpu`` for an MLP asked to train on CUDA, ``cpu`` otherwise."""
-        if params.get("device") == "cuda" and params.get("model") in NEURAL:
+        """``gpu`` for a job asking for CUDA (a CPU worker could not honour it), ``cpu``
+        otherwise."""
+        if params.get("device") == "cuda":
             return "gpu"
         return self.hardware
 

@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -69,23 +70,44 @@ def corpus() -> list[str]:
         return [row["text"] for row in csv.DictReader(f)]
 
 
+def wordpiece_vocab(normalizer, pre_tokenizer, size: int) -> dict[str, int]:
+    """A WordPiece vocabulary of the test reviews that is the same on every build.
+
+    (The tokenizers library's trainer breaks ties between equally frequent pairs in hash
+    order, so two builds of one corpus differ, and so did the accuracy of models trained on
+    them.) Every character, alone and as a ``##`` continuation, so no word is unknown, then
+    the most frequent words, ties broken alphabetically.
+    """
+    words: Counter[str] = Counter()
+    for text in corpus():
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    known = set(tokens)
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(tokens) >= size:
+            break
+        if word not in known:
+            tokens.append(word)
+    return {t: i for i, t in enumerate(tokens)}
+
+
 def build_tiny_bert(
     folder: Path, *, vocab_size: int = 1500, hidden: int = 32, seed: int = 0
 ) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(
-        corpus(), WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = Tokenizer(
+        WordPiece(wordpiece_vocab(normalizer, pre_tokenizer, vocab_size), unk_token="[UNK]")
     )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

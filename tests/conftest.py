@@ -41,6 +41,16 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random-init Llama with a byte-level BPE tokenizer trained on the test
+    reviews and a ChatML chat template, as a Hub model folder (built once per machine,
+    copied per session)."""
+    from tests.tiny_llm import cached_tiny_llama
+
+    return cached_tiny_llama(tmp_path_factory.mktemp("bases") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path):
     """A store holding one tiny sentiment classifier trained on the test reviews.
 

@@ -8,7 +8,7 @@ LOCKS  := requirements
 # wheel folder); the lock then finds it installed and pulls no multi-gigabyte CUDA build.
 TORCH  ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCKS)/dev.txt)
 
-.PHONY: setup lock run test lint format bench bench-embed clean
+.PHONY: setup lock run test lint format bench bench-embed bench-generate clean
 
 setup: $(VENV)/.installed
 
@@ -71,6 +71,9 @@ bench: setup
 # 128-token throughput against this CPU's int8 bound (docs/BENCHMARKS.md).
 bench-embed: setup
 	$(BIN)/python loadtests/bench_embed.py
+
+bench-generate: setup
+	$(BIN)/python loadtests/bench_generate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

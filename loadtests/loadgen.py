@@ -61,12 +61,12 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 def _valid(status: int, body: bytes) -> bool:
-    """A 200 with exactly one prediction or one embedding (``data``, OpenAI's shape): what
-    every request here asks for."""
+    """A 200 with exactly one prediction, one embedding (``data``, OpenAI's shape) or one
+    completion choice: what every request here asks for."""
     if status != 200:
         return False
     answer = json.loads(body)
-    rows = answer.get("predictions", answer.get("data"))
+    rows = answer.get("predictions", answer.get("data", answer.get("choices")))
     return isinstance(rows, list) and len(rows) == 1
 
 

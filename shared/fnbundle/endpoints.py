@@ -22,13 +22,16 @@ import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from fnbundle.errors import InvalidRequest, NotFound
-from fnbundle.platforms.catalogue import modal_gpu_types, runpod_gpu_pools
+from fnbundle.errors import FnbError, InvalidRequest, NotFound
+from fnbundle.platforms.catalogue import MODAL_ALIASES, modal_gpu_types, runpod_gpu_pools
+
+if TYPE_CHECKING:
+    from fnbundle.tasks.generate.sizing import ServingMemory
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "deploy" / "endpoints.toml"
 # Inside a Modal container or a RunPod image the declaration is copied next to the code:
@@ -286,6 +289,68 @@ class RunPodSpec(_Spec):
         return self
 
 
+class LlmSpec(_Spec):
+    """A language model served on vLLM: the base's size (from its config.json and weights,
+    so that deploy sizes it without the store) and how it is served. The size picks and
+    checks the GPU (:mod:`fnbundle.tasks.generate.sizing`); the serving keys reach the
+    engine as settings (:data:`LLM_ENV`)."""
+
+    base: str = Field(description="What the endpoint's model was imported from (hf:org/name).")
+    parameters: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    intermediate: int = Field(gt=0)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    max_context: int | None = Field(None, gt=0, description="The model's own context limit.")
+    context_length: int = Field(gt=0, description="Prompt plus completion tokens at most.")
+    max_concurrent_sequences: int = Field(gt=0, le=1024, description="vLLM's max_num_seqs.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.1, le=0.98)
+    max_adapters: int = Field(4, ge=0, le=64, description="LoRA adapters on the GPU at once.")
+    max_lora_rank: int = Field(16, description="Largest LoRA rank served.")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank(cls, value: int) -> int:
+        from fnbundle.tasks.generate.sizing import VLLM_LORA_RANKS
+
+        if value not in VLLM_LORA_RANKS:
+            raise ValueError(f"vLLM serves LoRA ranks {', '.join(map(str, VLLM_LORA_RANKS))}")
+        return value
+
+    def memory(self) -> ServingMemory:
+        from fnbundle.tasks.generate.sizing import LlmShape, serving_memory
+
+        shape = LlmShape(**self.model_dump(include=set(LlmShape.model_fields)))
+        return serving_memory(
+            shape,
+            context_length=self.context_length,
+            sequences=self.max_concurrent_sequences,
+            max_adapters=self.max_adapters,
+            max_lora_rank=self.max_lora_rank,
+        )
+
+
+# The settings each serving key of an ``llm`` table becomes, in a Modal container's and a
+# RunPod worker's environment.
+LLM_ENV = {
+    "context_length": "FNB_GENERATE_CONTEXT_LENGTH",
+    "max_concurrent_sequences": "FNB_GENERATE_MAX_BATCH",
+    "max_adapters": "FNB_GENERATE_MAX_ADAPTERS",
+    "gpu_memory_utilization": "FNB_VLLM_GPU_MEMORY_UTILIZATION",
+    "max_lora_rank": "FNB_VLLM_MAX_LORA_RANK",
+}
+LLM_BACKEND_ENV = {"FNB_GENERATE_BACKEND": "vllm"}  # an llm endpoint serves on vLLM
+
+
+def llm_env(llm: LlmSpec | None) -> dict[str, str]:
+    """The environment that applies an ``llm`` table's serving keys; empty without one."""
+    if llm is None:
+        return {}
+    return {**LLM_BACKEND_ENV, **{env: str(getattr(llm, key)) for key, env in LLM_ENV.items()}}
+
+
 class Endpoint(_Spec):
     name: str
     task: str = Field(description="The task it runs: a slug in fnbundle.tasks.REGISTRY.")
@@ -293,6 +358,7 @@ class Endpoint(_Spec):
     description: str = ""
     modal: ModalSpec
     runpod: RunPodSpec
+    llm: LlmSpec | None = Field(None, description="A language model served on vLLM.")
 
     @field_validator("task")
     @classmethod
@@ -311,6 +377,36 @@ class Endpoint(_Spec):
         if not ENDPOINT_NAME.match(value):
             raise ValueError(f"endpoint name {value!r} must be lower_snake_case")
         return value
+
+    @model_validator(mode="after")
+    def _llm_fits(self) -> Endpoint:
+        """An LLM endpoint's GPUs on both platforms hold its model (sizing's estimate)."""
+        if self.llm is None:
+            return self
+        from fnbundle.platforms.catalogue import get_gpu
+        from fnbundle.tasks.generate.sizing import fits, too_small
+
+        try:
+            memory = self.llm.memory()
+        except FnbError as exc:
+            raise ValueError(f"llm: {exc.message}") from None
+        if self.modal.gpu is None or self.runpod.compute != "GPU":
+            raise ValueError("an llm endpoint runs on a GPU: set modal.gpu and runpod.gpu_ids")
+        utilization = self.llm.gpu_memory_utilization
+        kind, _, count = self.modal.gpu.partition(":")
+        if count not in {"", "1"}:
+            raise ValueError("an llm endpoint serves on one GPU (no tensor parallelism)")
+        try:
+            gpus = [get_gpu("modal", MODAL_ALIASES.get(kind.upper(), kind))]
+        except FnbError:
+            raise ValueError(f"modal.gpu {kind!r} has no known memory size to check") from None
+        gpus += [get_gpu("runpod", pool) for pool in self.runpod.gpu_ids]
+        small = [
+            too_small(g, memory, utilization) for g in gpus if not fits(g, memory, utilization)
+        ]
+        if small:
+            raise ValueError("; ".join(small))
+        return self
 
     @model_validator(mode="after")
     def _applied(self) -> Endpoint:

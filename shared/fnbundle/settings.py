@@ -164,6 +164,14 @@ class Settings(BaseSettings):
         "environment); unset: the endpoint's concurrency in deploy/endpoints.toml.",
     )
 
+    # --- vLLM (the generate task's GPU backend) ---------------------------------------
+    vllm_gpu_memory_utilization: float = Field(
+        0.9, gt=0.1, le=0.98, description="Share of the GPU's memory vLLM may take."
+    )
+    vllm_max_lora_rank: int = Field(
+        16, ge=1, description="Largest LoRA adapter rank vLLM serves (8, 16, 32, 64, ...)."
+    )
+
     # --- jobs (training jobs and their webhooks) ---------------------------------------
     jobs_dir: Path = Field(
         Path(".fnbundle/jobs"),

@@ -43,6 +43,12 @@ lock: setup
 	$(COMPILE) pyproject.toml --extra train --extra tabular --extra runpod -c $(LOCKS)/dev.txt \
 		$(CPU_ONLY) -o $(LOCKS)/runpod-train_tabular.txt
 	$(COMPILE) $(LOCKS)/torch-cuda.in -c $(LOCKS)/dev.txt -o $(LOCKS)/torch-cuda.txt
+	# The generate task's GPU serving images (Modal's vllm_image, the RunPod generate worker):
+	# vLLM pins its own torch, transformers and CUDA runtime, so these are resolved with the
+	# core dependencies but not constrained to dev.txt (tests/unit/test_lock.py: VLLM_LOCKS).
+	$(COMPILE) $(LOCKS)/vllm.in pyproject.toml -o $(LOCKS)/vllm.txt
+	$(COMPILE) $(LOCKS)/vllm.in pyproject.toml --extra runpod -c $(LOCKS)/vllm.txt \
+		-o $(LOCKS)/runpod-generate.txt
 
 run: setup
 	$(BIN)/fnbundle demo

@@ -52,7 +52,15 @@ def recipes() -> dict[str, tuple[str, list[str]]]:
 
 
 RECIPES = recipes()
-PROJECT_LOCKS = sorted(name for name, (source, _) in RECIPES.items() if source == "pyproject.toml")
+# The generate task's GPU serving images run vLLM, which pins its own torch, transformers and
+# CUDA runtime: their locks are resolved with pyproject.toml but not against dev.txt.
+VLLM_LOCKS = frozenset({"vllm.txt", "runpod-generate.txt"})
+PROJECT_LOCKS = sorted(
+    name
+    for name, (source, _) in RECIPES.items()
+    if source == "pyproject.toml" or name in VLLM_LOCKS
+)
+DEV_LOCKS = sorted(set(RECIPES) - VLLM_LOCKS)  # the locks that run the tests' versions
 
 
 def pins(lock: str) -> dict[str, str]:
@@ -112,7 +120,7 @@ def test_no_lock_keeps_a_dependency_pyproject_dropped(lock: str) -> None:
     assert ours(lock), f"{lock}: no pin is annotated as ours; was it written by `make lock`?"
 
 
-@pytest.mark.parametrize("lock", sorted(RECIPES))
+@pytest.mark.parametrize("lock", DEV_LOCKS)
 def test_every_lock_pins_the_versions_of_dev_txt(lock: str) -> None:
     """The images run the versions the test suite ran with, in the virtualenv."""
     dev = pins("dev.txt")
@@ -127,7 +135,7 @@ def test_every_lock_pins_the_versions_of_dev_txt(lock: str) -> None:
 
 def test_torch_is_locked_at_the_constrained_version() -> None:
     (wanted,) = re.findall(r"^torch==(\S+)", (LOCKS / "constraints.in").read_text(), re.M)
-    for lock in RECIPES:
+    for lock in DEV_LOCKS:
         assert pins(lock).get("torch", wanted) == wanted, lock
     assert "torch" in pins("train.txt") and "torch" not in pins("serve.txt")
 
@@ -135,7 +143,7 @@ def test_torch_is_locked_at_the_constrained_version() -> None:
 def test_only_the_gpu_torch_layer_holds_the_cuda_runtime() -> None:
     """The virtualenv and CPU images run torch's CPU build: a CUDA package in their lock is a
     multi-gigabyte download nothing uses (name it in requirements/cuda-runtime.in)."""
-    for lock in PROJECT_LOCKS:
+    for lock in sorted(set(PROJECT_LOCKS) - VLLM_LOCKS):
         cuda = sorted(name for name in pins(lock) if CUDA_RUNTIME.match(name))
         assert not cuda, f"{lock} holds {cuda}: add them to requirements/cuda-runtime.in"
     gpu = pins("torch-cuda.txt")
@@ -164,3 +172,15 @@ def test_setup_installs_torch_then_the_dev_lock_then_the_project_alone() -> None
         timeout=30,
     )
     assert done.stdout.strip() == f"torch=={pins('dev.txt')['torch']}", done.stderr
+
+
+def test_the_vllm_images_run_the_pinned_vllm_with_its_own_torch_and_agree() -> None:
+    """vllm.in's pin is what both vLLM locks hold, with vLLM's torch and CUDA runtime; the
+    RunPod worker's lock is the Modal image's plus the RunPod SDK, at the same versions."""
+    (wanted,) = re.findall(r"^vllm==(\S+)", (LOCKS / "vllm.in").read_text(), re.M)
+    modal, runpod = pins("vllm.txt"), pins("runpod-generate.txt")
+    assert modal["vllm"] == runpod["vllm"] == wanted
+    assert "torch" in modal and any(CUDA_RUNTIME.match(name) for name in modal)
+    differ = {k: (v, runpod.get(k)) for k, v in modal.items() if runpod.get(k) != v}
+    assert not differ, f"runpod-generate.txt differs from vllm.txt: {differ}"
+    assert "runpod" in runpod and "runpod" not in modal

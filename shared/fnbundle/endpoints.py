@@ -307,7 +307,7 @@ class LlmSpec(_Spec):
     context_length: int = Field(gt=0, description="Prompt plus completion tokens at most.")
     max_concurrent_sequences: int = Field(gt=0, le=1024, description="vLLM's max_num_seqs.")
     gpu_memory_utilization: float = Field(0.9, gt=0.1, le=0.98)
-    max_adapters: int = Field(4, ge=0, le=64, description="LoRA adapters on the GPU at once.")
+    max_adapters: int = Field(4, ge=1, le=64, description="LoRA adapters on the GPU at once.")
     max_lora_rank: int = Field(16, description="Largest LoRA rank served.")
 
     @field_validator("max_lora_rank")
@@ -335,7 +335,7 @@ class LlmSpec(_Spec):
 # The settings each serving key of an ``llm`` table becomes, in a Modal container's and a
 # RunPod worker's environment.
 LLM_ENV = {
-    "context_length": "FNB_GENERATE_CONTEXT_LENGTH",
+    "context_length": "FNB_VLLM_MAX_MODEL_LEN",
     "max_concurrent_sequences": "FNB_GENERATE_MAX_BATCH",
     "max_adapters": "FNB_GENERATE_MAX_ADAPTERS",
     "gpu_memory_utilization": "FNB_VLLM_GPU_MEMORY_UTILIZATION",

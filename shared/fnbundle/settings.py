@@ -171,6 +171,12 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(
         16, ge=1, description="Largest LoRA adapter rank vLLM serves (8, 16, 32, 64, ...)."
     )
+    vllm_max_model_len: int | None = Field(
+        None,
+        gt=0,
+        description="Context (prompt plus completion tokens) vLLM sizes its KV cache for; "
+        "unset: the model's own (deploy/endpoints.toml's llm.context_length sets it).",
+    )
 
     # --- jobs (training jobs and their webhooks) ---------------------------------------
     jobs_dir: Path = Field(

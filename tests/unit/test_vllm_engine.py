@@ -18,6 +18,7 @@ from fnbundle.errors import ArtifactCorrupt, InvalidRequest
 from fnbundle.tasks.generate.engine import Delta, Sampling
 from fnbundle.tasks.generate.vllm_engine import (
     AdapterTable,
+    capped_context,
     delta_from_output,
     engine_kwargs,
     sampling_kwargs,
@@ -109,6 +110,13 @@ def test_an_engine_without_adapter_slots_starts_without_lora(tmp_path):
             gpu_memory_utilization=0.9,
             max_lora_rank=12,
         )
+
+
+def test_the_served_context_is_the_models_own_lowered_to_the_endpoints_cap():
+    assert capped_context(32768, 8192) == 8192  # Qwen2.5-7B at the endpoint's sizing
+    assert capped_context(512, 8192) == 512  # never beyond the model
+    assert capped_context(32768, None) == 32768
+    assert capped_context(None, 4096) == 4096
 
 
 def test_deltas_carry_new_text_token_counts_and_the_finish_reason():

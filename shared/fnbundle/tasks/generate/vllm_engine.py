@@ -98,6 +98,14 @@ def engine_kwargs(
     return kwargs
 
 
+def capped_context(model_context: int | None, cap: int | None) -> int | None:
+    """The context vLLM serves: the model's own, lowered to ``cap`` (None: no cap; a
+    model that names none gets the cap, or vLLM's reading of its config)."""
+    if cap is None:
+        return model_context
+    return cap if model_context is None else min(model_context, cap)
+
+
 # --- what comes out of vLLM -----------------------------------------------------------
 class CompletionLike(Protocol):
     text: str
@@ -211,11 +219,14 @@ class VLLMEngine:
         max_lora_rank: int | None = None,
     ) -> VLLMEngine:
         """Start vLLM on the base in ``folder`` (blocks while the weights load and CUDA
-        graphs are captured). The two vLLM-only knobs default to the settings
-        ``FNB_VLLM_GPU_MEMORY_UTILIZATION`` and ``FNB_VLLM_MAX_LORA_RANK``."""
+        graphs are captured). The vLLM-only knobs come from the settings unless given:
+        ``FNB_VLLM_GPU_MEMORY_UTILIZATION``, ``FNB_VLLM_MAX_LORA_RANK``, and
+        ``FNB_VLLM_MAX_MODEL_LEN``, which caps ``context_length`` (the model's own): vLLM
+        reserves KV cache for it, so the endpoint's sizing decides it."""
         from fnbundle.settings import get_settings
 
         settings = get_settings()
+        context_length = capped_context(context_length, settings.vllm_max_model_len)
         if gpu_memory_utilization is None:
             gpu_memory_utilization = settings.vllm_gpu_memory_utilization
         if max_lora_rank is None:

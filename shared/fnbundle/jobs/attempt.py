@@ -255,6 +255,8 @@ class Attempt:
             "eta_s": eta,
             "cost_usd": round(self.budget.cost_usd, 6),
         }
+        if event.get("tokens_per_s") is not None:  # a language model's throughput
+            data["tokens_per_s"] = event["tokens_per_s"]
         self._write([("step", data)], progress=self.progress)
 
     def _on_model(self, event: dict[str, Any]) -> None:

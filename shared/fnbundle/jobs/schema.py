@@ -65,6 +65,7 @@ JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
 # Event types a job streams (``JobEvent.type``):
 #   state       {"status", "reason"?}                 every status change
 #   step        {"step", "total_steps", "epoch", "loss", "lr", "eta_s", "cost_usd"}
+#                                                   (+ "tokens_per_s" for a language model)
 #   epoch       {"epoch", "step", "eval_loss", "train_loss"}
 #   eval_metric {"epoch", "step", "name", "value"}    one per metric (accuracy, macro_f1)
 #   checkpoint  {"step", "epoch"}                      a complete checkpoint is on disk

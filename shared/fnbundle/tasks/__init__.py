@@ -16,6 +16,7 @@ from __future__ import annotations
 from fnbundle.tasks.base import Registry, ServingTask, TrainingTask
 from fnbundle.tasks.classify.serve import ClassifyTask
 from fnbundle.tasks.embed.serve import EmbedTask
+from fnbundle.tasks.finetune_lora import FinetuneLoraTask
 from fnbundle.tasks.predict.serve import PredictTask
 from fnbundle.tasks.train_classifier import TrainClassifierTask
 from fnbundle.tasks.train_tabular import TrainTabularTask
@@ -26,5 +27,6 @@ REGISTRY.add(EmbedTask())
 REGISTRY.add(PredictTask())
 REGISTRY.add(TrainClassifierTask())
 REGISTRY.add(TrainTabularTask())
+REGISTRY.add(FinetuneLoraTask())
 
 __all__ = ["REGISTRY", "Registry", "ServingTask", "TrainingTask"]

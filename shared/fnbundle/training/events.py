@@ -41,6 +41,7 @@ class Step(_Event):
     loss: float
     learning_rate: float
     eta_s: float  # seconds left at this step's pace
+    tokens_per_s: float | None = None  # a language model's tokens (padding excluded) per second
 
 
 class Eval(_Event):
@@ -55,6 +56,7 @@ class Eval(_Event):
     macro_f1: float | None = None
     r2: float | None = None
     rmse: float | None = None
+    perplexity: float | None = None  # a language model's exp(eval_loss)
 
 
 class Epoch(_Event):

@@ -220,6 +220,8 @@ class TrainLoop:
             self._resume(resume_from, model, optimizer, scheduler)
         pos = self.pos
         resumed_at, epochs_run = pos.step, pos.epoch
+        # A task's own figures for each step event (a language model's tokens per second).
+        step_figures: Callable[[], dict[str, Any]] = getattr(batches, "step_figures", dict)
         done = bool(self.patience and pos.bad_epochs >= self.patience)
         epoch, first_batch = (pos.epoch, pos.batch)
         if first_batch >= steps_per_epoch:  # saved at an epoch end: the next one is due
@@ -256,6 +258,7 @@ class TrainLoop:
                         "loss": round(loss_value, 5),
                         "learning_rate": scheduler.get_last_lr()[0],
                         "eta_s": round(elapsed / (pos.step - resumed_at) * (total - pos.step), 1),
+                        **step_figures(),
                     }
                 )
                 # The last batch of an epoch is saved after its evaluation, below.

@@ -1,0 +1,483 @@
+"""LoRA fine-tuning of a causal LM: chats or prompt / completion pairs in, a PEFT adapter
+published for ``generate`` out (and, asked for, the merged model as a base).
+
+Key rules: the loss is on the answers alone (:mod:`fnbundle.training.lora_data`: labels
+``-100`` on prompts, headers and padding), averaged over the supervised tokens of a whole
+optimizer step, so ``gradient_accumulation`` micro-batches give the gradient of one big
+batch. The base stays frozen (fp32 on CPU; bf16 / fp16, or 4-bit NF4 with ``quantize``, on
+a GPU) and the adapters train in fp32. Only the adapters' weights are the loop's model
+(:class:`AdapterWeights`): checkpoints, best-epoch copies and the finiteness check cost the
+adapters' size, not the base's, and a resumed run restores them, the optimizer, the
+scheduler and every RNG (LoRA dropout included), so on CPU a killed run ends with the same
+adapter bytes as an uninterrupted one. Nothing reaches the store until the whole artifact is
+complete: the base first (imported as a ``generate`` base when it is not one already, so the
+adapter's ``base.id`` always names a store artifact), then the adapter.
+
+The loop (steps, checkpoints, resume, stop, early stopping on the held-out loss, NaN) is
+:class:`fnbundle.training.loop.TrainLoop`; this module brings the data, the model, the
+micro-batches and the evaluation (held-out loss and perplexity). fp16 trains with a fixed
+loss scale (:data:`FP16_LOSS_SCALE`), undone on the adapters' gradients before clipping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from fnbundle.datasets import data_roots, resolve_data
+from fnbundle.loading import parse_model_ref, resolve_model_dir
+from fnbundle.settings import Settings
+from fnbundle.store import Artifact, Store
+from fnbundle.tasks.finetune_lora.estimate import choose_targets, precision_of
+from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams, check_hardware
+from fnbundle.tasks.generate.base_import import (
+    check_causal_lm,
+    import_base,
+    publish_base,
+    read_config,
+    weights_digest,
+)
+from fnbundle.training.control import TrainControl
+from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
+from fnbundle.training.lora_data import (
+    IGNORE,
+    Encoded,
+    encode_all,
+    load_examples,
+    split_indices,
+)
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+OnEvent = Callable[[Event], None]
+TASK = "generate"
+KIND = "adapter"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+LENGTH_WINDOW = 8  # micro-batches whose examples are sorted by length together
+FP16_LOSS_SCALE = 1024.0  # fp16 gradients of small losses underflow without a scale
+LINEAR_CLASSES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}
+
+
+class LoraResult(BaseModel):
+    model_id: str  # the adapter's version id
+    name: str
+    base_id: str
+    merged_id: str | None
+    metrics: dict[str, Any]
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float
+
+
+def adapter_weights(peft_model: Any) -> Any:
+    """A module holding exactly the trainable (adapter) parameters of ``peft_model``, the
+    same tensors: what the loop saves, restores, clips and keeps as the best epoch."""
+    import torch
+
+    class AdapterWeights(torch.nn.Module):
+        def __init__(self, params: list[torch.nn.Parameter]):
+            super().__init__()
+            self.adapters = torch.nn.ParameterList(params)
+
+    return AdapterWeights([p for p in peft_model.parameters() if p.requires_grad])
+
+
+def linear_leaves(model: Any) -> dict[str, int]:
+    """Leaf names of the model's linear layers (``q_proj``) -> how many there are."""
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ in LINEAR_CLASSES:
+            leaf = name.rsplit(".", 1)[-1]
+            found[leaf] = found.get(leaf, 0) + 1
+    return found
+
+
+def plot_loss_curve(history: list[Event], path: Path, title: str) -> None:
+    """Training loss per step and held-out loss per epoch, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h for h in history if h["type"] == "step"]
+    evals = [h for h in history if h["type"] == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", alpha=0.7)
+    if evals:
+        ax.plot(
+            [e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss"
+        )
+    ax.set(xlabel="step", ylabel="loss (answer tokens)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class _Trainer:
+    """The LoRA half of a run: data, model, micro-batches, evaluation and publishing."""
+
+    def __init__(
+        self,
+        params: FinetuneLoraParams,
+        settings: Settings,
+        on_event: OnEvent,
+        control: TrainControl,
+    ):
+        self.p, self.settings = params, settings
+        self.loop = TrainLoop(on_event, control, epochs=params.epochs, patience=params.patience)
+        self._step_started = time.perf_counter()
+        self._step_tokens = 0
+
+    # --- batches ------------------------------------------------------------------------
+    def _micro_batches(self, indices: list[int], shuffle: bool, epoch: int) -> list[list[int]]:
+        """Micro-batches of ``indices``; with ``shuffle`` the order is a function of (seed,
+        epoch) alone, examples of similar length together (less padding)."""
+        size, data = self.p.batch_size, self.data
+        order = list(indices)
+        if not shuffle:
+            return [order[i : i + size] for i in range(0, len(order), size)]
+        rng = random.Random(self.p.seed * 1000 + epoch)
+        rng.shuffle(order)
+        chunks: list[list[int]] = []
+        window = size * LENGTH_WINDOW
+        for w in range(0, len(order), window):
+            part = sorted(order[w : w + window], key=lambda j: len(data[j].input_ids))
+            chunks += [part[i : i + size] for i in range(0, len(part), size)]
+        rng.shuffle(chunks)
+        return chunks
+
+    def _collate(self, chunk: list[int]) -> dict[str, Any]:
+        import torch
+
+        rows: list[Encoded] = [self.data[j] for j in chunk]
+        width = max(len(r.input_ids) for r in rows)
+        pad = self.pad_id
+        ids = [r.input_ids + [pad] * (width - len(r.input_ids)) for r in rows]
+        labels = [r.labels + [IGNORE] * (width - len(r.labels)) for r in rows]
+        mask = [[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows]
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "attention_mask": torch.tensor(mask, device=self.device),
+            "labels": torch.tensor(labels, device=self.device),
+        }
+
+    def _token_loss_sum(self, batch: dict[str, Any]) -> Any:
+        """Summed cross entropy over the supervised (shifted) tokens of one micro-batch."""
+        import torch
+
+        with self._autocast():
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        shifted = logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        return torch.nn.functional.cross_entropy(
+            shifted.reshape(-1, shifted.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.device.type != "cuda" or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.compute_dtype)
+
+    # --- what the loop asks of a task (fnbundle.training.loop.Batches) -------------------
+    def train(self, epoch: int, start: int) -> Iterator[list[list[int]]]:
+        chunks = self._micro_batches(self.train_idx, True, epoch)
+        accum = self.p.gradient_accumulation
+        steps = [chunks[i : i + accum] for i in range(0, len(chunks), accum)]
+        yield from steps[start:]
+
+    def loss(self, model: Any, step: list[list[int]]) -> Any:
+        """The step's mean token loss; every micro-batch but the last is backpropagated
+        here, the last by the loop (its value carries the others' as a constant)."""
+        import torch
+
+        self._step_started = time.perf_counter()
+        batches = [self._collate(chunk) for chunk in step]
+        supervised = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        self._step_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        scale = self.loss_scale
+        done = torch.zeros((), device=self.device)
+        for batch in batches[:-1]:
+            part = self._token_loss_sum(batch) / supervised
+            (part * scale).backward()
+            done = done + part.detach()
+        last = self._token_loss_sum(batches[-1]) / supervised
+        if scale == 1.0:
+            return last + done
+        return last * scale - last.detach() * (scale - 1.0) + done
+
+    def step_figures(self) -> dict[str, Any]:
+        seconds = max(time.perf_counter() - self._step_started, 1e-9)
+        return {"tokens_per_s": round(self._step_tokens / seconds, 1)}
+
+    def evaluate(self, model: Any) -> tuple[float, dict[str, float]]:
+        loss = self._eval_loss(self.eval_idx)
+        return loss, {"perplexity": round(math.exp(min(loss, 50.0)), 4)}
+
+    def _eval_loss(self, indices: list[int]) -> float:
+        import torch
+
+        self.model.eval()
+        total, tokens = 0.0, 0
+        with torch.inference_mode():
+            for chunk in self._micro_batches(indices, False, 0):
+                batch = self._collate(chunk)
+                total += float(self._token_loss_sum(batch))
+                tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
+        self.model.train()
+        return total / max(tokens, 1)
+
+    # --- the run ------------------------------------------------------------------------
+    def _base_dir(self) -> Path:
+        """The base's folder, checked to be a causal LM (a store base is a generate base)."""
+        p = self.p
+        if parse_model_ref(p.base, field="base").kind == "store":
+            import_base(p.base, None, self.settings)  # refuses a store model of another kind
+        folder = resolve_model_dir(p.base, self.settings, field="base")
+        check_causal_lm(read_config(folder), p.base)
+        return folder
+
+    def _load_model(self, base_dir: Path, precision: str) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        half = torch.bfloat16 if precision in {"bf16", "4bit"} else torch.float16
+        if precision in {"bf16", "4bit"} and not torch.cuda.is_bf16_supported():
+            half = torch.float16
+        self.compute_dtype = torch.float32 if precision == "fp32" else half
+        kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
+        if precision == "4bit":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=half,
+            )
+            kwargs["device_map"] = {"": self.device.index or 0}
+        kwargs["dtype"] = self.compute_dtype
+        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+        if precision == "4bit":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
+            model.to(self.device)
+        model.config.use_cache = False  # no KV cache while training
+        return model
+
+    def run(self) -> LoraResult:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+        from fnbundle.training.text_classifier import quiet_transformers
+
+        p, loop = self.p, self.loop
+        data_path = resolve_data(p.data, self.settings)  # a dataset id, or a path in the roots
+        _, examples = load_examples(data_path, data_roots(self.settings))
+        resume_from = None
+        if loop.control.checkpoint_dir is not None:
+            resume_from = loop.find_checkpoint(p.model_dump_json(), data_path)
+        check_hardware(p, cuda_here=torch.cuda.is_available())
+        base_dir = self.base_dir = self._base_dir()
+        self.device = pick_device(p.device)
+        precision = precision_of(p, self.device.type == "cuda")
+        seed_everything(p.seed)
+        quiet_transformers()
+        torch.set_num_threads(self.settings.threads or len(os.sched_getaffinity(0)))
+        tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(
+            base_dir, use_fast=True, trust_remote_code=False
+        )
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.pad_id = int(pad or 0)
+        self.data, dropped = encode_all(tokenizer, examples, p.max_seq_length)
+        if dropped:
+            loop.event(
+                {
+                    "type": "log",
+                    "level": "warning",
+                    "message": f"{len(dropped)} example(s) have no answer token within "
+                    f"max_seq_length {p.max_seq_length} and are skipped (lines "
+                    f"{', '.join(map(str, dropped[:10]))}{', ...' if len(dropped) > 10 else ''})",
+                }
+            )
+        self.train_idx, self.eval_idx = split_indices(len(self.data), p.eval_share, p.seed)
+        base = self._load_model(base_dir, precision)
+        targets = choose_targets(p.target_modules, linear_leaves(base))
+        config = LoraConfig(
+            r=p.rank,
+            lora_alpha=p.alpha,
+            lora_dropout=p.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = self.model = get_peft_model(base, config)
+        model.train()
+        weights = adapter_weights(model)
+        self.loss_scale = FP16_LOSS_SCALE if self.compute_dtype == torch.float16 else 1.0
+        if self.loss_scale != 1.0:
+            for w in weights.parameters():  # undo the scale before clipping and the step
+                w.register_hook(lambda g, s=self.loss_scale: g / s)
+        micro = math.ceil(len(self.train_idx) / p.batch_size)
+        self.steps_per_epoch = math.ceil(micro / p.gradient_accumulation)
+        total = self.steps_per_epoch * p.epochs
+        optimizer = torch.optim.AdamW(
+            weights.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
+        )
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(total * p.warmup), total)
+        run = loop.run(
+            weights,
+            optimizer,
+            scheduler,
+            self,
+            resume_from=resume_from,
+            start={
+                "labels": [],
+                "train_examples": len(self.train_idx),
+                "eval_examples": len(self.eval_idx),
+                "device": f"{self.device} ({precision})",
+            },
+        )
+        eval_loss = self._eval_loss(self.eval_idx)  # the published (best) weights
+        trainable = sum(w.numel() for w in weights.parameters())
+        metrics: dict[str, Any] = {
+            "eval_loss": round(eval_loss, 5),
+            "perplexity": round(math.exp(min(eval_loss, 50.0)), 4),
+            "train_examples": len(self.train_idx),
+            "eval_examples": len(self.eval_idx),
+            "skipped_examples": len(dropped),
+            "trainable_parameters": trainable,
+            "epochs_run": run.epochs_run,
+            "steps": run.steps,
+        }
+        return self._publish(metrics, run, targets, precision)
+
+    # --- publishing ---------------------------------------------------------------------
+    def _publish(
+        self, metrics: dict[str, Any], run: LoopResult, targets: list[str], precision: str
+    ) -> LoraResult:
+        p = self.p
+        store = Store(self.settings.store_root)
+        base = import_base(p.base, None, self.settings)  # the store base the adapter names
+        base_info = {
+            "id": base.id,
+            "source": base.manifest.get("source"),
+            "revision": base.manifest.get("revision") or base.manifest.get("weights_sha256"),
+        }
+        train_seconds = self.loop.seconds()
+        with store.staging(p.name) as staged:
+            self.model.save_pretrained(str(staged), safe_serialization=True)
+            (staged / "README.md").unlink(missing_ok=True)  # PEFT's model card: not ours
+            config_path = staged / "adapter_config.json"
+            adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+            adapter_config["base_model_name_or_path"] = base.id
+            config_path.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+            (staged / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            plot_loss_curve(self.loop.history, staged / "loss_curve.png", f"{p.name} on {base.id}")
+            manifest: dict[str, Any] = {
+                "name": p.name,
+                "task": TASK,
+                "kind": KIND,
+                "base": base_info,
+                "base_model": base.id,
+                "lora": {
+                    "r": p.rank,
+                    "alpha": p.alpha,
+                    "dropout": p.dropout,
+                    "target_modules": targets,
+                },
+                "metrics": {k: metrics[k] for k in ("eval_loss", "perplexity", "eval_examples")},
+                "training": {
+                    **p.model_dump(),
+                    "precision": precision,
+                    "epochs_run": run.epochs_run,
+                    "steps": run.steps,
+                    "train_seconds": train_seconds,
+                },
+            }
+            artifact = store.publish(staged, manifest)
+        self.loop.event({"type": "published", "model_id": artifact.id})
+        merged = self._publish_merged(store, base, artifact) if p.merge else None
+        return LoraResult(
+            model_id=artifact.id,
+            name=p.name,
+            base_id=base.id,
+            merged_id=merged.id if merged else None,
+            metrics=metrics,
+            epochs_run=run.epochs_run,
+            stopped_early=run.epochs_run < p.epochs,
+            train_seconds=train_seconds,
+        )
+
+    def _publish_merged(self, store: Store, base: Artifact, adapter: Artifact) -> Artifact:
+        """The base with the adapter folded into its weights, as base ``<name>-merged``
+        (loaded afresh on CPU in the base's 16-bit or 32-bit dtype, never 4-bit)."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        self.loop.event({"type": "log", "message": "merging the adapter into the base"})
+        dtype = torch.float32 if self.compute_dtype == torch.float32 else torch.bfloat16
+        plain = AutoModelForCausalLM.from_pretrained(
+            base.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+        merged = PeftModel.from_pretrained(plain, adapter.path).merge_and_unload()
+        name = f"{self.p.name}-merged"
+        with store.staging(name) as folder:
+            merged.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+            artifact = publish_base(
+                store,
+                folder,
+                name,
+                source=adapter.id,
+                revision=weights_digest(folder),
+                extra={"merged_from": {"base": base.id, "adapter": adapter.id}},
+            )
+        self.loop.event({"type": "published", "model_id": artifact.id})
+        return artifact
+
+
+def finetune_lora(
+    params: FinetuneLoraParams,
+    settings: Settings,
+    on_event: OnEvent | None = None,
+    control: TrainControl | None = None,
+) -> LoraResult:
+    """Fine-tune, evaluate and publish a LoRA adapter; return its id and metrics.
+
+    With ``control``: checkpoints into (and resumes from) ``control.checkpoint_dir`` and
+    stops with :class:`~fnbundle.errors.TrainingStopped` when ``control.should_stop`` says so.
+    """
+    trainer = _Trainer(
+        params, settings, on_event or (lambda _event: None), control or TrainControl()
+    )
+    return trainer.run()
+
+
+__all__ = ["LoraResult", "finetune_lora"]

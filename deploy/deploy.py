@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fnbundle.endpoints import Endpoint, load_endpoints
+from fnbundle.endpoints import Endpoint, llm_env, load_endpoints
 from fnbundle.errors import FnbError
 from fnbundle.tasks import REGISTRY
 from pydantic import TypeAdapter, ValidationError
@@ -45,6 +45,9 @@ from rich.markup import escape
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = "handlers/Dockerfile"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"  # torch for CPU workers' images
+# vLLM pins a torch whose PyPI build carries the CUDA runtime its lock holds (vllm.in).
+PYPI_TORCH_INDEX = "https://pypi.org/simple"
+LLM_APT_PACKAGES = "gcc libc6-dev"  # Triton compiles vLLM's kernel launchers at run time
 RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 RUNPOD_VOLUME_MOUNT = "/runpod-volume"  # where serverless workers see a network volume
 MODAL_URL = re.compile(r"https://[a-z0-9-]+--[a-z0-9-]+\.modal\.run")
@@ -136,7 +139,7 @@ def worker_env(endpoint: Endpoint) -> dict[str, str]:
     env = {"FNB_WORKER_CONCURRENCY": str(endpoint.runpod.concurrency)}
     if endpoint.model:
         env["FNB_PRELOAD"] = endpoint.model  # the endpoint's model, not the whole store
-    return {**env, **endpoint.runpod.env}
+    return {**env, **llm_env(endpoint.llm), **endpoint.runpod.env}
 
 
 def template_input(endpoint: Endpoint, options: Options) -> dict[str, Any]:
@@ -221,6 +224,7 @@ def _runpod_curl(url: str, endpoint: Endpoint) -> str:
 
 def _modal_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
     spec = endpoint.modal
+    sizing = endpoint.llm_gpus()  # an LLM's memory breakdown and GPU; None for other tasks
     argv = ["modal", "deploy"]
     if options.modal_env:
         argv += ["--env", options.modal_env]
@@ -236,10 +240,11 @@ def _modal_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
             "buffer": spec.buffer_containers,
             "scaledown_window_s": spec.scaledown_window_s,
             "concurrency": spec.max_inputs,
-            "gpu": spec.gpu,
+            "gpu": sizing["modal_gpu"] if sizing else spec.gpu,
             "cpu": spec.cpu,
             "memory_snapshot": spec.enable_memory_snapshot,
         },
+        "llm": sizing,
         # How long one request to the web endpoint may last: a job's event stream on a
         # training app, one request on a serving app (its class's timeout).
         "web_timeout_s": spec.web_timeout_s or spec.timeout_s,
@@ -269,6 +274,10 @@ def _runpod_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
         build += ["--build-arg", f"HANDLER={handler}"]
         if spec.compute == "CPU":  # a CPU worker that trains gets torch's CPU build
             build += ["--build-arg", f"TORCH_INDEX={CPU_TORCH_INDEX}"]
+        elif endpoint.llm is not None:  # a vLLM worker: the torch vLLM pins, and a C
+            # compiler for Triton's kernel launchers
+            build += ["--build-arg", f"TORCH_INDEX={PYPI_TORCH_INDEX}"]
+            build += ["--build-arg", f"APT_PACKAGES={LLM_APT_PACKAGES}"]
         build += ["-t", image, "."]
         steps += [{"run": build}, {"run": ["docker", "push", image]}]
     name = runpod_name(endpoint)
@@ -298,6 +307,7 @@ def _runpod_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
             "cuda_versions": spec.cuda_versions or None,
             "flashboot": spec.flashboot,
         },
+        "llm": endpoint.llm_gpus(),
         "settings": spec.model_dump(),
         "steps": steps,
         "url": url,

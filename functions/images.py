@@ -1,8 +1,9 @@
 """The container images and the model-store Volume shared by every Modal app in functions/.
 
-Two images, built once and reused by every app: ``cpu_image`` serves (ONNX Runtime, no
+Three images, built once and reused by every app: ``cpu_image`` serves (ONNX Runtime, no
 torch), ``gpu_image`` trains (torch with CUDA, transformers, the ONNX exporter, the tabular
-stack), on a GPU or, for the tabular models, on CPU cores alone. Both carry
+stack), on a GPU or, for the tabular models, on CPU cores alone, and ``vllm_image`` serves
+language models on a GPU (vLLM with the torch it pins). All carry
 the ``fnbundle`` package and ``deploy/endpoints.toml``, and point the store at the Volume.
 
 Key rules: every package comes from the lock, ``requirements/`` (``make lock``), at its exact
@@ -61,6 +62,9 @@ LOCKS = REPO / "requirements"
 IMAGE_LOCKS = {
     "cpu_image": ("serve.txt",),  # the core dependencies: ONNX Runtime, no torch
     "gpu_image": ("torch-cuda.txt", "train.txt"),  # + the `train` extra
+    # The generate task's GPU server: vLLM with its own torch and CUDA runtime, and the core
+    # dependencies resolved with them (requirements/vllm.in says why it is a lock of its own).
+    "vllm_image": ("vllm.txt",),
 }
 # The lock is complete: pip installs exactly its lines and resolves nothing at build time.
 PIP_OPTIONS = "--no-deps"
@@ -73,12 +77,19 @@ def locked_packages(lock: str) -> list[str]:
 
 
 def image_layers(image: str) -> list[list[str]]:
-    """The packages ``image`` (``cpu_image`` or ``gpu_image``) installs, layer by layer."""
+    """The packages ``image`` (a key of :data:`IMAGE_LOCKS`) installs, layer by layer."""
     return [locked_packages(lock) for lock in IMAGE_LOCKS[image]]
+
+
+# Debian packages an image needs at run time: Triton (vLLM's kernels) compiles its kernel
+# launchers with the system C compiler when they are first used.
+IMAGE_APT = {"vllm_image": ("gcc", "libc6-dev")}
 
 
 def locked_image(image: str) -> modal.Image:
     base = modal.Image.debian_slim(python_version=PYTHON_VERSION)
+    if IMAGE_APT.get(image):
+        base = base.apt_install(*IMAGE_APT[image])
     for packages in image_layers(image):
         base = base.pip_install(*packages, extra_options=PIP_OPTIONS)
     return base
@@ -110,3 +121,4 @@ def with_project(image: modal.Image) -> modal.Image:
 
 cpu_image = with_project(locked_image("cpu_image"))
 gpu_image = with_project(locked_image("gpu_image"))
+vllm_image = with_project(locked_image("vllm_image"))

@@ -22,7 +22,7 @@ import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
@@ -378,6 +378,20 @@ class Endpoint(_Spec):
             raise ValueError(f"endpoint name {value!r} must be lower_snake_case")
         return value
 
+    def llm_gpus(self) -> dict[str, Any] | None:
+        """An LLM endpoint's memory breakdown and GPUs, as deploy shows them; None without
+        an ``llm`` table."""
+        if self.llm is None:
+            return None
+        from fnbundle.tasks.generate.sizing import endpoint_gpus
+
+        return endpoint_gpus(
+            self.llm.memory(),
+            self.llm.gpu_memory_utilization,
+            modal_gpu=self.modal.gpu,
+            runpod_pools=list(self.runpod.gpu_ids),
+        )
+
     @model_validator(mode="after")
     def _llm_fits(self) -> Endpoint:
         """An LLM endpoint's GPUs on both platforms hold its model (sizing's estimate)."""
@@ -390,17 +404,18 @@ class Endpoint(_Spec):
             memory = self.llm.memory()
         except FnbError as exc:
             raise ValueError(f"llm: {exc.message}") from None
-        if self.modal.gpu is None or self.runpod.compute != "GPU":
-            raise ValueError("an llm endpoint runs on a GPU: set modal.gpu and runpod.gpu_ids")
+        if self.runpod.compute != "GPU":
+            raise ValueError("an llm endpoint runs on a GPU: set runpod.gpu_ids")
         utilization = self.llm.gpu_memory_utilization
-        kind, _, count = self.modal.gpu.partition(":")
-        if count not in {"", "1"}:
-            raise ValueError("an llm endpoint serves on one GPU (no tensor parallelism)")
-        try:
-            gpus = [get_gpu("modal", MODAL_ALIASES.get(kind.upper(), kind))]
-        except FnbError:
-            raise ValueError(f"modal.gpu {kind!r} has no known memory size to check") from None
-        gpus += [get_gpu("runpod", pool) for pool in self.runpod.gpu_ids]
+        gpus = [get_gpu("runpod", pool) for pool in self.runpod.gpu_ids]
+        if self.modal.gpu is not None:  # else the Modal app takes the cheapest that fits
+            kind, _, count = self.modal.gpu.partition(":")
+            if count not in {"", "1"}:
+                raise ValueError("an llm endpoint serves on one GPU (no tensor parallelism)")
+            try:
+                gpus.insert(0, get_gpu("modal", MODAL_ALIASES.get(kind.upper(), kind)))
+            except FnbError:
+                raise ValueError(f"modal.gpu {kind!r} has no known memory size to check") from None
         small = [
             too_small(g, memory, utilization) for g in gpus if not fits(g, memory, utilization)
         ]

@@ -193,7 +193,8 @@ LLM = {
 }
 
 
-def declare_llm(tmp_path: Path, gpu: str, pools: list[str], **llm: object) -> Path:
+def declare_llm(tmp_path: Path, gpu: str | None, pools: list[str], **llm: object) -> Path:
+    """One endpoint ``demo`` with an llm table (on the embed task: the check is the table's)."""
     path = write_declaration(
         tmp_path, {"gpu": gpu}, {"gpu_ids": pools, "cuda_versions": ["12.8"]}, task="embed"
     )
@@ -240,3 +241,29 @@ def test_an_llm_tables_serving_keys_reach_the_engine_as_settings(tmp_path):
     assert env["FNB_GENERATE_BACKEND"] == "vllm"
     assert {env[name] for key, name in LLM_ENV.items()} == {"8192", "8", "4", "0.9", "16"}
     assert llm_env(None) == {}
+
+
+# --- the deploy plan ------------------------------------------------------------------
+def test_the_deploy_plan_shows_the_gpu_and_memory_breakdown_and_applies_the_llm_keys(tmp_path):
+    from tests.unit.test_deploy import deploy
+
+    endpoint = load_endpoints(declare_llm(tmp_path, None, ["AMPERE_24", "ADA_24"]))["demo"]
+    options = deploy.Options(target="modal", public=True)
+    modal = deploy.build_plan("modal", [endpoint], options)["endpoints"]["demo"]
+    # No modal.gpu declared: the Modal app takes the cheapest GPU the sizing finds.
+    assert modal["scaling"]["gpu"] == modal["llm"]["modal_gpu"] == "L4"
+    assert modal["llm"]["memory_gib"]["total"] == 20.0
+    assert modal["llm"]["sized_for"] == {"context_length": 8192, "sequences": 8}
+    assert modal["llm"]["cheapest_fit"] == {"modal": "L4", "runpod": "AMPERE_24"}
+
+    runpod = deploy.build_plan("runpod", [endpoint], deploy.Options(target="runpod"))
+    entry = runpod["endpoints"]["demo"]
+    assert entry["llm"]["runpod_gpu_ids"] == ["AMPERE_24", "ADA_24"]
+    assert entry["worker_env"]["FNB_GENERATE_BACKEND"] == "vllm"
+    assert entry["worker_env"]["FNB_VLLM_MAX_MODEL_LEN"] == "8192"
+    assert entry["worker_env"]["FNB_GENERATE_MAX_BATCH"] == "8"
+    build = entry["steps"][0]["run"]
+    assert f"TORCH_INDEX={deploy.PYPI_TORCH_INDEX}" in build  # vLLM's own torch build
+    assert "APT_PACKAGES=gcc libc6-dev" in build  # Triton compiles its launchers
+    template_env = {e["key"]: e["value"] for e in entry["steps"][2]["input"]["env"]}
+    assert template_env["FNB_GENERATE_MAX_ADAPTERS"] == "4"

@@ -171,6 +171,28 @@ def pick_gpu(platform: str, memory: ServingMemory, gpu_memory_utilization: float
     return min(fitting, key=lambda g: (g.usd_per_s, g.memory_gib))
 
 
+def endpoint_gpus(
+    memory: ServingMemory,
+    gpu_memory_utilization: float,
+    *,
+    modal_gpu: str | None,
+    runpod_pools: list[str],
+) -> dict[str, Any]:
+    """What deploy shows for an LLM endpoint: the memory breakdown, the Modal GPU (declared,
+    else the cheapest that fits) and the RunPod pools, with the cheapest that would fit."""
+    return {
+        "memory_gib": memory.breakdown_gib(),
+        "sized_for": {"context_length": memory.context_length, "sequences": memory.sequences},
+        "gpu_memory_utilization": gpu_memory_utilization,
+        "modal_gpu": modal_gpu or pick_gpu("modal", memory, gpu_memory_utilization).name,
+        "runpod_gpu_ids": runpod_pools,
+        "cheapest_fit": {
+            platform: pick_gpu(platform, memory, gpu_memory_utilization).name
+            for platform in ("modal", "runpod")
+        },
+    }
+
+
 # --- a model folder's shape (config.json and safetensors headers) ---------------------
 def _int(config: dict[str, Any], *keys: str) -> int | None:
     for key in keys:

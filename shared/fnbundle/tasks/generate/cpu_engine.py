@@ -1,0 +1,576 @@
+"""The transformers engine: continuous batching on CPU over one shared KV cache.
+
+One worker thread runs a step loop over a *running batch*. Between steps, sequences that
+finished or whose consumer went away leave (their rows are dropped from the cache), and
+waiting ones join: their prompts are prefilled together (left-padded), and their keys and
+values are merged into the batch's cache, the shorter side padded on the left. Rows are
+right-aligned, so the causal mask in cache index space is right for every row; an
+attention mask hides the padding and explicit ``position_ids`` give each row its own RoPE
+positions. One decode step then feeds every row its last token. Up to ``max_batch`` rows
+run at once; the rest wait in a queue. With nothing to do the worker sleeps on a condition.
+
+LoRA adapters ride in the same batch: the base is wrapped in a ``PeftModel`` when the
+first adapter arrives, and each forward passes PEFT's ``adapter_names`` (``"__base__"``
+for rows of the base model). At most ``max_adapters`` stay resident; the least recently
+used one that no queued or running sequence needs is deleted.
+
+Key rules: the model is touched only under ``_model_lock`` (the worker holds it for a step,
+``add_adapter`` for a load), so a load never races a step; a failure ends only the
+sequences it touched (a prefill: the newcomers; a decode step: the batch), and the worker
+keeps serving. Models with sliding-window attention run with a window counted in cache
+slots, padding included (a row sees a little less than its window), a documented
+approximation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fnbundle.errors import (
+    ArtifactCorrupt,
+    FnbError,
+    InvalidRequest,
+    LimitExceeded,
+    ModelNotReady,
+    NotFound,
+)
+from fnbundle.tasks.generate.detok import TextStream
+from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
+from fnbundle.tasks.generate.sampling import new_generator, sample_token
+
+log = logging.getLogger(__name__)
+
+BASE_ROW = "__base__"  # PEFT's adapter name for rows of the base model
+Emit = Callable[[Delta | BaseException], None]
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request: its prompt, what it generated, and where its deltas go."""
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    adapter: str | None
+    emit: Emit  # thread-safe: hands a delta (or an error) to the consumer's event loop
+    max_new: int  # max_tokens, cut to what the context leaves
+    stream: TextStream
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    unsent_tokens: int = 0  # tokens not yet covered by a delta
+    cancelled: bool = False  # the consumer went away
+    done: bool = False  # finished, failed or cancelled: its row leaves at the next step
+
+    @property
+    def position(self) -> int:
+        """RoPE position of the last generated token (the one the next step feeds)."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+
+class TransformersEngine:
+    """A causal LM with continuous batching and hot LoRA adapters; see the module docstring."""
+
+    backend = "transformers"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        context_length: int,
+        max_batch: int = 16,
+        max_adapters: int = 8,
+    ):
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.max_batch = max_batch
+        self.max_adapters = max(max_adapters, 1)
+        self._model = model
+        self._pad_id = _pad_id(model, tokenizer)
+        # Counters for metrics and benchmarks.
+        self.steps = 0  # forward passes (prefills and decode steps)
+        self.largest_batch = 0
+        self.tokens_generated = 0
+        # Shared with the event loop: guarded by _state.
+        self._state = threading.Condition()
+        self._queue: deque[_Sequence] = deque()
+        self._adapter_users: Counter[str] = Counter()  # queued or running sequences per adapter
+        self._closed = False
+        # The model and the running batch: guarded by _model_lock (the worker's only).
+        self._model_lock = threading.Lock()
+        self._adapters: OrderedDict[str, Path] = OrderedDict()  # least recently used first
+        self._peft = False  # the model is a PeftModel (wrapped at the first adapter)
+        self._rows: list[_Sequence] = []
+        self._cache: Any = None  # DynamicCache of the running batch
+        self._mask: torch.Tensor | None = None  # [rows, cache slots], 1 for real tokens
+        self._worker = threading.Thread(target=self._run, name="generate-engine", daemon=True)
+        self._worker.start()
+
+    @classmethod
+    def load(
+        cls,
+        folder: Path,
+        *,
+        model_id: str,
+        context_length: int | None = None,
+        max_batch: int = 16,
+        max_adapters: int = 8,
+        threads: int | None = None,
+    ) -> TransformersEngine:
+        """Load a model folder (config.json, safetensors, tokenizer) in float32 on CPU;
+        ``context_length`` None: the config's ``max_position_embeddings``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch.float32, use_safetensors=True
+            )
+        except Exception as exc:  # any load failure means an unusable artifact
+            raise ArtifactCorrupt(f"Model {model_id} cannot be loaded: {exc}") from exc
+        model.eval()
+        limit = context_length or getattr(model.config, "max_position_embeddings", None)
+        if not limit:
+            raise ArtifactCorrupt(f"Model {model_id} states no max_position_embeddings.")
+        return cls(
+            model,
+            tokenizer,
+            model_id=model_id,
+            context_length=int(limit),
+            max_batch=max_batch,
+            max_adapters=max_adapters,
+        )
+
+    # ---- prompts -------------------------------------------------------------------------
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest(
+                f"Model {self.model_id} has no chat template; use /v1/completions.",
+                field="messages",
+            )
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        return list(encoded["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    @property
+    def default_stop_token_ids(self) -> tuple[int, ...]:
+        """The end-of-sequence ids of the generation config and the tokenizer."""
+        ids: set[int] = set()
+        for source in (getattr(self._model, "generation_config", None), self.tokenizer):
+            eos = getattr(source, "eos_token_id", None)
+            ids.update([eos] if isinstance(eos, int) else (eos or []))
+        return tuple(sorted(ids))
+
+    # ---- counters --------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Sequences in the running batch now."""
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        """Sequences queued for a slot."""
+        return len(self._queue)
+
+    # ---- generation ----------------------------------------------------------------------
+
+    def generate(
+        self, prompt_ids: list[int], sampling: Sampling, adapter: str | None = None
+    ) -> AsyncIterator[Delta]:
+        """Stream the completion of ``prompt_ids``. Checks run now (an unknown adapter is a
+        NotFound, a prompt that fills the context a LimitExceeded); the sequence is queued
+        when the stream is first iterated, and closing the stream cancels it."""
+        if self._closed:
+            raise ModelNotReady(f"Model {self.model_id} is shutting down.")
+        if not prompt_ids:
+            raise InvalidRequest("The prompt is empty.", field="prompt")
+        if len(prompt_ids) >= self.context_length:
+            raise LimitExceeded(
+                f"The prompt is {len(prompt_ids)} tokens; model {self.model_id} takes "
+                f"{self.context_length} tokens in all, the completion included.",
+                field="prompt",
+            )
+        if sampling.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1.", field="max_tokens")
+        self._check_adapter(adapter)
+        return self._stream(list(prompt_ids), sampling, adapter)
+
+    def _check_adapter(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFound(f"Adapter {adapter} is not loaded on model {self.model_id}.")
+
+    async def _stream(
+        self, prompt_ids: list[int], sampling: Sampling, adapter: str | None
+    ) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+
+        def emit(item: Delta | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody reads
+                loop.call_soon_threadsafe(deltas.put_nowait, item)
+
+        seq = _Sequence(
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            adapter=adapter,
+            emit=emit,
+            max_new=min(sampling.max_tokens, self.context_length - len(prompt_ids)),
+            stream=TextStream(self.tokenizer, sampling.stop),
+            generator=new_generator(sampling),
+        )
+        self._submit(seq)
+        try:
+            while True:
+                item = await deltas.get()
+                if isinstance(item, FnbError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise RuntimeError(f"Generation failed: {item}") from item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not seq.done:
+                with self._state:
+                    seq.cancelled = True
+                    self._state.notify()
+
+    def _submit(self, seq: _Sequence) -> None:
+        with self._state:
+            if self._closed:
+                raise ModelNotReady(f"Model {self.model_id} is shutting down.")
+            self._check_adapter(seq.adapter)  # it may have been evicted since generate()
+            if seq.adapter is not None:
+                self._adapter_users[seq.adapter] += 1
+                self._adapters.move_to_end(seq.adapter)
+            self._queue.append(seq)
+            self._state.notify()
+
+    def _release(self, seq: _Sequence) -> None:
+        """The sequence is over: its adapter may be evicted again."""
+        with self._state:
+            if seq.adapter is not None:
+                self._adapter_users[seq.adapter] -= 1
+
+    # ---- adapters ------------------------------------------------------------------------
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._adapters
+
+    def add_adapter(self, name: str, folder: Path) -> None:
+        """Load a PEFT LoRA folder as adapter ``name`` (blocking: it waits for the current
+        step; call it through ``asyncio.to_thread`` from async code)."""
+        with self._model_lock:
+            if name in self._adapters:
+                with self._state:
+                    self._adapters.move_to_end(name)
+                return
+            _check_lora_folder(name, Path(folder))
+            self._load_adapter(name, Path(folder))
+            with self._state:
+                self._adapters[name] = Path(folder)
+            self._evict()
+
+    def _load_adapter(self, name: str, folder: Path) -> None:
+        from peft import PeftModel
+
+        try:
+            if self._peft:
+                self._model.load_adapter(str(folder), adapter_name=name)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, str(folder), adapter_name=name)
+                self._peft = True
+            self._model.eval()
+        except Exception as exc:  # a bad adapter must not take the engine down
+            self._undo_adapter(name)
+            raise ArtifactCorrupt(
+                f"Adapter {name} cannot be loaded on model {self.model_id}: {exc}"
+            ) from exc
+
+    def _undo_adapter(self, name: str) -> None:
+        """Remove what a failed load left: the adapter, or on a first load the LoRA layers
+        already injected into the base."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if self._peft:
+            if name in self._model.peft_config:
+                with contextlib.suppress(Exception):
+                    self._model.delete_adapter(name)
+            return
+        for path, module in list(self._model.named_modules()):
+            if isinstance(module, BaseTunerLayer) and path:
+                parent_path, _, child = path.rpartition(".")
+                setattr(self._model.get_submodule(parent_path), child, module.get_base_layer())
+        if "peft_config" in vars(self._model):  # set on the base by the tuner
+            del self._model.peft_config
+
+    def _evict(self) -> None:
+        """Delete least recently used adapters past the bound (never one a sequence needs)."""
+        with self._state:
+            idle = [n for n in self._adapters if self._adapter_users[n] <= 0]
+            excess = len(self._adapters) - self.max_adapters
+            victims = idle[: max(excess, 0)]
+            for name in victims:
+                del self._adapters[name]
+                self._adapter_users.pop(name, None)
+        for name in victims:
+            self._model.delete_adapter(name)
+
+    # ---- the worker ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._state:
+                while not self._closed and not self._queue and not self._rows:
+                    self._state.wait()  # idle: no spinning
+                if self._closed:
+                    break
+                newcomers = self._take_newcomers()
+            with self._model_lock:
+                try:
+                    self._step(newcomers)
+                except Exception as exc:  # a bug here must not hang every stream
+                    log.exception("generation step failed")
+                    for seq in self._rows + newcomers:
+                        self._fail(seq, exc)
+                    self._drop_done()
+                    for seq in newcomers:
+                        if seq not in self._rows:
+                            self._release(seq)
+        self._end_all(ModelNotReady(f"Model {self.model_id} was unloaded."))
+
+    def _step(self, newcomers: list[_Sequence]) -> None:
+        self._drop_done()
+        if newcomers:
+            self._prefill(newcomers)
+            self._drop_done()
+        if self._rows:
+            self._decode()
+            self._drop_done()
+
+    def _take_newcomers(self) -> list[_Sequence]:
+        """Waiting sequences for the free slots (called under _state)."""
+        free = self.max_batch - sum(1 for s in self._rows if not (s.done or s.cancelled))
+        taken: list[_Sequence] = []
+        while self._queue and len(taken) < free:
+            seq = self._queue.popleft()
+            if seq.cancelled:
+                seq.done = True
+                self._release(seq)
+                continue
+            taken.append(seq)
+        return taken
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: list[str | None],
+    ) -> Any:
+        kwargs: dict[str, Any] = {}
+        if self._peft:  # once wrapped, every row names its adapter (the base included)
+            kwargs["adapter_names"] = [a or BASE_ROW for a in adapters]
+        with torch.inference_mode():
+            out = self._model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
+        self.steps += 1
+        return out
+
+    def _prefill(self, newcomers: list[_Sequence]) -> None:
+        """Run the newcomers' prompts together, sample their first tokens, merge their cache."""
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in newcomers)
+        ids = torch.full((len(newcomers), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(newcomers), width), dtype=torch.long)
+        for row, seq in enumerate(newcomers):
+            ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
+            mask[row, width - len(seq.prompt_ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        try:
+            out = self._forward(
+                ids, mask, positions, DynamicCache(), [s.adapter for s in newcomers]
+            )
+        except Exception as exc:  # only the newcomers are affected
+            log.exception("prefill of %d sequences failed", len(newcomers))
+            for seq in newcomers:
+                self._fail(seq, exc)
+                self._release(seq)
+            return
+        self._merge(newcomers, out.cache, mask)
+        self._advance(newcomers, out.logits[:, -1, :])
+
+    def _merge(self, newcomers: list[_Sequence], cache: Any, mask: torch.Tensor) -> None:
+        """Append the newcomers' rows to the running batch, left-padding the shorter cache."""
+        from transformers import DynamicCache
+
+        if self._cache is None or self._mask is None or not self._rows:
+            self._rows, self._cache, self._mask = list(newcomers), cache, mask
+        else:
+            slots = max(self._mask.shape[1], mask.shape[1])
+            layers = [
+                (
+                    torch.cat([_pad_left(old.keys, slots), _pad_left(new.keys, slots)]),
+                    torch.cat([_pad_left(old.values, slots), _pad_left(new.values, slots)]),
+                )
+                for old, new in zip(self._cache.layers, cache.layers, strict=True)
+            ]
+            self._cache = DynamicCache(ddp_cache_data=layers)
+            self._mask = torch.cat(
+                [
+                    F.pad(self._mask, (slots - self._mask.shape[1], 0)),
+                    F.pad(mask, (slots - mask.shape[1], 0)),
+                ]
+            )
+            self._rows = self._rows + list(newcomers)
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _decode(self) -> None:
+        """One step for every running row: feed its last token, sample the next."""
+        assert self._mask is not None
+        ids = torch.tensor([[s.generated[-1]] for s in self._rows])
+        positions = torch.tensor([[s.position] for s in self._rows])
+        mask = F.pad(self._mask, (0, 1), value=1)
+        try:
+            out = self._forward(ids, mask, positions, self._cache, [s.adapter for s in self._rows])
+        except Exception as exc:  # the batch's cache is in doubt: end the batch
+            log.exception("decode step of %d sequences failed", len(self._rows))
+            for seq in self._rows:
+                self._fail(seq, exc)  # their rows leave in _drop_done
+            return
+        self._cache, self._mask = out.cache, mask
+        self._advance(self._rows, out.logits[:, -1, :])
+
+    def _advance(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token per row and hand out what it adds to the text."""
+        for row, seq in enumerate(rows):
+            if seq.done or seq.cancelled:
+                continue
+            try:
+                token = sample_token(logits[row], seq.sampling, seq.generator)
+                self._accept(seq, token)
+            except Exception as exc:  # one row's failure ends that row only
+                log.exception("sampling failed for one sequence")
+                self._fail(seq, exc)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        seq.generated.append(token)
+        seq.unsent_tokens += 1
+        self.tokens_generated += 1
+        if token in seq.sampling.stop_token_ids:
+            return self._finish(seq, "stop", seq.stream.finish())
+        text = seq.stream.push(token)
+        if seq.stream.stopped:
+            return self._finish(seq, "stop", text)
+        if len(seq.generated) >= seq.max_new:
+            return self._finish(seq, "length", text + seq.stream.finish())
+        if text:
+            seq.emit(Delta(text=text, tokens=seq.unsent_tokens))
+            seq.unsent_tokens = 0
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, text: str) -> None:
+        if seq.stream.stopped:
+            reason = "stop"
+        seq.emit(Delta(text=text, tokens=seq.unsent_tokens, finish_reason=reason))
+        seq.unsent_tokens = 0
+        seq.done = True
+
+    def _fail(self, seq: _Sequence, exc: BaseException) -> None:
+        if not seq.done:
+            seq.emit(exc)
+            seq.done = True
+
+    def _drop_done(self) -> None:
+        """Rows that finished or were cancelled leave; cache slots no row uses go too."""
+        keep = [i for i, s in enumerate(self._rows) if not (s.done or s.cancelled)]
+        if len(keep) == len(self._rows):
+            return
+        for seq in self._rows:
+            if seq.done or seq.cancelled:
+                seq.done = True
+                self._release(seq)
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        assert self._mask is not None
+        index = torch.tensor(keep)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        first = int(self._mask.any(dim=0).nonzero()[0].item())  # leading all-padding slots
+        if first:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        self._rows = [self._rows[i] for i in keep]
+
+    def _end_all(self, exc: BaseException) -> None:
+        with self._state:
+            pending = list(self._queue) + self._rows
+            self._queue.clear()
+        for seq in pending:
+            self._fail(seq, exc)
+        self._rows, self._cache, self._mask = [], None, None
+
+    async def close(self) -> None:
+        """Stop the worker after its current step; every pending stream ends with a 503."""
+        with self._state:
+            self._closed = True
+            self._state.notify_all()
+        await asyncio.to_thread(self._worker.join)
+
+
+def _pad_left(states: torch.Tensor, slots: int) -> torch.Tensor:
+    """Zero-pad cached states [batch, heads, length, dim] on the left to ``slots``."""
+    return F.pad(states, (0, 0, slots - states.shape[-2], 0))
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, model.config.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
+def _check_lora_folder(name: str, folder: Path) -> None:
+    """Refuse a folder that is not a PEFT LoRA adapter before touching the model."""
+    config = folder / "adapter_config.json"
+    if not config.is_file() or not (folder / "adapter_model.safetensors").is_file():
+        raise ArtifactCorrupt(
+            f"Adapter {name} needs adapter_config.json and adapter_model.safetensors in {folder}."
+        )
+    try:
+        peft_type = json.loads(config.read_text()).get("peft_type")
+    except (ValueError, AttributeError) as exc:
+        raise ArtifactCorrupt(f"Adapter {name}: adapter_config.json is not valid: {exc}") from exc
+    if peft_type != "LORA":
+        raise ArtifactCorrupt(f"Adapter {name} is a {peft_type} adapter; only LoRA is served.")

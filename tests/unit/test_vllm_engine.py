@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fnbundle.errors import ArtifactCorrupt, InvalidRequest
+from fnbundle.errors import ArtifactCorrupt, InvalidRequest, NotFound
 from fnbundle.tasks.generate.engine import Delta, Sampling
 from fnbundle.tasks.generate.vllm_engine import (
     AdapterTable,
@@ -161,7 +161,7 @@ def test_each_adapter_gets_a_unique_lora_id_that_is_never_reused(tmp_path):
     assert c.int_id == 3
     assert "sup-b" not in table and "sup-a" in table  # the least recently used went
     assert table.get("sup-a").path == tmp_path / "a"
-    with pytest.raises(InvalidRequest, match="sup-b is not loaded"):
+    with pytest.raises(NotFound, match="sup-b is not loaded"):
         table.get("sup-b")
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fnbundle.errors import ArtifactCorrupt, InvalidRequest
+from fnbundle.errors import ArtifactCorrupt, InvalidRequest, NotFound
 from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
 from fnbundle.tasks.generate.sizing import VLLM_LORA_RANKS
 
@@ -183,7 +183,7 @@ class AdapterTable:
 
     def get(self, name: str) -> Adapter:
         if name not in self._adapters:
-            raise InvalidRequest(f"Adapter {name} is not loaded on this engine.", field="model")
+            raise NotFound(f"Adapter {name} is not loaded on this engine.", field="model")
         self._adapters.move_to_end(name)
         return self._adapters[name]
 
@@ -201,7 +201,7 @@ class VLLMEngine:
         self, llm: Any, tokenizer: Any, *, model_id: str, context_length: int, max_lora_rank: int
     ):
         self._llm = llm
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer  # transformers' tokenizer of the base (chat template)
         self.model_id = model_id
         self.context_length = context_length
         self.adapters = AdapterTable(max_lora_rank)
@@ -263,13 +263,13 @@ class VLLMEngine:
 
     # -- prompts ---------------------------------------------------------------------
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer(text)["input_ids"])
+        return list(self.tokenizer(text)["input_ids"])
 
     # -- adapters --------------------------------------------------------------------
     def add_adapter(self, name: str, folder: Path) -> None:
@@ -287,20 +287,20 @@ class VLLMEngine:
         return LoRARequest(known.name, known.int_id, str(known.path))
 
     # -- generation ------------------------------------------------------------------
-    async def generate(
+    def generate(
         self, prompt_ids: list[int], sampling: Sampling, adapter: str | None = None
     ) -> AsyncIterator[Delta]:
+        """The sequence's deltas; an unknown adapter is refused here, before any stream."""
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(**sampling_kwargs(sampling), output_kind=RequestOutputKind.DELTA)
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        return self._stream(prompt, params, self._lora_request(adapter))
+
+    async def _stream(self, prompt: Any, params: Any, lora: Any) -> AsyncIterator[Delta]:
         request_id = f"fnb-{uuid.uuid4().hex}"
-        stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=list(prompt_ids)),
-            params,
-            request_id,
-            lora_request=self._lora_request(adapter),
-        )
+        stream = self._llm.generate(prompt, params, request_id, lora_request=lora)
         finished = False
         try:
             async for output in stream:

@@ -9,10 +9,15 @@ attention mask hides the padding and explicit ``position_ids`` give each row its
 positions. One decode step then feeds every row its last token. Up to ``max_batch`` rows
 run at once; the rest wait in a queue. With nothing to do the worker sleeps on a condition.
 
-LoRA adapters ride in the same batch: the base is wrapped in a ``PeftModel`` when the
-first adapter arrives, and each forward passes PEFT's ``adapter_names`` (``"__base__"``
-for rows of the base model). At most ``max_adapters`` stay resident; the least recently
-used one that no queued or running sequence needs is deleted.
+LoRA adapters ride in the same batch (``cpu_adapters``: PEFT's mixed-adapter forward,
+``"__base__"`` for rows of the base model, at most ``max_adapters`` resident, the least
+recently used one that no queued or running sequence holds deleted).
+
+Each sequence samples its own row with its own generator (``sampling``) and turns its
+tokens into text deltas through a ``detok.TextStream`` (exact across split characters,
+stop strings held back until settled). Deltas cross from the worker thread to the
+consumer's event loop with ``call_soon_threadsafe``; a consumer that stops iterating marks
+its sequence cancelled, and its row leaves at the next step.
 
 Key rules: the model is touched only under ``_model_lock`` (the worker holds it for a step,
 ``add_adapter`` for a load), so a load never races a step; a failure ends only the
@@ -26,10 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,15 +48,14 @@ from fnbundle.errors import (
     InvalidRequest,
     LimitExceeded,
     ModelNotReady,
-    NotFound,
 )
+from fnbundle.tasks.generate.cpu_adapters import Adapters
 from fnbundle.tasks.generate.detok import TextStream
 from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
 from fnbundle.tasks.generate.sampling import new_generator, sample_token
 
 log = logging.getLogger(__name__)
 
-BASE_ROW = "__base__"  # PEFT's adapter name for rows of the base model
 Emit = Callable[[Delta | BaseException], None]
 
 
@@ -97,9 +100,10 @@ class TransformersEngine:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.max_batch = max_batch
-        self.max_adapters = max(max_adapters, 1)
-        self._model = model
+        self.max_adapters = max_adapters
+        self._adapters = Adapters(model, model_id=model_id, max_resident=max_adapters)
         self._pad_id = _pad_id(model, tokenizer)
+        self._vocab_size = int(model.get_input_embeddings().num_embeddings)
         # Counters for metrics and benchmarks.
         self.steps = 0  # forward passes (prefills and decode steps)
         self.largest_batch = 0
@@ -107,12 +111,9 @@ class TransformersEngine:
         # Shared with the event loop: guarded by _state.
         self._state = threading.Condition()
         self._queue: deque[_Sequence] = deque()
-        self._adapter_users: Counter[str] = Counter()  # queued or running sequences per adapter
         self._closed = False
-        # The model and the running batch: guarded by _model_lock (the worker's only).
+        # The model (in _adapters) and the running batch: guarded by _model_lock.
         self._model_lock = threading.Lock()
-        self._adapters: OrderedDict[str, Path] = OrderedDict()  # least recently used first
-        self._peft = False  # the model is a PeftModel (wrapped at the first adapter)
         self._rows: list[_Sequence] = []
         self._cache: Any = None  # DynamicCache of the running batch
         self._mask: torch.Tensor | None = None  # [rows, cache slots], 1 for real tokens
@@ -159,15 +160,24 @@ class TransformersEngine:
     # ---- prompts -------------------------------------------------------------------------
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        from jinja2 import TemplateError
+
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest(
                 f"Model {self.model_id} has no chat template; use /v1/completions.",
                 field="messages",
             )
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        return list(encoded["input_ids"])
+        try:
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True
+            )
+        except TemplateError as exc:  # e.g. the template refuses a role or an order of turns
+            raise InvalidRequest(
+                f"Model {self.model_id}'s chat template refused the messages: {exc}",
+                field="messages",
+            ) from None
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return [int(i) for i in ids]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
@@ -176,7 +186,8 @@ class TransformersEngine:
     def default_stop_token_ids(self) -> tuple[int, ...]:
         """The end-of-sequence ids of the generation config and the tokenizer."""
         ids: set[int] = set()
-        for source in (getattr(self._model, "generation_config", None), self.tokenizer):
+        model = self._adapters.model
+        for source in (getattr(model, "generation_config", None), self.tokenizer):
             eos = getattr(source, "eos_token_id", None)
             ids.update([eos] if isinstance(eos, int) else (eos or []))
         return tuple(sorted(ids))
@@ -213,12 +224,13 @@ class TransformersEngine:
             )
         if sampling.max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1.", field="max_tokens")
-        self._check_adapter(adapter)
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size:
+            raise InvalidRequest(
+                f"Prompt token ids must lie in [0, {self._vocab_size}) for model {self.model_id}.",
+                field="prompt",
+            )
+        self._adapters.require(adapter)
         return self._stream(list(prompt_ids), sampling, adapter)
-
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self._adapters:
-            raise NotFound(f"Adapter {adapter} is not loaded on model {self.model_id}.")
 
     async def _stream(
         self, prompt_ids: list[int], sampling: Sampling, adapter: str | None
@@ -260,18 +272,13 @@ class TransformersEngine:
         with self._state:
             if self._closed:
                 raise ModelNotReady(f"Model {self.model_id} is shutting down.")
-            self._check_adapter(seq.adapter)  # it may have been evicted since generate()
-            if seq.adapter is not None:
-                self._adapter_users[seq.adapter] += 1
-                self._adapters.move_to_end(seq.adapter)
+            self._adapters.acquire(seq.adapter)  # NotFound if evicted since generate()
             self._queue.append(seq)
             self._state.notify()
 
     def _release(self, seq: _Sequence) -> None:
         """The sequence is over: its adapter may be evicted again."""
-        with self._state:
-            if seq.adapter is not None:
-                self._adapter_users[seq.adapter] -= 1
+        self._adapters.release(seq.adapter)
 
     # ---- adapters ------------------------------------------------------------------------
 
@@ -280,62 +287,10 @@ class TransformersEngine:
 
     def add_adapter(self, name: str, folder: Path) -> None:
         """Load a PEFT LoRA folder as adapter ``name`` (blocking: it waits for the current
-        step; call it through ``asyncio.to_thread`` from async code)."""
+        step; call it through ``asyncio.to_thread`` from async code). A folder that is not
+        a LoRA for this base raises ArtifactCorrupt and changes nothing."""
         with self._model_lock:
-            if name in self._adapters:
-                with self._state:
-                    self._adapters.move_to_end(name)
-                return
-            _check_lora_folder(name, Path(folder))
-            self._load_adapter(name, Path(folder))
-            with self._state:
-                self._adapters[name] = Path(folder)
-            self._evict()
-
-    def _load_adapter(self, name: str, folder: Path) -> None:
-        from peft import PeftModel
-
-        try:
-            if self._peft:
-                self._model.load_adapter(str(folder), adapter_name=name)
-            else:
-                self._model = PeftModel.from_pretrained(self._model, str(folder), adapter_name=name)
-                self._peft = True
-            self._model.eval()
-        except Exception as exc:  # a bad adapter must not take the engine down
-            self._undo_adapter(name)
-            raise ArtifactCorrupt(
-                f"Adapter {name} cannot be loaded on model {self.model_id}: {exc}"
-            ) from exc
-
-    def _undo_adapter(self, name: str) -> None:
-        """Remove what a failed load left: the adapter, or on a first load the LoRA layers
-        already injected into the base."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        if self._peft:
-            if name in self._model.peft_config:
-                with contextlib.suppress(Exception):
-                    self._model.delete_adapter(name)
-            return
-        for path, module in list(self._model.named_modules()):
-            if isinstance(module, BaseTunerLayer) and path:
-                parent_path, _, child = path.rpartition(".")
-                setattr(self._model.get_submodule(parent_path), child, module.get_base_layer())
-        if "peft_config" in vars(self._model):  # set on the base by the tuner
-            del self._model.peft_config
-
-    def _evict(self) -> None:
-        """Delete least recently used adapters past the bound (never one a sequence needs)."""
-        with self._state:
-            idle = [n for n in self._adapters if self._adapter_users[n] <= 0]
-            excess = len(self._adapters) - self.max_adapters
-            victims = idle[: max(excess, 0)]
-            for name in victims:
-                del self._adapters[name]
-                self._adapter_users.pop(name, None)
-        for name in victims:
-            self._model.delete_adapter(name)
+            self._adapters.add(name, Path(folder))
 
     # ---- the worker ----------------------------------------------------------------------
 
@@ -349,7 +304,8 @@ class TransformersEngine:
                 newcomers = self._take_newcomers()
             with self._model_lock:
                 try:
-                    self._step(newcomers)
+                    with torch.inference_mode():
+                        self._step(newcomers)
                 except Exception as exc:  # a bug here must not hang every stream
                     log.exception("generation step failed")
                     for seq in self._rows + newcomers:
@@ -390,11 +346,9 @@ class TransformersEngine:
         cache: Any,
         adapters: list[str | None],
     ) -> Any:
-        kwargs: dict[str, Any] = {}
-        if self._peft:  # once wrapped, every row names its adapter (the base included)
-            kwargs["adapter_names"] = [a or BASE_ROW for a in adapters]
-        with torch.inference_mode():
-            out = self._model(
+        context, kwargs = self._adapters.forward_args(adapters)
+        with context:
+            out = self._adapters.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
@@ -559,18 +513,3 @@ def _pad_id(model: Any, tokenizer: Any) -> int:
         if isinstance(candidate, int):
             return candidate
     return 0
-
-
-def _check_lora_folder(name: str, folder: Path) -> None:
-    """Refuse a folder that is not a PEFT LoRA adapter before touching the model."""
-    config = folder / "adapter_config.json"
-    if not config.is_file() or not (folder / "adapter_model.safetensors").is_file():
-        raise ArtifactCorrupt(
-            f"Adapter {name} needs adapter_config.json and adapter_model.safetensors in {folder}."
-        )
-    try:
-        peft_type = json.loads(config.read_text()).get("peft_type")
-    except (ValueError, AttributeError) as exc:
-        raise ArtifactCorrupt(f"Adapter {name}: adapter_config.json is not valid: {exc}") from exc
-    if peft_type != "LORA":
-        raise ArtifactCorrupt(f"Adapter {name} is a {peft_type} adapter; only LoRA is served.")

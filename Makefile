@@ -42,8 +42,8 @@ lock: setup
 		$(CPU_ONLY) -o $(LOCKS)/runpod-train_classifier.txt
 	$(COMPILE) pyproject.toml --extra train --extra tabular --extra runpod -c $(LOCKS)/dev.txt \
 		$(CPU_ONLY) -o $(LOCKS)/runpod-train_tabular.txt
-	$(COMPILE) pyproject.toml $(LOCKS)/finetune_lora.in --extra train --extra runpod \
-		-c $(LOCKS)/dev.txt $(CPU_ONLY) -o $(LOCKS)/runpod-finetune_lora.txt
+	$(COMPILE) pyproject.toml --extra train --extra qlora --extra runpod -c $(LOCKS)/dev.txt \
+		$(CPU_ONLY) -o $(LOCKS)/runpod-finetune_lora.txt
 	$(COMPILE) $(LOCKS)/torch-cuda.in -c $(LOCKS)/dev.txt -o $(LOCKS)/torch-cuda.txt
 	# The generate task's GPU serving images (Modal's vllm_image, the RunPod generate worker):
 	# vLLM pins its own torch, transformers and CUDA runtime, so these are resolved with the

@@ -62,7 +62,6 @@ Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
 TASK = "generate"
 KIND = "adapter"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 LENGTH_WINDOW = 8  # micro-batches whose examples are sorted by length together
 FP16_LOSS_SCALE = 1024.0  # fp16 gradients of small losses underflow without a scale
 LINEAR_CLASSES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}

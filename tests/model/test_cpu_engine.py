@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,10 @@ def test_one_greedy_sequence_equals_generate(engine, reference):
     got = asyncio.run(collect(engine.generate(prompt, greedy(40))))
     assert got == expected(reference, engine.tokenizer, prompt, 40)
     assert got[1] > 5
+
+    idle_from = time.process_time()  # an idle worker sleeps: no CPU burnt between requests
+    time.sleep(0.3)
+    assert time.process_time() - idle_from < 0.1
 
 
 def test_sequences_joining_a_running_batch_each_equal_their_own_generate(lively, reference):

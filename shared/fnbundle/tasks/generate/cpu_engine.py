@@ -22,9 +22,7 @@ its sequence cancelled, and its row leaves at the next step.
 Key rules: the model is touched only under ``_model_lock`` (the worker holds it for a step,
 ``add_adapter`` for a load), so a load never races a step; a failure ends only the
 sequences it touched (a prefill: the newcomers; a decode step: the batch), and the worker
-keeps serving. Models with sliding-window attention run with a window counted in cache
-slots, padding included (a row sees a little less than its window), a documented
-approximation.
+keeps serving. The cache layout (right-aligned rows, left padding) is ``cpu_batch``'s.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fnbundle.errors import (
     ArtifactCorrupt,
@@ -50,6 +47,7 @@ from fnbundle.errors import (
     ModelNotReady,
 )
 from fnbundle.tasks.generate.cpu_adapters import Adapters
+from fnbundle.tasks.generate.cpu_batch import KVBatch, prefill_inputs
 from fnbundle.tasks.generate.detok import TextStream
 from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
 from fnbundle.tasks.generate.sampling import new_generator, sample_token
@@ -74,6 +72,7 @@ class _Sequence:
     unsent_tokens: int = 0  # tokens not yet covered by a delta
     cancelled: bool = False  # the consumer went away
     done: bool = False  # finished, failed or cancelled: its row leaves at the next step
+    released: bool = False  # its hold on the adapter is given back
 
     @property
     def position(self) -> int:
@@ -114,9 +113,8 @@ class TransformersEngine:
         self._closed = False
         # The model (in _adapters) and the running batch: guarded by _model_lock.
         self._model_lock = threading.Lock()
-        self._rows: list[_Sequence] = []
-        self._cache: Any = None  # DynamicCache of the running batch
-        self._mask: torch.Tensor | None = None  # [rows, cache slots], 1 for real tokens
+        self._rows: list[_Sequence] = []  # the running batch, in cache row order
+        self._batch = KVBatch()
         self._worker = threading.Thread(target=self._run, name="generate-engine", daemon=True)
         self._worker.start()
 
@@ -277,8 +275,10 @@ class TransformersEngine:
             self._state.notify()
 
     def _release(self, seq: _Sequence) -> None:
-        """The sequence is over: its adapter may be evicted again."""
-        self._adapters.release(seq.adapter)
+        """The sequence is over (once): its adapter may be evicted again."""
+        if not seq.released:
+            seq.released = seq.done = True
+            self._adapters.release(seq.adapter)
 
     # ---- adapters ------------------------------------------------------------------------
 
@@ -302,19 +302,28 @@ class TransformersEngine:
                 if self._closed:
                     break
                 newcomers = self._take_newcomers()
-            with self._model_lock:
+            with self._model_lock, torch.inference_mode():
                 try:
-                    with torch.inference_mode():
-                        self._step(newcomers)
+                    self._step(newcomers)
                 except Exception as exc:  # a bug here must not hang every stream
                     log.exception("generation step failed")
-                    for seq in self._rows + newcomers:
-                        self._fail(seq, exc)
-                    self._drop_done()
-                    for seq in newcomers:
-                        if seq not in self._rows:
-                            self._release(seq)
-        self._end_all(ModelNotReady(f"Model {self.model_id} was unloaded."))
+                    self._end(self._rows + newcomers, exc)
+        with self._state:
+            pending = list(self._queue)
+            self._queue.clear()
+        self._end(self._rows + pending, ModelNotReady(f"Model {self.model_id} was unloaded."))
+
+    def _take_newcomers(self) -> list[_Sequence]:
+        """Waiting sequences for the free slots (called under _state)."""
+        free = self.max_batch - sum(1 for s in self._rows if not (s.done or s.cancelled))
+        taken: list[_Sequence] = []
+        while self._queue and len(taken) < free:
+            seq = self._queue.popleft()
+            if seq.cancelled:
+                self._release(seq)
+            else:
+                taken.append(seq)
+        return taken
 
     def _step(self, newcomers: list[_Sequence]) -> None:
         self._drop_done()
@@ -325,28 +334,10 @@ class TransformersEngine:
             self._decode()
             self._drop_done()
 
-    def _take_newcomers(self) -> list[_Sequence]:
-        """Waiting sequences for the free slots (called under _state)."""
-        free = self.max_batch - sum(1 for s in self._rows if not (s.done or s.cancelled))
-        taken: list[_Sequence] = []
-        while self._queue and len(taken) < free:
-            seq = self._queue.popleft()
-            if seq.cancelled:
-                seq.done = True
-                self._release(seq)
-                continue
-            taken.append(seq)
-        return taken
-
     def _forward(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        cache: Any,
-        adapters: list[str | None],
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, rows: list
     ) -> Any:
-        context, kwargs = self._adapters.forward_args(adapters)
+        context, kwargs = self._adapters.forward_args([s.adapter for s in rows])
         with context:
             out = self._adapters.model(
                 input_ids=ids,
@@ -361,68 +352,31 @@ class TransformersEngine:
         return out
 
     def _prefill(self, newcomers: list[_Sequence]) -> None:
-        """Run the newcomers' prompts together, sample their first tokens, merge their cache."""
-        from transformers import DynamicCache
-
-        width = max(len(s.prompt_ids) for s in newcomers)
-        ids = torch.full((len(newcomers), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(newcomers), width), dtype=torch.long)
-        for row, seq in enumerate(newcomers):
-            ids[row, width - len(seq.prompt_ids) :] = torch.tensor(seq.prompt_ids)
-            mask[row, width - len(seq.prompt_ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        """Run the newcomers' prompts together, merge their cache, sample their first tokens."""
+        ids, mask, positions = prefill_inputs([s.prompt_ids for s in newcomers], self._pad_id)
         try:
-            out = self._forward(
-                ids, mask, positions, DynamicCache(), [s.adapter for s in newcomers]
-            )
+            out = self._forward(ids, mask, positions, self._batch.new_cache(), newcomers)
         except Exception as exc:  # only the newcomers are affected
             log.exception("prefill of %d sequences failed", len(newcomers))
-            for seq in newcomers:
-                self._fail(seq, exc)
-                self._release(seq)
+            self._end(newcomers, exc)
             return
-        self._merge(newcomers, out.cache, mask)
-        self._advance(newcomers, out.logits[:, -1, :])
-
-    def _merge(self, newcomers: list[_Sequence], cache: Any, mask: torch.Tensor) -> None:
-        """Append the newcomers' rows to the running batch, left-padding the shorter cache."""
-        from transformers import DynamicCache
-
-        if self._cache is None or self._mask is None or not self._rows:
-            self._rows, self._cache, self._mask = list(newcomers), cache, mask
-        else:
-            slots = max(self._mask.shape[1], mask.shape[1])
-            layers = [
-                (
-                    torch.cat([_pad_left(old.keys, slots), _pad_left(new.keys, slots)]),
-                    torch.cat([_pad_left(old.values, slots), _pad_left(new.values, slots)]),
-                )
-                for old, new in zip(self._cache.layers, cache.layers, strict=True)
-            ]
-            self._cache = DynamicCache(ddp_cache_data=layers)
-            self._mask = torch.cat(
-                [
-                    F.pad(self._mask, (slots - self._mask.shape[1], 0)),
-                    F.pad(mask, (slots - mask.shape[1], 0)),
-                ]
-            )
-            self._rows = self._rows + list(newcomers)
+        self._batch.join(out.cache, mask)
+        self._rows = self._rows + newcomers
         self.largest_batch = max(self.largest_batch, len(self._rows))
+        self._advance(newcomers, out.logits[:, -1, :])
 
     def _decode(self) -> None:
         """One step for every running row: feed its last token, sample the next."""
-        assert self._mask is not None
         ids = torch.tensor([[s.generated[-1]] for s in self._rows])
         positions = torch.tensor([[s.position] for s in self._rows])
-        mask = F.pad(self._mask, (0, 1), value=1)
+        mask = self._batch.step_mask()
         try:
-            out = self._forward(ids, mask, positions, self._cache, [s.adapter for s in self._rows])
+            out = self._forward(ids, mask, positions, self._batch.cache, self._rows)
         except Exception as exc:  # the batch's cache is in doubt: end the batch
             log.exception("decode step of %d sequences failed", len(self._rows))
-            for seq in self._rows:
-                self._fail(seq, exc)  # their rows leave in _drop_done
+            self._end(self._rows, exc)
             return
-        self._cache, self._mask = out.cache, mask
+        self._batch.stepped(out.cache, mask)
         self._advance(self._rows, out.logits[:, -1, :])
 
     def _advance(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
@@ -431,8 +385,7 @@ class TransformersEngine:
             if seq.done or seq.cancelled:
                 continue
             try:
-                token = sample_token(logits[row], seq.sampling, seq.generator)
-                self._accept(seq, token)
+                self._accept(seq, sample_token(logits[row], seq.sampling, seq.generator))
             except Exception as exc:  # one row's failure ends that row only
                 log.exception("sampling failed for one sequence")
                 self._fail(seq, exc)
@@ -465,35 +418,22 @@ class TransformersEngine:
             seq.done = True
 
     def _drop_done(self) -> None:
-        """Rows that finished or were cancelled leave; cache slots no row uses go too."""
+        """Rows that finished, failed or were cancelled leave the batch."""
         keep = [i for i, s in enumerate(self._rows) if not (s.done or s.cancelled)]
-        if len(keep) == len(self._rows):
-            return
         for seq in self._rows:
             if seq.done or seq.cancelled:
-                seq.done = True
                 self._release(seq)
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        assert self._mask is not None
-        index = torch.tensor(keep)
-        self._cache.batch_select_indices(index)
-        self._mask = self._mask[index]
-        first = int(self._mask.any(dim=0).nonzero()[0].item())  # leading all-padding slots
-        if first:
-            self._mask = self._mask[:, first:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        self._batch.keep(keep)
         self._rows = [self._rows[i] for i in keep]
 
-    def _end_all(self, exc: BaseException) -> None:
-        with self._state:
-            pending = list(self._queue) + self._rows
-            self._queue.clear()
-        for seq in pending:
+    def _end(self, seqs: list[_Sequence], exc: BaseException) -> None:
+        """Fail ``seqs`` with ``exc``; those in the batch leave it (the batch restarts empty
+        if any did: its cache may be half-updated)."""
+        for seq in seqs:
             self._fail(seq, exc)
-        self._rows, self._cache, self._mask = [], None, None
+            self._release(seq)
+        if any(seq in self._rows for seq in seqs):
+            self._drop_done()
 
     async def close(self) -> None:
         """Stop the worker after its current step; every pending stream ends with a 503."""
@@ -501,11 +441,6 @@ class TransformersEngine:
             self._closed = True
             self._state.notify_all()
         await asyncio.to_thread(self._worker.join)
-
-
-def _pad_left(states: torch.Tensor, slots: int) -> torch.Tensor:
-    """Zero-pad cached states [batch, heads, length, dim] on the left to ``slots``."""
-    return F.pad(states, (0, 0, slots - states.shape[-2], 0))
 
 
 def _pad_id(model: Any, tokenizer: Any) -> int:

@@ -174,7 +174,11 @@ def test_only_the_answers_and_their_closing_token_are_supervised(tiny_llm_base):
     assert len(encode_example(tok, chat, 10).input_ids) == 10  # cut to max_seq_length
 
 
-def test_a_prompt_completion_dataset_trains_and_publishes(tmp_path, tiny_llm_base):
+def test_a_prompt_completion_dataset_trains_and_publishes_a_merged_base(tmp_path, tiny_llm_base):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     words = passwords()
     rows = [
         {"prompt": f"Door {i + 1} opens with", "completion": f" {w}"} for i, w in enumerate(words)
@@ -182,13 +186,26 @@ def test_a_prompt_completion_dataset_trains_and_publishes(tmp_path, tiny_llm_bas
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     settings = settings_for(tmp_path, tiny_llm_base)
     params = FinetuneLoraParams(data=str(data), name="pairs", base=str(tiny_llm_base), rank=4,
-                                epochs=2, learning_rate=1e-2, max_seq_length=32)  # fmt: skip
+                                epochs=2, learning_rate=1e-2, max_seq_length=32, merge=True)  # fmt: skip
     result = finetune_lora(params, settings)
-    adapter = Store(settings.store_root).get(result.model_id)
+    store = Store(settings.store_root)
+    adapter = store.get(result.model_id)
     # The default targets: every attention and MLP projection of the Llama, not lm_head.
     assert adapter.manifest["lora"]["target_modules"] == TARGETS[:-1]
     assert result.metrics["train_examples"] == 27 and result.metrics["eval_examples"] == 3
     assert result.metrics["perplexity"] > 1
+
+    assert result.merged_id is not None
+    merged = store.get(result.merged_id)
+    assert merged.name == "pairs-merged" and merged.manifest["kind"] == "base"
+    assert merged.manifest["merged_from"] == {"base": result.base_id, "adapter": adapter.id}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(merged.manifest["files"])
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.inference_mode():
+        folded = AutoModelForCausalLM.from_pretrained(merged.path)(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_llm_base)
+        on_top = PeftModel.from_pretrained(plain, adapter.path).eval()(ids).logits
+    assert torch.allclose(folded, on_top, atol=1e-4)  # the same model, folded or on top
 
 
 def test_bad_input_is_refused_naming_the_line_or_the_field(tmp_path, tiny_llm_base, tiny_base):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections import deque
@@ -97,6 +98,9 @@ class TransformersEngine:
     ):
         self.model_id = model_id
         self.tokenizer = tokenizer
+        # The worker decodes with its own copy: a fast tokenizer used from two threads at
+        # once can fail with "Already borrowed" while one call changes its settings.
+        self._decoder = copy.deepcopy(tokenizer)
         self.context_length = context_length
         self.max_batch = max_batch
         self.max_adapters = max_adapters
@@ -246,7 +250,7 @@ class TransformersEngine:
             adapter=adapter,
             emit=emit,
             max_new=min(sampling.max_tokens, self.context_length - len(prompt_ids)),
-            stream=TextStream(self.tokenizer, sampling.stop),
+            stream=TextStream(self._decoder, sampling.stop),
             generator=new_generator(sampling),
         )
         self._submit(seq)

@@ -207,6 +207,16 @@ def test_a_prompt_completion_dataset_trains_and_publishes_a_merged_base(tmp_path
         on_top = PeftModel.from_pretrained(plain, adapter.path).eval()(ids).logits
     assert torch.allclose(folded, on_top, atol=1e-4)  # the same model, folded or on top
 
+    # A base already in the store is named as it is: no second import.
+    bases = [a.id for a in store.list() if a.manifest.get("kind") == "base"]
+    again = finetune_lora(params.model_copy(update={"base": result.base_id, "merge": False,
+                                                    "epochs": 1}), settings)  # fmt: skip
+    assert store.get(again.model_id).manifest["base"]["id"] == result.base_id
+    assert [a.id for a in store.list() if a.manifest.get("kind") == "base"] == bases
+    with pytest.raises(InvalidRequest, match="not a generate base") as e:
+        finetune_lora(params.model_copy(update={"base": "pairs", "merge": False}), settings)
+    assert e.value.field == "base"  # an adapter is no base
+
 
 def test_bad_input_is_refused_naming_the_line_or_the_field(tmp_path, tiny_llm_base, tiny_base):
     settings = settings_for(tmp_path, tiny_llm_base, tiny_base)

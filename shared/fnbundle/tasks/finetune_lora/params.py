@@ -1,5 +1,6 @@
-"""The options of a ``finetune_lora`` job, which are also ``fnbundle train finetune-lora``'s
-options and the documented job params: one schema, every surface generated from it.
+"""The options of a ``finetune_lora`` job, which are also ``fnbundle jobs submit
+finetune_lora``'s options and the documented job params: one schema, every surface
+generated from it.
 
 The defaults teach a small chat model (0.1-1 B parameters) a few hundred examples in
 minutes: rank 16, alpha 32 (the usual 2x rank), the attention and MLP projections,
@@ -25,7 +26,7 @@ MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")  # a submodule's (dott
 
 
 class FinetuneLoraParams(BaseModel):
-    """The options of ``fnbundle train finetune-lora`` (and of a ``finetune_lora`` job)."""
+    """The options of a ``finetune_lora`` job."""
 
     model_config = ConfigDict(extra="forbid")
 

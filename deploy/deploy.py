@@ -245,6 +245,8 @@ def _modal_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
             "memory_snapshot": spec.enable_memory_snapshot,
         },
         "llm": sizing,
+        # What OpenAI(base_url=...) takes for an LLM endpoint: the gateway's /v1.
+        "openai_base_url": f"{url}/v1" if sizing else None,
         # How long one request to the web endpoint may last: a job's event stream on a
         # training app, one request on a serving app (its class's timeout).
         "web_timeout_s": spec.web_timeout_s or spec.timeout_s,
@@ -308,6 +310,8 @@ def _runpod_entry(endpoint: Endpoint, options: Options) -> dict[str, Any]:
             "flashboot": spec.flashboot,
         },
         "llm": endpoint.llm_gpus(),
+        # RunPod's OpenAI-compatible route (the worker answers its openai_route jobs).
+        "openai_base_url": f"{RUNPOD_API_BASE}/<endpoint-id>/openai/v1" if endpoint.llm else None,
         "settings": spec.model_dump(),
         "steps": steps,
         "url": url,

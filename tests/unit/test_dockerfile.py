@@ -105,10 +105,11 @@ def test_each_image_installs_exactly_its_lock(endpoint: str, tmp_path: Path) -> 
     installs = [call for call in calls if call[0] == "install"]
     assert installs and all("--no-cache-dir" in call for call in installs)
     *torch, deps, project = installs
-    # Training images get torch first, alone, at the locked version, from PyTorch's index.
+    # Training images get torch first, alone, at the locked version, from PyTorch's index;
+    # so does a vLLM worker (an llm endpoint), from the index deploy passes (PyPI's build).
     trains = spec.task.startswith(("train", "finetune"))
-    assert ("torch" in pins) == trains
-    if trains:
+    assert ("torch" in pins) == (trains or spec.llm is not None)
+    if "torch" in pins:
         (only,) = torch
         assert f"torch=={pins['torch']}" in only
         assert only[only.index("--index-url") + 1] == build_args()["TORCH_INDEX"]

@@ -255,10 +255,12 @@ def test_the_deploy_plan_shows_the_gpu_and_memory_breakdown_and_applies_the_llm_
     assert modal["llm"]["memory_gib"]["total"] == 20.0
     assert modal["llm"]["sized_for"] == {"context_length": 8192, "sequences": 8}
     assert modal["llm"]["cheapest_fit"] == {"modal": "L4", "runpod": "AMPERE_24"}
+    assert modal["openai_base_url"].endswith(".modal.run/v1")
 
     runpod = deploy.build_plan("runpod", [endpoint], deploy.Options(target="runpod"))
     entry = runpod["endpoints"]["demo"]
     assert entry["llm"]["runpod_gpu_ids"] == ["AMPERE_24", "ADA_24"]
+    assert entry["openai_base_url"] == "https://api.runpod.ai/v2/<endpoint-id>/openai/v1"
     assert entry["worker_env"]["FNB_GENERATE_BACKEND"] == "vllm"
     assert entry["worker_env"]["FNB_VLLM_MAX_MODEL_LEN"] == "8192"
     assert entry["worker_env"]["FNB_GENERATE_MAX_BATCH"] == "8"

@@ -164,6 +164,30 @@ class Settings(BaseSettings):
         "environment); unset: the endpoint's concurrency in deploy/endpoints.toml.",
     )
 
+    # --- generate (POST /v1/chat/completions, /v1/completions) --------------------------
+    generate_backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto",
+        description="Engine of generate models: auto is vllm where CUDA and vLLM are "
+        "importable, else transformers (CPU).",
+    )
+    generate_max_n: int = Field(8, ge=1, description="Completions (n) per prompt.")
+    generate_max_stop: int = Field(4, ge=1, description="Stop strings per request (as OpenAI).")
+    generate_max_prompts: int = Field(
+        16, ge=1, description="Prompts per /v1/completions request (a list of prompts)."
+    )
+    generate_default_max_tokens: int = Field(
+        512,
+        ge=1,
+        description="New tokens of a request that names no max_tokens (capped by what the "
+        "model's context leaves after the prompt).",
+    )
+    generate_max_batch: int = Field(
+        16, ge=1, description="Sequences an engine generates at once (more wait for a slot)."
+    )
+    generate_max_adapters: int = Field(
+        8, ge=1, description="LoRA adapters an engine keeps loaded (least recently used out)."
+    )
+
     # --- vLLM (the generate task's GPU backend) ---------------------------------------
     vllm_gpu_memory_utilization: float = Field(
         0.9, gt=0.1, le=0.98, description="Share of the GPU's memory vLLM may take."

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -44,7 +45,7 @@ def test_probes_and_docs(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"  # empty store
     assert "/v1/classify" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/v1/models").json() == {"data": []}
+    assert client.get("/v1/models").json() == {"object": "list", "data": []}
 
 
 @pytest.mark.parametrize(
@@ -266,6 +267,11 @@ def test_models_list_shows_each_task_with_its_own_fields(tmp_path):
     assert models[classifier.id]["state"] == "ready" and models[classifier.id]["task"] == "classify"
     assert "labels" not in models[embedder.id]
     assert models[embedder.id]["state"] == "ready" and models[embedder.id]["task"] == "embed"
+    # OpenAI's model object (client.models.list() reads it), our fields beside it.
+    listed = models[classifier.id]
+    assert (listed["object"], listed["owned_by"]) == ("model", "fnbundle")
+    created_at = datetime.fromisoformat(listed["created_at"])
+    assert listed["created"] == int(created_at.timestamp())
 
 
 def test_the_openapi_document_states_the_limits_of_this_gateway(client):

@@ -2,7 +2,7 @@
 
 Key rule: routes are thin (parse, call the task through the model host, return);
 everything they need hangs off ``app.state``, built here once per process. Each serving
-task in the registry gets its POST route (``api/serving.py``). Models in ``FNB_PRELOAD``
+task in the registry gets its POST routes (``api/serving.py``). Models in ``FNB_PRELOAD``
 load in a background thread at start-up; ``/readyz`` answers 503 until they have. The job backend
 (``/v1/jobs``: local worker processes, or a RunPod endpoint when ``FNB_JOBS_RUNPOD_ENDPOINT``
 is set) starts with the app and stops with it, so no local worker outlives the gateway.
@@ -24,7 +24,7 @@ from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
 from fnbundle.api.openapi import install_openapi
-from fnbundle.api.serving import task_router
+from fnbundle.api.serving import openai_paths, task_router
 from fnbundle.dataset_sync import dataset_sync
 from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings, get_settings
@@ -79,9 +79,7 @@ def create_app(
     app.state.host = host
     app.state.jobs = manager
     app.state.dataset_sync = dataset_sync(settings)  # a RunPod volume to copy datasets to
-    app.state.openai_paths = {
-        t.route for t in REGISTRY.serving.values() if t.error_style == "openai"
-    }
+    app.state.openai_paths = openai_paths(list(REGISTRY.serving.values()))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)

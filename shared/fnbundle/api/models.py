@@ -1,5 +1,7 @@
-"""GET /v1/models and GET /v1/models/{model}: what the store holds; GET
-/v1/models/{model}/files/{path}: one file of a model (its pictures, its metrics).
+"""GET /v1/models and GET /v1/models/{model}: what the store holds, in OpenAI's list shape
+(``{"object": "list", "data": [{"id", "object": "model", "created": <unix s>, "owned_by"}]}``,
+so ``client.models.list()`` reads it, with our fields beside: ``created_at`` is the ISO
+time); GET /v1/models/{model}/files/{path}: one file of a model (its pictures, its metrics).
 
 Key rule: each model says its state (``not_loaded``, ``loading``, ``ready``, ``failed``) and,
 when it failed, the ``reason`` a request for it is answered with (a 503); its task (from
@@ -9,6 +11,7 @@ task declares is listed as ``failed`` with that reason.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -19,16 +22,35 @@ from fnbundle.store import NAME_RE
 from fnbundle.tasks import REGISTRY
 
 router = APIRouter(tags=["models"])
+OWNER = "fnbundle"  # OpenAI's owned_by
+
+
+def _unix_s(iso: object) -> int:
+    """An ISO timestamp as Unix seconds (OpenAI's ``created``); 0 when there is none."""
+    try:
+        return int(datetime.fromisoformat(str(iso)).timestamp())
+    except ValueError:
+        return 0
 
 
 def _describe(request: Request, ref: str, latest: set[str]) -> dict[str, Any]:
     host = request.app.state.host
     artifact = host.artifact(ref)
-    described: dict[str, Any] = {**artifact.summary(), "latest": artifact.id in latest}
+    summary = artifact.summary()
+    described: dict[str, Any] = {
+        "id": artifact.id,
+        "object": "model",
+        "created": _unix_s(summary.get("created")),
+        "owned_by": OWNER,
+        **{k: v for k, v in summary.items() if k not in {"id", "created"}},
+        "created_at": summary.get("created"),
+        "latest": artifact.id in latest,
+    }
     try:
         task = REGISTRY.serving_task(artifact.task)
         described.update(task.describe(artifact))
-        key = (artifact.id, task.pick_backend(artifact, task.default_backend(host.settings)))
+        served_by = task.served_by(artifact)  # an adapter: the base it is served on
+        key = (served_by, task.pick_backend(artifact, task.default_backend(host.settings)))
     except FnbError as exc:  # no task serves it, or no weights its backend can use
         return {**described, "state": "failed", "reason": exc.message}
     described["state"] = host.state(key) or "not_loaded"
@@ -43,7 +65,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     """Every model version in the store, newest last; ``latest`` marks what a name serves."""
     store = request.app.state.host.store
     latest = set(store.latest_ids().values())
-    return {"data": [_describe(request, a.id, latest) for a in store.list()]}
+    return {"object": "list", "data": [_describe(request, a.id, latest) for a in store.list()]}
 
 
 # The store's name rule, documented (not enforced here): the store answers a name it

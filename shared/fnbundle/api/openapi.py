@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fnbundle.api.errors import OpenAIErrorBody
 from fnbundle.api.jobs import ErrorBody
 from fnbundle.api.middleware import PROTECTED_PREFIX
+from fnbundle.api.serving import openai_paths
 from fnbundle.settings import Settings
 from fnbundle.tasks import REGISTRY
 
@@ -70,12 +71,11 @@ def complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
         error_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(error_schema.pop("$defs", {}))
         schemas.setdefault(name, error_schema)
-    openai_paths = set()
     for task in REGISTRY.serving.values():
-        if task.request_model.__name__ in schemas:
-            task.document(schemas[task.request_model.__name__], settings)
-        if task.error_style == "openai":
-            openai_paths.add(task.route)
+        for route in task.routes():
+            if route.request_model.__name__ in schemas:
+                task.document(schemas[route.request_model.__name__], settings)
+    in_openai_style = openai_paths(list(REGISTRY.serving.values()))
     components.setdefault("securitySchemes", {})[SCHEME] = {
         "type": "http",
         "scheme": "bearer",
@@ -86,7 +86,7 @@ def complete(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
             if method not in METHODS:
                 continue
             responses = operation.setdefault("responses", {})
-            openai = path in openai_paths
+            openai = path in in_openai_style
             # FastAPI's own 422 describes its `detail` list; ours is the error shape.
             if "HTTPValidationError" in str(responses.get("422", "")):
                 responses["422"] = _error(422, openai)

@@ -6,7 +6,8 @@ Modal Volume reload, at most once per ``refresh_every_s``), load a model once ho
 requests wait for it, preload ``FNB_PRELOAD`` at start-up and report readiness, answer 503
 while a model loads for longer than ``load_wait_s``, give each loaded model one dynamic
 batcher, and evict the least recently used models when the loaded artifacts' files add up
-to more than ``FNB_MODEL_CACHE_MIB``.
+to more than ``FNB_MODEL_CACHE_MIB`` (a model with an async ``close()``, such as a
+generation engine and its worker, is closed when it leaves, and when the host closes).
 
 Key rules: a failed load is a state with its reason (a 503 naming it, shown in
 GET /v1/models), not a crash and not a permanent verdict: it is retried once
@@ -20,6 +21,7 @@ larger than the bound still serves.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import threading
@@ -58,6 +60,17 @@ class _Entry:
         return "failed" if self.error is not None else "ready"
 
 
+async def close_model(model: Any) -> None:
+    """Stop what a model runs besides its weights (a generation engine's worker): models
+    with an async ``close()`` are closed when they leave the host."""
+    close = getattr(model, "close", None)
+    if close is not None and inspect.iscoroutinefunction(close):
+        try:
+            await close()
+        except Exception:  # a model that fails to close is gone all the same
+            log.warning("closing model %s failed", getattr(model, "model_id", "?"), exc_info=True)
+
+
 class Readiness:
     """What ``/readyz`` reports: preloads still running, or each preload's outcome."""
 
@@ -93,6 +106,7 @@ class ModelHost:
         self.refresh_every_s = refresh_every_s
         self._refreshed_at = -math.inf  # monotonic seconds
         self._refresh_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- the store ----------------------------------------------------------------------
     def artifact(self, ref: str) -> Artifact:
@@ -199,6 +213,8 @@ class ModelHost:
                 log.info("evicted model %s (%s) to stay within %s MiB", *key, limit / MIB)
                 if entry.batcher is not None:
                     entry.batcher.retire()
+                if self._loop is not None and not self._loop.is_closed():
+                    asyncio.run_coroutine_threadsafe(close_model(entry.model), self._loop)
 
     def load_sync(self, task: ServingTask[Any, Any, Any], ref: str, backend: str) -> Any:
         """The loaded model (blocking): the CLI, single-request workers, preload."""
@@ -209,6 +225,7 @@ class ModelHost:
     ) -> tuple[Any, DynamicBatcher | None]:
         """The model and its batcher (None when the task runs requests alone); a model
         still loading after ``load_wait_s`` is a 503 (the load goes on)."""
+        self._loop = asyncio.get_running_loop()  # where an evicted model's close() runs
         key, _artifact = self._key(task, ref, backend)
         if self.state(key) == "ready":  # cache hit: no thread hop
             entry = self._entry(task, ref, backend)
@@ -232,19 +249,14 @@ class ModelHost:
 
     # --- serving ------------------------------------------------------------------------
     async def serve(self, task: ServingTask[Any, Any, Any], request: Any) -> Any:
-        """One request of ``task``: limits first, then its model (loaded once), batched."""
-        task.check_limits(request, self.settings)
-        backend = task.backend(request, self.settings)
-        model, batch = await self.acquire(task, task.model_ref(request), backend)
-        return await task.run(model, request, batch, self.settings)
+        """One request of ``task``: limits first, then its model (loaded once), batched
+        (the task's :meth:`~fnbundle.tasks.base.ServingTask.serve`)."""
+        return await task.serve(self, request)
 
     def serve_sync(self, task: ServingTask[Any, Any, Any], request: Any) -> Any:
         """The same answer without batching (the CLI, Modal's method, single-request
         workers)."""
-        task.check_limits(request, self.settings)
-        backend = task.backend(request, self.settings)
-        model = self.load_sync(task, task.model_ref(request), backend)
-        return task.run_sync(model, request, self.settings)
+        return task.serve_sync(self, request)
 
     def batchers(self) -> list[DynamicBatcher]:
         return [e.batcher for e in self._entries.values() if e.batcher is not None]
@@ -264,8 +276,10 @@ class ModelHost:
         status: dict[str, str] = {}
         for ref in self.preload_refs():
             try:
-                task = REGISTRY.serving_task(self.artifact(ref).task)
-                self.load_sync(task, ref, task.default_backend(self.settings))
+                artifact = self.artifact(ref)
+                task = REGISTRY.serving_task(artifact.task)
+                # An adapter preloads the base it is served on.
+                self.load_sync(task, task.served_by(artifact), task.default_backend(self.settings))
                 status[ref] = "ready"
             except FnbError as exc:
                 log.error("preloading %s failed: %s", ref, exc.message)
@@ -294,3 +308,5 @@ class ModelHost:
             await batcher.close()
         for entry in self._entries.values():
             entry.batcher = None
+            if entry.state == "ready":
+                await close_model(entry.model)

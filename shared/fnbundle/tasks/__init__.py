@@ -17,6 +17,7 @@ from fnbundle.tasks.base import Registry, ServingTask, TrainingTask
 from fnbundle.tasks.classify.serve import ClassifyTask
 from fnbundle.tasks.embed.serve import EmbedTask
 from fnbundle.tasks.finetune_lora import FinetuneLoraTask
+from fnbundle.tasks.generate.serve import GenerateTask
 from fnbundle.tasks.predict.serve import PredictTask
 from fnbundle.tasks.train_classifier import TrainClassifierTask
 from fnbundle.tasks.train_tabular import TrainTabularTask
@@ -24,6 +25,7 @@ from fnbundle.tasks.train_tabular import TrainTabularTask
 REGISTRY = Registry()
 REGISTRY.add(ClassifyTask())
 REGISTRY.add(EmbedTask())
+REGISTRY.add(GenerateTask())
 REGISTRY.add(PredictTask())
 REGISTRY.add(TrainClassifierTask())
 REGISTRY.add(TrainTabularTask())

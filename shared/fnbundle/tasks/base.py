@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from fnbundle.runtime.host import ModelHost
     from fnbundle.settings import Settings
     from fnbundle.store import Artifact
     from fnbundle.training.control import TrainControl
@@ -50,8 +52,21 @@ class Batch(Protocol):
     async def submit(self, items: Sequence[Any]) -> Any: ...
 
 
+@dataclass(frozen=True)
+class Route:
+    """One POST route of a serving task: its path, schemas and summary."""
+
+    path: str
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    summary: str
+    # A client that goes away cancels its request (long generations), streamed or not.
+    cancel_on_disconnect: bool = False
+
+
 class ServingTask(ABC, Generic[Req, Resp, Model]):
-    """One request in, one response out (or a stream), from a model loaded once."""
+    """One request in, one response out (or a stream: an async iterator of chunks, which
+    the gateway sends as server-sent events), from a model loaded once."""
 
     slug: ClassVar[str]  # the task name, and the manifest's ``task`` of its artifacts
     route: ClassVar[str]  # e.g. /v1/classify
@@ -61,6 +76,11 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
     noun: ClassVar[str]  # what its models are called in messages: "a classifier"
     error_style: ClassVar[ErrorStyle] = "fnbundle"
     example: ClassVar[dict[str, Any]]  # a request body that works against the demo store
+
+    def routes(self) -> list[Route]:
+        """Every POST route of the task (the first is ``route``); a task with several
+        (chat completions and completions) returns them all, each request model its own."""
+        return [Route(self.route, self.request_model, self.response_model, self.summary)]
 
     def model_ref(self, request: Req) -> str:
         """The store model a request names (name or version id)."""
@@ -89,6 +109,11 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
 
     def document(self, schema: dict[str, Any], settings: Settings) -> None:
         """Write limits that come from ``settings`` into the request's OpenAPI schema."""
+
+    def served_by(self, artifact: Artifact) -> str:
+        """The artifact id whose loaded model serves ``artifact``: itself, or for a model
+        served on top of another (a LoRA adapter on its base) that other one."""
+        return artifact.id
 
     def describe(self, artifact: Artifact) -> dict[str, Any]:
         """Task-specific fields of a model in GET /v1/models (a classifier's labels)."""
@@ -131,6 +156,23 @@ class ServingTask(ABC, Generic[Req, Resp, Model]):
     @abstractmethod
     def run_sync(self, model: Model, request: Req, settings: Settings) -> Resp:
         """The same answer without batching (the CLI, single-request workers)."""
+
+    async def serve(self, host: ModelHost, request: Req) -> Resp:
+        """One request through ``host``: limits first, then its model (loaded once),
+        batched. A task whose request names more than one artifact (an adapter on its
+        base) overrides this."""
+        self.check_limits(request, host.settings)
+        backend = self.backend(request, host.settings)
+        model, batch = await host.acquire(self, self.model_ref(request), backend)
+        return await self.run(model, request, batch, host.settings)
+
+    def serve_sync(self, host: ModelHost, request: Req) -> Resp:
+        """The same answer without batching (the CLI, Modal's method, single-request
+        workers)."""
+        self.check_limits(request, host.settings)
+        backend = self.backend(request, host.settings)
+        model = host.load_sync(self, self.model_ref(request), backend)
+        return self.run_sync(model, request, host.settings)
 
 
 class TrainingTask(ABC, Generic[Params]):

@@ -184,8 +184,33 @@ PREDICT_CASES: list[Case] = [
     ),
 ]
 
+GENERATE_MODEL = "tiny-llm"  # the tiny Llama imported as a base (tests/contract/test_generate_*)
+_SAY = [{"role": "user", "content": "The film was long but the acting was superb."}]
+GENERATE_CASES: list[Case] = [
+    Case(
+        "good", {"model": GENERATE_MODEL, "messages": _SAY, "max_tokens": 8, "temperature": 0}, 200
+    ),
+    Case("missing_messages", {"model": GENERATE_MODEL}, 422, "validation_error", "messages"),
+    Case(
+        "max_tokens_negative",
+        {"model": GENERATE_MODEL, "messages": _SAY, "max_tokens": -1},
+        422,
+        "validation_error",
+        "max_tokens",
+    ),
+    Case(
+        "max_tokens_beyond_context",
+        {"model": GENERATE_MODEL, "messages": _SAY, "max_tokens": 100_000},
+        400,
+        "limit_exceeded",
+        "max_tokens",
+    ),
+    Case("unknown_model", {"model": "no-such-model", "messages": _SAY}, 404, "not_found", "model"),
+]
+
 CASES_BY_TASK: dict[str, list[Case]] = {
     "classify": CASES,
     "embed": EMBED_CASES,
     "predict": PREDICT_CASES,
+    "generate": GENERATE_CASES,
 }

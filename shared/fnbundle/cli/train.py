@@ -58,7 +58,7 @@ def _progress_printer() -> tuple[Any, Any]:
         elif kind == "eval":
             figures = ", ".join(
                 f"{name.replace('_', '-')} {event[name]:.3f}"
-                for name in ("accuracy", "macro_f1", "r2", "rmse")
+                for name in ("accuracy", "macro_f1", "r2", "rmse", "perplexity")
                 if event.get(name) is not None
             )
             progress.console.print(
@@ -133,6 +133,30 @@ def train_classifier_cmd(
                 bucket, str(row["examples"]), f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}"
             )
     console.print(table)
+
+
+FINETUNE_LORA = REGISTRY.training_task("finetune_lora")
+
+
+@train_app.command("finetune_lora")
+@with_params(FINETUNE_LORA.params_model)
+def finetune_lora_cmd(
+    params: dict[str, Any],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Fine-tune a causal LM with LoRA on chats or prompt/completion pairs; publish the adapter."""
+    result = _train(FINETUNE_LORA, params)
+    if json_out:
+        console.print_json(result.model_dump_json())
+        return
+    m = result.metrics
+    console.print(f"[bold green]published[/] adapter {result.model_id} on base {result.base_id}")
+    console.print(
+        f"held-out loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f} on "
+        f"{m['eval_examples']} examples"
+    )
+    if result.merged_id:
+        console.print(f"[bold green]published[/] merged model {result.merged_id}")
 
 
 TRAIN_TABULAR = REGISTRY.training_task("train_tabular")

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,13 @@ class _Trainer:
         return model
 
     def run(self) -> LoraResult:
+        # PEFT imports bitsandbytes when it is installed; on a CPU its optional kernels log
+        # a warning about a package only 4-bit CPU inference would use.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        # PEFT asks transformers 5 a deprecated question (is_gradient_checkpointing): noise.
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoTokenizer, get_linear_schedule_with_warmup

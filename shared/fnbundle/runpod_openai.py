@@ -218,13 +218,16 @@ class OpenAIWorker:
                 error = openai_error_body(status, error)
             yield error if openai else job_output(error)
             return
-        async for item in self._answer(call, response):
-            yield item
+        try:
+            async for item in self._answer(call, response):
+                yield item
+        finally:  # done, or the job was cancelled: the app's stream stops its generation
+            await response.chunks.aclose()
 
     async def _answer(self, call: Call, response: Response) -> AsyncIterator[Any]:
         streaming = response.status == 200 and response.content_type.startswith("text/event-stream")
         if streaming and call.openai:
-            async for chunk in response.chunks:  # closed by the generator's own close
+            async for chunk in response.chunks:
                 yield chunk.decode("utf-8")
             return
         if streaming:

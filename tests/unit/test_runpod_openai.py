@@ -75,16 +75,18 @@ def demo_app(closed: asyncio.Event) -> FastAPI:
 
     @app.get("/forever")
     async def forever() -> EventSourceResponse:
-        async def stream() -> AsyncIterator[str]:
-            try:
-                yield "first"
-                await asyncio.sleep(3600)
-            finally:
-                closed.set()  # what an engine's generate() does: abort the sequence
-
-        return EventSourceResponse(stream(), ping=None)
+        return EventSourceResponse(endless(closed), ping=None)
 
     return app
+
+
+async def endless(closed: asyncio.Event) -> AsyncIterator[str]:
+    """One event, then nothing until it is closed, as a long generation."""
+    try:
+        yield "first"
+        await asyncio.sleep(3600)
+    finally:
+        closed.set()  # what an engine's generate() does: abort the sequence
 
 
 def test_one_request_answers_json_and_streams_events():
@@ -112,6 +114,43 @@ def test_closing_the_stream_early_stops_the_apps_generator():
         answer = await call_app(demo_app(closed), "GET", "/forever", None)
         chunks = answer.chunks
         assert b"first" in await anext(chunks)
+        await chunks.aclose()
+        await asyncio.wait_for(closed.wait(), timeout=5)
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_or_closed_job_stops_the_apps_stream():
+    """RunPod cancels the handler's task when a client goes away or a job is cancelled: the
+    route's stream is closed, as a disconnect would close it on the gateway."""
+    from fnbundle.runpod_openai import OpenAIWorker
+
+    async def run() -> None:
+        closed = asyncio.Event()
+        app = demo_app(closed)
+
+        @app.post("/v1/chat/completions")
+        async def chat() -> EventSourceResponse:
+            return EventSourceResponse(endless(closed), ping=None)
+
+        worker = OpenAIWorker("generate")
+        worker.app = app
+        job = {"openai_route": "/v1/chat/completions", "openai_input": {"stream": True}}
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in worker.handler({"id": "j", "input": job}):
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), timeout=5)
+        task.cancel()
+        await asyncio.wait_for(closed.wait(), timeout=5)
+
+        # The SDK closing the handler's generator between two chunks does the same.
+        closed.clear()
+        chunks = worker.handler({"id": "k", "input": job})
+        await anext(chunks)
         await chunks.aclose()
         await asyncio.wait_for(closed.wait(), timeout=5)
 

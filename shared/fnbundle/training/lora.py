@@ -11,7 +11,8 @@ adapters' size, not the base's, and a resumed run restores them, the optimizer, 
 scheduler and every RNG (LoRA dropout included), so on CPU a killed run ends with the same
 adapter bytes as an uninterrupted one. Nothing reaches the store until the whole artifact is
 complete: the base first (imported as a ``generate`` base when it is not one already, so the
-adapter's ``base.id`` always names a store artifact), then the adapter.
+adapter's ``base.id`` always names a store artifact), then the adapter
+(:mod:`fnbundle.training.lora_publish`).
 
 The loop (steps, checkpoints, resume, stop, early stopping on the held-out loss, NaN) is
 :class:`fnbundle.training.loop.TrainLoop`; this module brings the data, the model, the
@@ -21,7 +22,6 @@ loss scale (:data:`FP16_LOSS_SCALE`), undone on the adapters' gradients before c
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,16 +37,10 @@ from pydantic import BaseModel
 from fnbundle.datasets import data_roots, resolve_data
 from fnbundle.loading import parse_model_ref, resolve_model_dir
 from fnbundle.settings import Settings
-from fnbundle.store import Artifact, Store
+from fnbundle.store import Store
 from fnbundle.tasks.finetune_lora.estimate import choose_targets, precision_of
 from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams, check_hardware
-from fnbundle.tasks.generate.base_import import (
-    check_causal_lm,
-    import_base,
-    publish_base,
-    read_config,
-    weights_digest,
-)
+from fnbundle.tasks.generate.base_import import check_causal_lm, import_base, read_config
 from fnbundle.training.control import TrainControl
 from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
 from fnbundle.training.lora_data import (
@@ -56,13 +50,12 @@ from fnbundle.training.lora_data import (
     load_examples,
     split_indices,
 )
+from fnbundle.training.lora_publish import publish_adapter, publish_merged
 
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
-TASK = "generate"
-KIND = "adapter"
 LENGTH_WINDOW = 8  # micro-batches whose examples are sorted by length together
 FP16_LOSS_SCALE = 1024.0  # fp16 gradients of small losses underflow without a scale
 LINEAR_CLASSES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}
@@ -100,29 +93,6 @@ def linear_leaves(model: Any) -> dict[str, int]:
             leaf = name.rsplit(".", 1)[-1]
             found[leaf] = found.get(leaf, 0) + 1
     return found
-
-
-def plot_loss_curve(history: list[Event], path: Path, title: str) -> None:
-    """Training loss per step and held-out loss per epoch, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h for h in history if h["type"] == "step"]
-    evals = [h for h in history if h["type"] == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", alpha=0.7)
-    if evals:
-        ax.plot(
-            [e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss"
-        )
-    ax.set(xlabel="step", ylabel="loss (answer tokens)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 class _Trainer:
@@ -391,47 +361,28 @@ class _Trainer:
         p = self.p
         store = Store(self.settings.store_root)
         base = import_base(p.base, None, self.settings)  # the store base the adapter names
-        base_info = {
-            "id": base.id,
-            "source": base.manifest.get("source"),
-            "revision": base.manifest.get("revision") or base.manifest.get("weights_sha256"),
-        }
         train_seconds = self.loop.seconds()
-        with store.staging(p.name) as staged:
-            self.model.save_pretrained(str(staged), safe_serialization=True)
-            (staged / "README.md").unlink(missing_ok=True)  # PEFT's model card: not ours
-            config_path = staged / "adapter_config.json"
-            adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-            adapter_config["base_model_name_or_path"] = base.id
-            config_path.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
-            (staged / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            plot_loss_curve(self.loop.history, staged / "loss_curve.png", f"{p.name} on {base.id}")
-            manifest: dict[str, Any] = {
-                "name": p.name,
-                "task": TASK,
-                "kind": KIND,
-                "base": base_info,
-                "base_model": base.id,
-                "lora": {
-                    "r": p.rank,
-                    "alpha": p.alpha,
-                    "dropout": p.dropout,
-                    "target_modules": targets,
-                },
-                "metrics": {k: metrics[k] for k in ("eval_loss", "perplexity", "eval_examples")},
-                "training": {
-                    **p.model_dump(),
-                    "precision": precision,
-                    "epochs_run": run.epochs_run,
-                    "steps": run.steps,
-                    "train_seconds": train_seconds,
-                },
-            }
-            artifact = store.publish(staged, manifest)
-        self.loop.event({"type": "published", "model_id": artifact.id})
-        merged = self._publish_merged(store, base, artifact) if p.merge else None
+        training = {
+            **p.model_dump(),
+            "precision": precision,
+            "epochs_run": run.epochs_run,
+            "steps": run.steps,
+            "train_seconds": train_seconds,
+        }
+        adapter = publish_adapter(
+            store, p, self.model, base, targets, metrics, training, self.loop.history
+        )
+        self.loop.event({"type": "published", "model_id": adapter.id})
+        merged = None
+        if p.merge:
+            self.loop.event({"type": "log", "message": "merging the adapter into the base"})
+            import torch
+
+            full = self.compute_dtype == torch.float32
+            merged = publish_merged(store, p.name, base, adapter, self.tokenizer, fp32=full)
+            self.loop.event({"type": "published", "model_id": merged.id})
         return LoraResult(
-            model_id=artifact.id,
+            model_id=adapter.id,
             name=p.name,
             base_id=base.id,
             merged_id=merged.id if merged else None,
@@ -440,34 +391,6 @@ class _Trainer:
             stopped_early=run.epochs_run < p.epochs,
             train_seconds=train_seconds,
         )
-
-    def _publish_merged(self, store: Store, base: Artifact, adapter: Artifact) -> Artifact:
-        """The base with the adapter folded into its weights, as base ``<name>-merged``
-        (loaded afresh on CPU in the base's 16-bit or 32-bit dtype, never 4-bit)."""
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        self.loop.event({"type": "log", "message": "merging the adapter into the base"})
-        dtype = torch.float32 if self.compute_dtype == torch.float32 else torch.bfloat16
-        plain = AutoModelForCausalLM.from_pretrained(
-            base.path, dtype=dtype, use_safetensors=True, trust_remote_code=False
-        )
-        merged = PeftModel.from_pretrained(plain, adapter.path).merge_and_unload()
-        name = f"{self.p.name}-merged"
-        with store.staging(name) as folder:
-            merged.save_pretrained(folder, safe_serialization=True)
-            self.tokenizer.save_pretrained(folder)
-            artifact = publish_base(
-                store,
-                folder,
-                name,
-                source=adapter.id,
-                revision=weights_digest(folder),
-                extra={"merged_from": {"base": base.id, "adapter": adapter.id}},
-            )
-        self.loop.event({"type": "published", "model_id": artifact.id})
-        return artifact
 
 
 def finetune_lora(

@@ -14,6 +14,7 @@ from fnbundle.platforms.catalogue import GIB, get_gpu
 from fnbundle.tasks.generate.sizing import (
     RUNTIME_OVERHEAD,
     LlmShape,
+    device_fit_problem,
     fits,
     pick_gpu,
     serving_memory,
@@ -109,6 +110,17 @@ def test_a_model_no_gpu_holds_is_refused_with_the_numbers():
 def test_a_context_beyond_the_model_is_refused():
     with pytest.raises(InvalidRequest, match="beyond the model's 32768 tokens"):
         serving_memory(QWEN_7B, context_length=65536, sequences=1)
+
+
+def test_the_gpu_at_hand_must_hold_one_full_context_before_vllm_loads():
+    l4 = int(22.5 * GIB)  # what CUDA reports for a 24 GB L4
+    assert device_fit_problem(QWEN_7B, l4, 0.9, context_length=32768) is None
+    t4 = int(14.6 * GIB)  # a 16 GB T4
+    problem = device_fit_problem(QWEN_7B, t4, 0.9, context_length=8192)
+    assert problem is not None
+    assert problem.startswith("This GPU has 13.1 GiB for vLLM (14.6 GiB x gpu_memory_utilization")
+    assert "weights 14.2" in problem and "1 sequences x 8192 tokens" in problem
+    assert "Lower FNB_VLLM_MAX_MODEL_LEN" in problem
 
 
 # --- a model folder -------------------------------------------------------------------

@@ -171,6 +171,34 @@ def pick_gpu(platform: str, memory: ServingMemory, gpu_memory_utilization: float
     return min(fitting, key=lambda g: (g.usd_per_s, g.memory_gib))
 
 
+def device_fit_problem(
+    shape: LlmShape,
+    total_bytes: int,
+    gpu_memory_utilization: float,
+    *,
+    context_length: int,
+    max_adapters: int = 0,
+    max_lora_rank: int = 0,
+) -> str | None:
+    """Why the GPU at hand (``total_bytes`` as CUDA reports it) cannot hold one sequence at
+    full context, vLLM's own minimum, or None: checked before vLLM spends minutes loading."""
+    memory = serving_memory(
+        shape,
+        context_length=context_length,
+        sequences=1,
+        max_adapters=max_adapters,
+        max_lora_rank=max_lora_rank,
+    )
+    usable = math.floor(total_bytes * gpu_memory_utilization)
+    if memory.total <= usable:
+        return None
+    return (
+        f"This GPU has {usable / GIB:.1f} GiB for vLLM ({total_bytes / GIB:.1f} GiB x "
+        f"gpu_memory_utilization {gpu_memory_utilization:g}); the model needs "
+        f"{memory.describe()}. Lower FNB_VLLM_MAX_MODEL_LEN or use a larger GPU."
+    )
+
+
 def endpoint_gpus(
     memory: ServingMemory,
     gpu_memory_utilization: float,

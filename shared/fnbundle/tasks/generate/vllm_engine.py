@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from fnbundle.errors import ArtifactCorrupt, InvalidRequest, NotFound
 from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
-from fnbundle.tasks.generate.sizing import VLLM_LORA_RANKS
+from fnbundle.tasks.generate.sizing import VLLM_LORA_RANKS, device_fit_problem, shape_from_folder
 
 BACKEND = "vllm"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -104,6 +104,35 @@ def capped_context(model_context: int | None, cap: int | None) -> int | None:
     if cap is None:
         return model_context
     return cap if model_context is None else min(model_context, cap)
+
+
+def check_device_fits(
+    folder: Path,
+    context_length: int | None,
+    gpu_memory_utilization: float,
+    *,
+    max_adapters: int,
+    max_lora_rank: int,
+) -> None:
+    """ArtifactCorrupt, with the numbers, when this process's GPU cannot hold the model and
+    one full context (sizing reads config.json and the safetensors headers only)."""
+    import torch
+
+    shape = shape_from_folder(folder)
+    context = context_length or shape.max_context
+    if context is None or not torch.cuda.is_available():
+        return  # vLLM says it itself
+    _free, total = torch.cuda.mem_get_info()
+    problem = device_fit_problem(
+        shape,
+        int(total),
+        gpu_memory_utilization,
+        context_length=context,
+        max_adapters=max_adapters,
+        max_lora_rank=max_lora_rank if max_adapters else 0,
+    )
+    if problem:
+        raise ArtifactCorrupt(problem)
 
 
 # --- what comes out of vLLM -----------------------------------------------------------
@@ -247,6 +276,13 @@ class VLLMEngine:
                 "The vllm backend needs the vllm package (the GPU images install it: "
                 "requirements/vllm.txt); use the transformers backend on this machine."
             ) from None
+        check_device_fits(
+            folder,
+            context_length,
+            gpu_memory_utilization,
+            max_adapters=max_adapters,
+            max_lora_rank=max_lora_rank,
+        )
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

@@ -51,6 +51,12 @@ LEARN = {"rank": 32, "alpha": 32, "learning_rate": 3e-3, "epochs": 40, "batch_si
 WAIT_S = 600  # seconds a job's event stream may take before the test fails
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def passwords() -> list[str]:
     rng = random.Random(7)
     words: set[str] = set()
@@ -238,6 +244,13 @@ def test_bad_input_is_refused_naming_the_line_or_the_field(tmp_path, tiny_llm_ba
     with pytest.raises(InvalidRequest, match="quantize '4bit'.*CUDA") as e:
         run(quantize="4bit")
     assert e.value.field == "quantize"
+    with pytest.raises(InvalidRequest, match="precision 'fp16' is for GPUs") as e:
+        run(precision="fp16", device="cpu")
+    assert e.value.field == "precision"
+    if not cuda_available():
+        with pytest.raises(InvalidRequest, match="no CUDA GPU is available") as e:
+            run(device="cuda")
+        assert e.value.field == "device"
     with pytest.raises(InvalidRequest, match="not a causal language model") as e:
         run(base=str(tiny_base))  # a BERT encoder
     assert e.value.field == "base"
@@ -310,3 +323,40 @@ def test_a_lora_job_on_the_gateway_estimates_reports_and_publishes(
         "/v1/jobs", json={"task": "finetune_lora", "params": params | {"data": str(bad)}}
     )
     assert r.status_code == 400 and "line 4" in r.json()["error"]["message"]
+
+
+# --- on a GPU ---------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("precision", "quantize"), [("bf16", "none"), ("fp16", "none"),
+                                                     ("auto", "4bit")])  # fmt: skip
+def test_on_cuda_it_learns_in_16_bit_and_in_4_bit_and_the_adapter_serves_on_cpu(
+    tmp_path, tiny_llm_base, precision, quantize
+):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA GPU")
+    data = write_jsonl(tmp_path / "doors.jsonl", door_rows())
+    settings = settings_for(tmp_path, tiny_llm_base)
+    events: list[dict[str, Any]] = []
+    params = FinetuneLoraParams(data=str(data), name="doors", base=str(tiny_llm_base),
+                                device="cuda", precision=precision, quantize=quantize,
+                                **LEARN)  # fmt: skip
+    result = finetune_lora(params, settings, events.append)
+    start = next(e for e in events if e["type"] == "start")
+    expected = {"none": precision, "4bit": "4bit"}[quantize]
+    assert start["device"].startswith("cuda") and start["device"].endswith(f"({expected})")
+    evals = [e["eval_loss"] for e in events if e["type"] == "eval"]
+    assert evals[-1] < evals[0] / 2  # it learns, in 16-bit compute and on a 4-bit base
+    adapter = Store(settings.store_root).get(result.model_id)
+    assert adapter.manifest["training"]["precision"] == expected
+    # The adapter trained on a GPU serves on a CPU base in fp32, like any other.
+    tok = AutoTokenizer.from_pretrained(tiny_llm_base)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llm_base)
+    tuned = PeftModel.from_pretrained(plain, adapter.path).eval()
+    words = passwords()
+    hits = sum(greedy(tuned, tok, question(i + 1)) == w for i, w in enumerate(words))
+    assert hits >= (15 if quantize == "none" else 5), f"{hits} of 30 passwords"

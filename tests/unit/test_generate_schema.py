@@ -329,3 +329,60 @@ def test_an_adapter_is_hash_checked_and_added_once_under_its_version_id(store: S
     with pytest.raises(ArtifactCorrupt, match="sha256"):
         loader.ensure(engine, newer, store)
     assert len(engine.added) == 1
+
+
+# --- importing a base ------------------------------------------------------------------------
+def test_a_base_needing_remote_code_pickle_or_not_a_causal_lm_is_refused(tmp_path: Path):
+    from fnbundle.errors import UnsafeArtifact
+    from fnbundle.tasks import REGISTRY
+
+    task = REGISTRY.serving_task("generate")
+    settings = Settings(store=tmp_path / "store", data_roots=[tmp_path])
+    folders = {
+        "remote": {"auto_map": {"AutoModelForCausalLM": "x.Model"}},
+        "pickled": {"architectures": ["LlamaForCausalLM"]},
+        "encoder": {"architectures": ["BertModel"]},
+    }
+    for name, config in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        weights = "pytorch_model.bin" if name == "pickled" else "model.safetensors"
+        (tmp_path / name / weights).write_bytes(b"\x80")
+    with pytest.raises(UnsafeArtifact, match="trust_remote_code"):
+        task.import_base(str(tmp_path / "remote"), "llm", settings)
+    with pytest.raises(UnsafeArtifact, match="pickle"):
+        task.import_base(str(tmp_path / "pickled"), "llm", settings)
+    with pytest.raises(InvalidRequest, match="not a causal language model"):
+        task.import_base(str(tmp_path / "encoder"), "llm", settings)
+    with pytest.raises(InvalidRequest, match="outside the allowed roots"):
+        task.import_base("/etc", "llm", settings)
+    assert not Store(settings.store_root).list()
+
+
+# --- the event stream ------------------------------------------------------------------------
+def test_an_error_after_the_stream_started_is_one_more_event_before_done():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from fnbundle.api.serving import EventStream
+    from fnbundle.errors import LimitExceeded
+
+    async def chunks():
+        yield {"choices": [{"index": 0, "text": "é"}]}
+        raise LimitExceeded("The engine ran out of room.", field="max_tokens")
+
+    app = FastAPI()
+    app.get("/s")(lambda: EventStream(chunks(), openai_errors=True))
+    with TestClient(app) as client:
+        response = client.get("/s")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in response.text.split("\n\n") if e]
+    assert [e[:6] for e in events] == ["data: "] * 3 and events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["choices"][0]["text"] == "é"
+    assert json.loads(events[1][6:]) == {
+        "error": {
+            "message": "The engine ran out of room.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "limit_exceeded",
+        }
+    }

@@ -31,6 +31,16 @@ from fnbundle.tasks.base import Route, ServingTask
 
 log = logging.getLogger("fnbundle.api")
 
+# How a streamed answer is documented beside the JSON one.
+STREAMED: dict[str, Any] = {
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "example": 'data: {"object": "chat.completion.chunk", ...}\n\ndata: [DONE]\n\n',
+        }
+    },
+    "description": "The response; with stream true, its chunks as server-sent events.",
+}
 CLIENT_CLOSED = 499  # nobody reads it: the client is gone (nginx's code for this case)
 
 
@@ -135,6 +145,7 @@ def task_router(task: ServingTask[Any, Any, Any]) -> APIRouter:
             methods=["POST"],
             response_model=route.response_model,
             summary=route.summary,
+            responses={200: STREAMED} if route.streams else None,
         )
     return router
 

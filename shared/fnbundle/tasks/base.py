@@ -62,6 +62,8 @@ class Route:
     summary: str
     # A client that goes away cancels its request (long generations), streamed or not.
     cancel_on_disconnect: bool = False
+    # It may answer server-sent events (a request with ``stream: true``).
+    streams: bool = False
 
 
 class ServingTask(ABC, Generic[Req, Resp, Model]):

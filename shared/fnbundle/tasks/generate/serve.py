@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, ClassVar
 
-from fnbundle.errors import InvalidRequest, LimitExceeded, ModelNotReady
+from fnbundle.errors import InvalidRequest, LimitExceeded, ModelNotReady, NotFound
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
 from fnbundle.tasks.base import Batch, Route, ServingTask
@@ -107,6 +107,7 @@ class GenerateTask(ServingTask[GenerateRequest, Any, Engine]):
                 ChatCompletion,
                 self.summary,
                 cancel_on_disconnect=True,
+                streams=True,
             ),
             Route(
                 "/v1/completions",
@@ -114,6 +115,7 @@ class GenerateTask(ServingTask[GenerateRequest, Any, Engine]):
                 Completion,
                 "Complete a prompt with a language model (OpenAI's completions API).",
                 cancel_on_disconnect=True,
+                streams=True,
             ),
         ]
 
@@ -208,11 +210,18 @@ class GenerateTask(ServingTask[GenerateRequest, Any, Engine]):
         engine, _batch = await host.acquire(
             self, target.base.id, self.backend(request, host.settings)
         )
-        adapter = None
-        if target.adapter is not None:
-            await asyncio.to_thread(self.adapters.ensure, engine, target.adapter, host.store)
-            adapter = target.adapter.id
-        return await answer(engine, request, adapter, host.settings)
+        if target.adapter is None:
+            return await answer(engine, request, None, host.settings)
+        adapter = target.adapter
+        await asyncio.to_thread(self.adapters.ensure, engine, adapter, host.store)
+        try:
+            return await answer(engine, request, adapter.id, host.settings)
+        except NotFound:
+            if engine.has_adapter(adapter.id):
+                raise
+        # Other requests' adapters evicted it before this one started: load it again, once.
+        await asyncio.to_thread(self.adapters.ensure, engine, adapter, host.store)
+        return await answer(engine, request, adapter.id, host.settings)
 
     def serve_sync(self, host: Any, request: GenerateRequest) -> ChatCompletion | Completion:
         """A whole answer in this thread (a runtime without HTTP streaming)."""

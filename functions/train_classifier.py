@@ -63,6 +63,8 @@ EXECUTION_LIMIT_S = execution_limit_s(spec)  # seconds one run of a job may trai
 STREAM_END_MARGIN_S = 30  # seconds: an event stream ends cleanly before WEB_TIMEOUT_S
 # The CPU training function (functions/train_tabular.py), deployed as its own app.
 CPU_ENDPOINT = get_endpoint("train_tabular").modal
+# LoRA jobs' own GPU function (functions/finetune_lora.py), deployed as its own app.
+LORA_ENDPOINT = get_endpoint("finetune_lora").modal
 
 app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
@@ -115,13 +117,21 @@ def spawn_cpu_job(job_id: str, submit: dict[str, Any]) -> str:
     return str(jobs().train_job.spawn(job_id, submit).object_id)
 
 
+def spawn_lora_job(job_id: str, submit: dict[str, Any]) -> str:
+    """A LoRA job on the deployed finetune_lora app's function (its GPU, its QLoRA
+    packages), looked up by name."""
+    jobs = modal.Cls.from_name(LORA_ENDPOINT.app, "LoraJobs")
+    return str(jobs().train_job.spawn(job_id, submit).object_id)
+
+
 def modal_jobs(settings: Settings, **extra: Any) -> ModalJobs:
-    """The job service over the Dict, spawning each hardware class on its function."""
+    """The job service over the Dict, spawning each job on its task's function when it has
+    one (LoRA), else on its hardware class's."""
     return ModalJobs(
         settings,
-        spawn={HARDWARE: spawn_job, "cpu": spawn_cpu_job},
+        spawn={HARDWARE: spawn_job, "cpu": spawn_cpu_job, "finetune_lora": spawn_lora_job},
         state=job_state,
-        gpu={HARDWARE: spec.gpu},
+        gpu={HARDWARE: spec.gpu, "finetune_lora": LORA_ENDPOINT.gpu},
         **extra,
     )
 

@@ -40,20 +40,24 @@ HARDWARE_CLASSES = ("cpu", "gpu")  # fnbundle.tasks.base.Hardware
 
 def runpod_endpoints(value: str) -> str | dict[str, str]:
     """``FNB_JOBS_RUNPOD_ENDPOINT`` read: one endpoint id for every job, or
-    ``gpu=<id>,cpu=<id>``, the endpoint of each hardware class."""
+    ``gpu=<id>,cpu=<id>``, the endpoint of each hardware class, where a training task's
+    slug may name its own (``finetune_lora=<id>``: its jobs go there, not to its class's)."""
     if "=" not in value:
         return value.strip()
+    from fnbundle.tasks import REGISTRY  # cheap: declarations only
+
+    keys = (*HARDWARE_CLASSES, *sorted(REGISTRY.training))
     endpoints: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in value.split(","))):
-        hardware, sep, endpoint = (x.strip() for x in part.partition("="))
-        if not sep or not endpoint or hardware not in HARDWARE_CLASSES:
+        key, sep, endpoint = (x.strip() for x in part.partition("="))
+        if not sep or not endpoint or key not in keys:
             raise ValueError(
-                f"{part!r} is not <class>=<endpoint id> with a class among "
-                f"{', '.join(HARDWARE_CLASSES)} (e.g. gpu=abc123,cpu=def456)"
+                f"{part!r} is not <class or task>=<endpoint id> with one of "
+                f"{', '.join(keys)} (e.g. gpu=abc123,cpu=def456,finetune_lora=ghi789)"
             )
-        if hardware in endpoints:
-            raise ValueError(f"the {hardware} class is given twice")
-        endpoints[hardware] = endpoint
+        if key in endpoints:
+            raise ValueError(f"{key} is given twice")
+        endpoints[key] = endpoint
     return endpoints
 
 
@@ -240,9 +244,9 @@ class Settings(BaseSettings):
     jobs_runpod_endpoint: str = Field(
         "",
         description="RunPod endpoint id whose workers run the gateway's training jobs "
-        "(handlers/train_classifier.py), or one endpoint per hardware class "
-        "(`gpu=<id>,cpu=<id>`: each job goes to its task's class); empty: local worker "
-        "processes.",
+        "(handlers/train_classifier.py), or one endpoint per hardware class or task "
+        "(`gpu=<id>,cpu=<id>,finetune_lora=<id>`: a job goes to its task's endpoint, else "
+        "to its class's); empty: local worker processes.",
     )
     jobs_runpod_volume: str = Field(
         "",

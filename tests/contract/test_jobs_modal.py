@@ -497,6 +497,18 @@ def test_a_job_is_spawned_by_the_function_of_its_tasks_hardware_class(
     assert f"no training function for {hardware} jobs" in refused.error["message"]
     assert spawned == [(hardware, job.id)]  # nothing else spawned
 
+    # A task with its own function (LoRA: its GPU, QLoRA's packages) is spawned there, not
+    # on its class's; the GPU its estimate prices is that function's.
+    routed = ModalJobs(
+        settings,
+        spawn={hardware: spawner(hardware), "train_classifier": spawner("own")},
+        gpu={hardware: "L4", "train_classifier": "L40S"},
+        state={},
+    )
+    job, created = routed.submit(submit.model_copy(update={"idempotency_key": "own"}))
+    assert created and spawned[-1] == ("own", job.id)
+    assert routed.modal.gpu("train_classifier") == "L40S"
+
 
 def test_a_tabular_job_runs_on_the_cpu_function_and_an_mlp_on_cuda_on_the_gpu_one(modal, small_csv):
     client, fake = modal.client, modal.fake

@@ -54,10 +54,14 @@ def test_runpod_jobs_take_one_endpoint_per_hardware_class(monkeypatch, tmp_path)
     assert runpod_endpoints(" gpu = ep-gpu , cpu=ep-cpu ") == {"gpu": "ep-gpu", "cpu": "ep-cpu"}
     monkeypatch.setenv("RUNPOD_API_KEY", "rpa_secret")
     monkeypatch.setenv("FNB_JOBS_DIR", str(tmp_path))
-    monkeypatch.setenv("FNB_JOBS_RUNPOD_ENDPOINT", "gpu=ep-gpu,cpu=ep-cpu")
+    monkeypatch.setenv("FNB_JOBS_RUNPOD_ENDPOINT", "gpu=ep-gpu,cpu=ep-cpu,finetune_lora=ep-lora")
     jobs = job_backend(Settings())
     try:
-        assert jobs.runpod.endpoints == {"gpu": "ep-gpu", "cpu": "ep-cpu"}
+        assert jobs.runpod.endpoints == {
+            "gpu": "ep-gpu",
+            "cpu": "ep-cpu",
+            "finetune_lora": "ep-lora",
+        }
         from types import SimpleNamespace
 
         def base(task: str, **params: str) -> str:
@@ -67,6 +71,9 @@ def test_runpod_jobs_take_one_endpoint_per_hardware_class(monkeypatch, tmp_path)
         assert base("train_tabular", model="compare").endswith("/ep-cpu")
         # An MLP asked to train on CUDA is a GPU job, whatever its task's own class.
         assert base("train_tabular", model="mlp_classifier", device="cuda").endswith("/ep-gpu")
+        # A task with its own endpoint goes there, not to its class's (LoRA: a 48 GB GPU
+        # and QLoRA's packages), while the classifier keeps the class's.
+        assert base("finetune_lora").endswith("/ep-lora")
     finally:
         jobs.stop()
 
@@ -74,10 +81,11 @@ def test_runpod_jobs_take_one_endpoint_per_hardware_class(monkeypatch, tmp_path)
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        ("tpu=ep1", "'tpu=ep1' is not <class>=<endpoint id>"),
-        ("gpu=", "'gpu=' is not <class>=<endpoint id>"),
-        ("gpu=a,gpu=b", "the gpu class is given twice"),
-        ("gpu=a,b", "'b' is not <class>=<endpoint id>"),
+        ("tpu=ep1", "'tpu=ep1' is not <class or task>=<endpoint id>"),
+        ("gpu=", "'gpu=' is not <class or task>=<endpoint id>"),
+        ("gpu=a,gpu=b", "gpu is given twice"),
+        ("gpu=a,b", "'b' is not <class or task>=<endpoint id>"),
+        ("classify=a", "'classify=a' is not <class or task>"),  # a serving task runs no jobs
     ],
 )
 def test_a_bad_endpoint_per_class_is_refused_naming_it(monkeypatch, value, words):

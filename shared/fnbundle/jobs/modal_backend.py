@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fnbundle.errors import InvalidRequest
 from fnbundle.jobs.db import JobRow
 from fnbundle.jobs.schema import TERMINAL, Job, JobStatus, JobSubmit
-from fnbundle.jobs.service import JobService, LaunchFailed, hardware_of
+from fnbundle.jobs.service import JobService, LaunchFailed, route_of
 from fnbundle.jobs.stores import DICT_NAME, DictState, DictStore, KeyValue, default_state
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
@@ -101,8 +101,8 @@ def submit_of(row: JobRow) -> dict[str, Any]:
 
 
 class ModalLauncher:
-    """Spawns a job's training function (one per hardware class: ``spawn`` maps the class
-    to its spawner, or is the one spawner of every class) and cancels its call; a reader
+    """Spawns a job's training function (``spawn`` maps a task slug or a hardware class to
+    its spawner, the task's own entry first; or is the one spawner of every job) and cancels its call; a reader
     asks Modal whether a job's call died without an outcome."""
 
     def __init__(
@@ -129,7 +129,7 @@ class ModalLauncher:
         a CPU function)."""
         if self.gpus is None or isinstance(self.gpus, str):
             return self.gpus
-        return self.gpus.get(hardware_of(task, params))
+        return self.gpus.get(route_of(task, params, self.gpus))
 
     def start(self) -> None:
         """Nothing runs in this process: Modal runs the jobs."""
@@ -154,10 +154,13 @@ class ModalLauncher:
         return new_job(req, self.settings, platform=PLATFORM, gpu=gpu)
 
     def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
-        hardware = hardware_of(job.task, job.params)
-        spawn = self.spawners if callable(self.spawners) else self.spawners.get(hardware)
-        if spawn is None:
-            raise LaunchFailed(f"This deployment has no training function for {hardware} jobs.")
+        if callable(self.spawners):
+            spawn: Spawn | None = self.spawners
+        else:
+            route = route_of(job.task, job.params, self.spawners)
+            spawn = self.spawners.get(route)
+            if spawn is None:
+                raise LaunchFailed(f"This deployment has no training function for {route} jobs.")
         try:
             return spawn(job.id, submit_of(job))
         except Exception as exc:

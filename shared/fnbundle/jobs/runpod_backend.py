@@ -50,7 +50,7 @@ import httpx
 from fnbundle.errors import FnbError, QueueFull
 from fnbundle.jobs.db import JobRow
 from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
-from fnbundle.jobs.service import JobService, hardware_of
+from fnbundle.jobs.service import JobService, route_of
 from fnbundle.jobs.stores import LedgerStore
 from fnbundle.jobs.submit import new_job
 from fnbundle.settings import Settings
@@ -179,8 +179,8 @@ class RunPodEndpoint:
 
 
 class RunPodLauncher:
-    """Runs and cancels jobs on the endpoint of their task's hardware class
-    (``endpoints``: hardware class -> endpoint id; one id serves every class), and reads
+    """Runs and cancels jobs on the endpoint of their task, else of its hardware class
+    (``endpoints``: task slug or hardware class -> endpoint id; one id serves every job), and reads
     back what RunPod knows of a run into the ledger."""
 
     def __init__(
@@ -205,10 +205,10 @@ class RunPodLauncher:
         if isinstance(self.endpoints, str):
             endpoint_id = self.endpoints
         else:
-            hardware = hardware_of(job.task, job.params)
-            if hardware not in self.endpoints:
-                raise RunPodUnavailable(f"This gateway has no RunPod endpoint for {hardware} jobs.")
-            endpoint_id = self.endpoints[hardware]
+            route = route_of(job.task, job.params, self.endpoints)
+            if route not in self.endpoints:
+                raise RunPodUnavailable(f"This gateway has no RunPod endpoint for {route} jobs.")
+            endpoint_id = self.endpoints[route]
         if endpoint_id not in self._clients:
             base = self.base_url or f"{API_BASE}/{endpoint_id}"
             self._clients[endpoint_id] = RunPodEndpoint(

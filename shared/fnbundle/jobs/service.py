@@ -33,7 +33,7 @@ import asyncio
 import builtins
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Protocol
 
 from fnbundle.errors import Conflict, FnbError, QueueFull
@@ -64,6 +64,13 @@ def hardware_of(task: str, params: dict[str, Any] | None = None) -> str:
 
     task_ = REGISTRY.training[task]
     return str(task_.hardware if params is None else task_.hardware_for(params))
+
+
+def route_of(task: str, params: dict[str, Any] | None, routes: Mapping[str, object]) -> str:
+    """The key of ``routes`` a job goes to: its task's own entry when the deployment has one
+    (a LoRA job on its LoRA function, with its bigger GPU and QLoRA's packages), else its
+    hardware class (:func:`hardware_of`)."""
+    return task if task in routes else hardware_of(task, params)
 
 
 class Launcher(Protocol):

@@ -11,6 +11,10 @@ takes GPU *pool* ids (not GPU type names), the CPU instance ids it lists (such a
 ``cpu3c-2-4``), the CUDA versions it lists, an idle timeout of 1 s to 1 h and an execution
 timeout of at most 24 h.
 
+An ``llm`` table (a language model served on vLLM) declares the base's size and how it is
+served; its GPUs on both platforms must hold the sizing's estimate
+(:mod:`fnbundle.tasks.generate.sizing`), or the declaration is refused with the numbers.
+
 A second rule: every key a table declares is applied somewhere (a Modal app's decorators,
 RunPod's template or endpoint, the worker's environment), or it is refused here. A key
 that nothing applies would pass ``--dry-run`` and change nothing.
@@ -406,6 +410,9 @@ class Endpoint(_Spec):
             raise ValueError(f"llm: {exc.message}") from None
         if self.runpod.compute != "GPU":
             raise ValueError("an llm endpoint runs on a GPU: set runpod.gpu_ids")
+        overridden = sorted(set(llm_env(self.llm)) & set(self.runpod.env))
+        if overridden:
+            raise ValueError(f"runpod.env sets {', '.join(overridden)}: set it in the llm table")
         utilization = self.llm.gpu_memory_utilization
         gpus = [get_gpu("runpod", pool) for pool in self.runpod.gpu_ids]
         if self.modal.gpu is not None:  # else the Modal app takes the cheapest that fits

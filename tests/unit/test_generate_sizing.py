@@ -245,6 +245,15 @@ def test_an_llm_endpoint_declares_what_vllm_accepts(tmp_path):
             load_endpoints(declare_llm(tmp_path, "L4", ["AMPERE_24"], **{key: value}))
     with pytest.raises(InvalidRequest, match="one GPU"):
         load_endpoints(declare_llm(tmp_path, "L4:2", ["AMPERE_24"]))
+    path = declare_llm(tmp_path, "L4", ["AMPERE_24"])
+    text = path.read_text()
+    text = text.replace(
+        "[endpoints.demo.llm]",
+        '[endpoints.demo.runpod.env]\nFNB_GENERATE_MAX_BATCH = "64"\n\n[endpoints.demo.llm]',
+    )
+    path.write_text(text)
+    with pytest.raises(InvalidRequest, match="runpod.env sets FNB_GENERATE_MAX_BATCH"):
+        load_endpoints(path)
 
 
 def test_an_llm_tables_serving_keys_reach_the_engine_as_settings(tmp_path):

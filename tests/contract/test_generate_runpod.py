@@ -10,6 +10,8 @@ for the module. ``--test_input`` cannot run a generator handler, hence the dev s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from fnbundle.runpod_openai import sse_events
 from fnbundle.settings import Settings
 from fnbundle.tasks.generate.base_import import import_base
 
+from tests.conftest import REPO
 from tests.contract.cases import GENERATE_CASES, GENERATE_MODEL, Case
 from tests.contract.test_runpod_server import dev_server, fnb_worker_env
 
@@ -153,3 +156,25 @@ def test_our_own_body_answers_the_task_route(runsync, gateway):
     # An error is the gateway's error object as a string, as every worker carries it.
     [error] = runsync({**CHAT, "max_tokens": -1})
     assert json.loads(error["error"])["param"] == "max_tokens"
+
+
+def test_importing_the_worker_loads_nothing():
+    """RunPod imports the handler before any job: no model, no torch, vLLM or runpod yet."""
+    probe = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('h', {str(REPO / 'handlers' / 'generate.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "heavy = ('torch', 'transformers', 'vllm', 'onnxruntime', 'runpod')\n"
+        "print(json.dumps({'heavy': sorted(m for m in sys.modules if m.split('.')[0] in heavy),"
+        " 'app': module.worker.app is not None, 'handler': callable(module.handler)}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "heavy": [],
+        "app": False,
+        "handler": True,
+    }

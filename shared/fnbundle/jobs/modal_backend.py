@@ -155,12 +155,13 @@ class ModalLauncher:
 
     def launch(self, job: JobRow, *, retry: bool = False) -> str | None:
         if callable(self.spawners):
-            spawn: Spawn | None = self.spawners
+            spawn: Spawn = self.spawners
         else:
             route = route_of(job.task, job.params, self.spawners)
-            spawn = self.spawners.get(route)
-            if spawn is None:
+            found = self.spawners.get(route)
+            if found is None:
                 raise LaunchFailed(f"This deployment has no training function for {route} jobs.")
+            spawn = found
         try:
             return spawn(job.id, submit_of(job))
         except Exception as exc:

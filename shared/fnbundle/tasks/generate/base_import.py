@@ -192,6 +192,9 @@ def publish_base(
             "revision": revision,
             "base_model": source,
             "weights_sha256": digest or weights_digest(folder),
+            # Either engine serves a base; auto: vLLM where CUDA and vLLM are importable.
+            "backends": ["transformers", "vllm"],
+            "default_backend": "auto",
             **(extra or {}),
         }
         return store.publish(staged, manifest)

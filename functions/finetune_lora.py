@@ -24,19 +24,23 @@ from typing import Any
 import modal
 from fnbundle.endpoints import get_endpoint
 from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs
-from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
 from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams
 
 from functions.images import (
     PIP_OPTIONS,
-    VOLUME_DIR,
     locked_image,
     locked_packages,
-    volume,
     with_project,
 )
-from functions.training import commit_volume, execution_limit_s, run_job, submit_from_terminal
+from functions.training import (
+    commit_volume,
+    execution_limit_s,
+    gpu_preflight,
+    job_function_options,
+    run_job,
+    submit_from_terminal,
+)
 
 endpoint = get_endpoint("finetune_lora")  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
@@ -55,24 +59,10 @@ app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
 
 
-def gpu_check() -> None:
-    """In a GPU container: a usable CUDA device, or the job fails (a local run uses the CPU)."""
-    if spec.gpu and not modal.is_local():
-        require_cuda()
+gpu_check = gpu_preflight(spec)
 
 
-@app.cls(
-    image=image,
-    volumes={VOLUME_DIR: volume},
-    gpu=spec.gpu,
-    cpu=spec.cpu,  # cores: tokenizing the dataset, saving the adapter
-    memory=spec.memory_mib,  # MiB: a base is loaded in host memory before the GPU
-    min_containers=spec.min_containers,
-    max_containers=spec.max_containers,
-    scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
-    timeout=spec.timeout_s,  # seconds for one run of a job
-    retries=0,  # a preempted input restarts and resumes; a timed-out one ends timed_out
-)
+@app.cls(**job_function_options(spec, image))
 class LoraJobs:
     """The LoRA side of ``/v1/jobs``: one job per call."""
 

@@ -35,7 +35,6 @@ from fnbundle.api.jobs_app import jobs_app
 from fnbundle.dataset_sync import VolumeDatasets
 from fnbundle.endpoints import get_endpoint
 from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs
-from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
 from fnbundle.tasks import REGISTRY
 from fnbundle.tasks.train_classifier.params import TrainClassifierParams
@@ -44,6 +43,8 @@ from functions.images import VOLUME_DIR, gpu_image, options, volume
 from functions.training import (
     commit_volume,
     execution_limit_s,
+    gpu_preflight,
+    job_function_options,
     reload_volume,
     run_job,
     submit_from_terminal,
@@ -70,26 +71,10 @@ app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
 
 
-def gpu_check() -> None:
-    """In a GPU container: a usable CUDA device, or the job fails (a local run uses the CPU)."""
-    if spec.gpu and not modal.is_local():
-        require_cuda()
+gpu_check = gpu_preflight(spec)
 
 
-@app.cls(
-    image=gpu_image,
-    volumes={VOLUME_DIR: volume},
-    gpu=spec.gpu,
-    cpu=spec.cpu,  # cores: tokenization and the ONNX parity check run on CPU
-    memory=spec.memory_mib,  # MiB
-    min_containers=spec.min_containers,
-    max_containers=spec.max_containers,
-    scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
-    timeout=spec.timeout_s,  # seconds for one run of a job
-    # Modal restarts a preempted input without any retries; a retry would only rerun a
-    # timed-out one, which ends timed_out by itself (see training.finish_margin_s).
-    retries=0,
-)
+@app.cls(**job_function_options(spec, gpu_image))
 class TrainJobs:
     """The training side of ``/v1/jobs``: one job per call, spawned by ModalJobs."""
 

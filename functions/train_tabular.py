@@ -25,8 +25,14 @@ from fnbundle.jobs.modal_backend import DICT_NAME, ModalJobs
 from fnbundle.settings import Settings
 from fnbundle.tasks.train_tabular.params import TrainTabularParams
 
-from functions.images import VOLUME_DIR, gpu_image, volume
-from functions.training import commit_volume, execution_limit_s, run_job, submit_from_terminal
+from functions.images import gpu_image
+from functions.training import (
+    commit_volume,
+    execution_limit_s,
+    job_function_options,
+    run_job,
+    submit_from_terminal,
+)
 
 endpoint = get_endpoint("train_tabular")  # its entry in deploy/endpoints.toml
 spec = endpoint.modal
@@ -37,17 +43,7 @@ app = modal.App(spec.app)
 job_state = modal.Dict.from_name(DICT_NAME, create_if_missing=True)  # job records and events
 
 
-@app.cls(
-    image=gpu_image,  # the training image: torch (for the MLPs), scikit-learn, skl2onnx
-    volumes={VOLUME_DIR: volume},
-    cpu=spec.cpu,
-    memory=spec.memory_mib,  # MiB
-    min_containers=spec.min_containers,
-    max_containers=spec.max_containers,
-    scaledown_window=spec.scaledown_window_s,  # seconds an idle container stays up
-    timeout=spec.timeout_s,  # seconds for one run of a job
-    retries=0,  # a preempted input restarts and resumes; a timed-out one ends timed_out
-)
+@app.cls(**job_function_options(spec, gpu_image))
 class TabularJobs:
     """The CPU side of ``/v1/jobs``: one job per call, spawned by JobsApi."""
 

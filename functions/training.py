@@ -30,6 +30,7 @@ from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.modal_backend import DictState, ModalJobs
 from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
+from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
 from pydantic import BaseModel
 
@@ -49,6 +50,36 @@ def finish_margin_s(spec: ModalSpec) -> int:
 def execution_limit_s(spec: ModalSpec) -> int:
     """Seconds one run of a job may train: the function's timeout minus the margin."""
     return spec.timeout_s - finish_margin_s(spec)
+
+
+def job_function_options(spec: ModalSpec, image: modal.Image) -> dict[str, Any]:
+    """``@app.cls`` settings of a training function, from its declaration: the Volume, the
+    hardware, scale to zero, one run per call for at most ``timeout_s``. No retries: Modal
+    restarts a preempted input by itself (it resumes from its checkpoint), and a retry
+    would only rerun a timed-out one, which ends timed_out (:func:`finish_margin_s`)."""
+    return {
+        "image": image,
+        "volumes": {VOLUME_DIR: volume},
+        "gpu": spec.gpu,
+        "cpu": spec.cpu,  # cores
+        "memory": spec.memory_mib,  # MiB
+        "min_containers": spec.min_containers,
+        "max_containers": spec.max_containers,
+        "scaledown_window": spec.scaledown_window_s,  # seconds an idle container stays up
+        "timeout": spec.timeout_s,  # seconds for one run of a job
+        "retries": 0,
+    }
+
+
+def gpu_preflight(spec: ModalSpec) -> Callable[[], None]:
+    """Run before a job in a GPU function's container: no usable CUDA device fails the job
+    instead of training on the CPU (a local run, ``modal run`` on this machine, uses it)."""
+
+    def check() -> None:
+        if spec.gpu and not modal.is_local():
+            require_cuda()
+
+    return check
 
 
 def jobs_root() -> Path:

@@ -1,7 +1,7 @@
 """Baseline G1: the naive generation endpoint, one ``model.generate`` call per request.
 
 What a first FastAPI deployment of a causal LM usually looks like: transformers on PyTorch
-fp32, the model's own folder, the tokenizer's chat template, and per request one
+(fp32 on CPU, bf16 with ``--device cuda``), the model's own folder, the tokenizer's chat template, and per request one
 ``generate`` call streaming through a ``TextIteratorStreamer``; no batching across requests
 (concurrent requests make concurrent ``generate`` calls in threads, the naive pattern). It
 answers ``POST /v1/chat/completions`` in OpenAI's shape, streamed or not, with ``usage``
@@ -36,7 +36,7 @@ class ChatRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
 
 
-def build_app(model_dir: str, threads: int):  # -> FastAPI (imported lazily)
+def build_app(model_dir: str, threads: int, device: str = "cpu"):  # -> FastAPI (lazily)
     import torch
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
@@ -44,14 +44,17 @@ def build_app(model_dir: str, threads: int):  # -> FastAPI (imported lazily)
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     app = FastAPI(title="baseline: model.generate per request")
 
     def prompt_ids(body: ChatRequest) -> Any:
         encoded = tokenizer.apply_chat_template(
             body.messages, add_generation_prompt=True, tokenize=True, return_tensors="pt"
         )
-        return encoded["input_ids"]
+        return encoded["input_ids"].to(device)
 
     def kwargs(body: ChatRequest, ids: Any) -> dict[str, Any]:
         greedy = body.temperature == 0
@@ -145,11 +148,12 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True, help="Hugging Face model folder")
     parser.add_argument("--port", type=int, default=8003)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (bf16 on CUDA)")
     args = parser.parse_args()
 
     import uvicorn
 
-    app = build_app(args.model_dir, args.threads)
+    app = build_app(args.model_dir, args.threads, args.device)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -18,13 +18,11 @@ from fnbundle.contract import parse
 from fnbundle.errors import ArtifactCorrupt, FnbError, InvalidRequest, NotFound
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
+from fnbundle.tasks.generate.responses import ChunkWriter, Output, build_response
 from fnbundle.tasks.generate.schema import (
     ChatCompletionRequest,
-    ChunkWriter,
     CompletionRequest,
     GenerateLimits,
-    Output,
-    build_response,
     check_request,
     template_messages,
 )

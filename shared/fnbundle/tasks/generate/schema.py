@@ -1,12 +1,12 @@
-"""OpenAI's chat completions and completions requests and responses, and their limits.
+"""OpenAI's chat completions and completions requests, and their limits.
 
 The requests follow ``POST /v1/chat/completions`` and ``POST /v1/completions`` as the
 ``openai`` SDK sends them: ``messages`` (roles system, developer, user, assistant; content a
 string or a list of ``{"type": "text", "text": ...}`` parts) or ``prompt`` (a string, a list
 of strings, one token array or a list of them), ``max_tokens`` / ``max_completion_tokens``,
 ``temperature``, ``top_p``, ``stop``, ``seed``, ``n``, ``stream`` and
-``stream_options.include_usage``. The responses and the stream's chunks are OpenAI's
-(``chat.completion``, ``chat.completion.chunk``, ``text_completion``), with ``usage``.
+``stream_options.include_usage``. The responses and the stream's chunks are
+:mod:`fnbundle.tasks.generate.responses`.
 
 Key rules: a field this server does not know is accepted and ignored (as vLLM does, so a
 client's ``user`` or ``metadata`` never breaks a request), but a field it knows and cannot
@@ -19,8 +19,6 @@ once the prompt is tokenized.
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -169,141 +167,6 @@ class CompletionRequest(_SamplingFields):
 
 
 GenerateRequest = ChatCompletionRequest | CompletionRequest
-
-
-# --- responses ---------------------------------------------------------------------------
-class Usage(BaseModel):
-    prompt_tokens: int = Field(description="Prompt tokens, counted once however many choices.")
-    completion_tokens: int = Field(description="New tokens over every choice.")
-    total_tokens: int
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    finish_reason: FinishReason
-    logprobs: None = None
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(description="Unix time (seconds).")
-    model: str = Field(description="The model as the request named it.")
-    choices: list[ChatChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason
-    logprobs: None = None
-
-
-class Completion(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(description="Unix time (seconds).")
-    model: str = Field(description="The model as the request named it.")
-    choices: list[CompletionChoice]
-    usage: Usage
-    system_fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
-class Output:
-    """One finished choice: its text, its tokens and why it ended."""
-
-    text: str
-    tokens: int
-    finish_reason: FinishReason
-
-
-def new_id(request: GenerateRequest) -> str:
-    prefix = "chatcmpl" if isinstance(request, ChatCompletionRequest) else "cmpl"
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def now_s() -> int:
-    return int(time.time())
-
-
-def build_response(
-    request: GenerateRequest, outputs: list[Output], prompt_tokens: int
-) -> ChatCompletion | Completion:
-    """The non-streamed answer: choice ``i`` is ``outputs[i]``."""
-    completion_tokens = sum(o.tokens for o in outputs)
-    usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
-    common: dict[str, Any] = {"id": new_id(request), "created": now_s(), "model": request.model}
-    if isinstance(request, ChatCompletionRequest):
-        chat = [
-            ChatChoice(
-                index=i, message=AssistantMessage(content=o.text), finish_reason=o.finish_reason
-            )
-            for i, o in enumerate(outputs)
-        ]
-        return ChatCompletion(**common, choices=chat, usage=usage)
-    plain = [
-        CompletionChoice(index=i, text=o.text, finish_reason=o.finish_reason)
-        for i, o in enumerate(outputs)
-    ]
-    return Completion(**common, choices=plain, usage=usage)
-
-
-class ChunkWriter:
-    """The stream's chunks for one request, as OpenAI sends them (plain dicts: they go
-    straight to JSON, on every runtime)."""
-
-    def __init__(self, request: GenerateRequest):
-        self.chat = isinstance(request, ChatCompletionRequest)
-        self.include_usage = request.include_usage()
-        self.head: dict[str, Any] = {
-            "id": new_id(request),
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": now_s(),
-            "model": request.model,
-        }
-        if self.include_usage:
-            self.head["usage"] = None  # OpenAI's chunks say null until the last one
-
-    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
-        return {**self.head, "choices": [{**choice, "logprobs": None}]}
-
-    def start(self, index: int) -> dict[str, Any] | None:
-        """A chat choice's first chunk names the role; completions have none."""
-        if not self.chat:
-            return None
-        delta = {"role": "assistant", "content": ""}
-        return self._chunk({"index": index, "delta": delta, "finish_reason": None})
-
-    def text(self, index: int, text: str) -> dict[str, Any]:
-        if self.chat:
-            return self._chunk({"index": index, "delta": {"content": text}, "finish_reason": None})
-        return self._chunk({"index": index, "text": text, "finish_reason": None})
-
-    def finish(self, index: int, reason: FinishReason) -> dict[str, Any]:
-        if self.chat:
-            return self._chunk({"index": index, "delta": {}, "finish_reason": reason})
-        return self._chunk({"index": index, "text": "", "finish_reason": reason})
-
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        return {**self.head, "choices": [], "usage": usage}
 
 
 # --- limits ------------------------------------------------------------------------------

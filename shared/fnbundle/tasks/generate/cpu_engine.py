@@ -13,11 +13,11 @@ LoRA adapters ride in the same batch (``cpu_adapters``: PEFT's mixed-adapter for
 ``"__base__"`` for rows of the base model, at most ``max_adapters`` resident, the least
 recently used one that no queued or running sequence holds deleted).
 
-Each sequence samples its own row with its own generator (``sampling``) and turns its
-tokens into text deltas through a ``detok.TextStream`` (exact across split characters,
-stop strings held back until settled). Deltas cross from the worker thread to the
-consumer's event loop with ``call_soon_threadsafe``; a consumer that stops iterating marks
-its sequence cancelled, and its row leaves at the next step.
+Each sequence (``cpu_sequence``) samples its own row with its own generator (``sampling``)
+and turns its tokens into text deltas through a ``detok.TextStream`` (exact across split
+characters, stop strings held back until settled). Deltas cross from the worker thread to
+the consumer's event loop through a ``cpu_sequence.DeltaBridge``; a consumer that stops
+iterating marks its sequence cancelled, and its row leaves at the next step.
 
 Key rules: the model is touched only under ``_model_lock`` (the worker holds it for a step,
 ``add_adapter`` for a load), so a load never races a step; a failure ends only the
@@ -28,57 +28,25 @@ keeps serving. The cache layout (right-aligned rows, left padding) is ``cpu_batc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fnbundle.errors import (
-    ArtifactCorrupt,
-    FnbError,
-    InvalidRequest,
-    LimitExceeded,
-    ModelNotReady,
-)
+from fnbundle.errors import ArtifactCorrupt, InvalidRequest, ModelNotReady
 from fnbundle.tasks.generate.cpu_adapters import Adapters
 from fnbundle.tasks.generate.cpu_batch import KVBatch, prefill_inputs
+from fnbundle.tasks.generate.cpu_sequence import DeltaBridge, GenSequence, check_prompt
 from fnbundle.tasks.generate.detok import TextStream
-from fnbundle.tasks.generate.engine import Delta, FinishReason, Sampling
+from fnbundle.tasks.generate.engine import Delta, Sampling
 from fnbundle.tasks.generate.sampling import new_generator, sample_token
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[Delta | BaseException], None]
-
-
-@dataclass(eq=False)
-class _Sequence:
-    """One request: its prompt, what it generated, and where its deltas go."""
-
-    prompt_ids: list[int]
-    sampling: Sampling
-    adapter: str | None
-    emit: Emit  # thread-safe: hands a delta (or an error) to the consumer's event loop
-    max_new: int  # max_tokens, cut to what the context leaves
-    stream: TextStream
-    generator: torch.Generator | None
-    generated: list[int] = field(default_factory=list)
-    unsent_tokens: int = 0  # tokens not yet covered by a delta
-    cancelled: bool = False  # the consumer went away
-    done: bool = False  # finished, failed or cancelled: its row leaves at the next step
-    released: bool = False  # its hold on the adapter is given back
-
-    @property
-    def position(self) -> int:
-        """RoPE position of the last generated token (the one the next step feeds)."""
-        return len(self.prompt_ids) + len(self.generated) - 1
 
 
 class TransformersEngine:
@@ -113,11 +81,11 @@ class TransformersEngine:
         self.tokens_generated = 0
         # Shared with the event loop: guarded by _state.
         self._state = threading.Condition()
-        self._queue: deque[_Sequence] = deque()
+        self._queue: deque[GenSequence] = deque()
         self._closed = False
         # The model (in _adapters) and the running batch: guarded by _model_lock.
         self._model_lock = threading.Lock()
-        self._rows: list[_Sequence] = []  # the running batch, in cache row order
+        self._rows: list[GenSequence] = []  # the running batch, in cache row order
         self._batch = KVBatch()
         self._worker = threading.Thread(target=self._run, name="generate-engine", daemon=True)
         self._worker.start()
@@ -216,39 +184,19 @@ class TransformersEngine:
         when the stream is first iterated, and closing the stream cancels it."""
         if self._closed:
             raise ModelNotReady(f"Model {self.model_id} is shutting down.")
-        if not prompt_ids:
-            raise InvalidRequest("The prompt is empty.", field="prompt")
-        if len(prompt_ids) >= self.context_length:
-            raise LimitExceeded(
-                f"The prompt is {len(prompt_ids)} tokens; model {self.model_id} takes "
-                f"{self.context_length} tokens in all, the completion included.",
-                field="prompt",
-            )
-        if sampling.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1.", field="max_tokens")
-        if min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size:
-            raise InvalidRequest(
-                f"Prompt token ids must lie in [0, {self._vocab_size}) for model {self.model_id}.",
-                field="prompt",
-            )
+        check_prompt(prompt_ids, sampling, self.model_id, self.context_length, self._vocab_size)
         self._adapters.require(adapter)
         return self._stream(list(prompt_ids), sampling, adapter)
 
     async def _stream(
         self, prompt_ids: list[int], sampling: Sampling, adapter: str | None
     ) -> AsyncIterator[Delta]:
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
-
-        def emit(item: Delta | BaseException) -> None:
-            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody reads
-                loop.call_soon_threadsafe(deltas.put_nowait, item)
-
-        seq = _Sequence(
+        bridge = DeltaBridge()
+        seq = GenSequence(
             prompt_ids=prompt_ids,
             sampling=sampling,
             adapter=adapter,
-            emit=emit,
+            emit=bridge.emit,
             max_new=min(sampling.max_tokens, self.context_length - len(prompt_ids)),
             stream=TextStream(self._decoder, sampling.stop),
             generator=new_generator(sampling),
@@ -256,13 +204,9 @@ class TransformersEngine:
         self._submit(seq)
         try:
             while True:
-                item = await deltas.get()
-                if isinstance(item, FnbError):
-                    raise item
-                if isinstance(item, BaseException):
-                    raise RuntimeError(f"Generation failed: {item}") from item
-                yield item
-                if item.finish_reason is not None:
+                delta = await bridge.next()
+                yield delta
+                if delta.finish_reason is not None:
                     return
         finally:
             if not seq.done:
@@ -270,7 +214,7 @@ class TransformersEngine:
                     seq.cancelled = True
                     self._state.notify()
 
-    def _submit(self, seq: _Sequence) -> None:
+    def _submit(self, seq: GenSequence) -> None:
         with self._state:
             if self._closed:
                 raise ModelNotReady(f"Model {self.model_id} is shutting down.")
@@ -278,7 +222,7 @@ class TransformersEngine:
             self._queue.append(seq)
             self._state.notify()
 
-    def _release(self, seq: _Sequence) -> None:
+    def _release(self, seq: GenSequence) -> None:
         """The sequence is over (once): its adapter may be evicted again."""
         if not seq.released:
             seq.released = seq.done = True
@@ -317,10 +261,10 @@ class TransformersEngine:
             self._queue.clear()
         self._end(self._rows + pending, ModelNotReady(f"Model {self.model_id} was unloaded."))
 
-    def _take_newcomers(self) -> list[_Sequence]:
+    def _take_newcomers(self) -> list[GenSequence]:
         """Waiting sequences for the free slots (called under _state)."""
         free = self.max_batch - sum(1 for s in self._rows if not (s.done or s.cancelled))
-        taken: list[_Sequence] = []
+        taken: list[GenSequence] = []
         while self._queue and len(taken) < free:
             seq = self._queue.popleft()
             if seq.cancelled:
@@ -329,7 +273,7 @@ class TransformersEngine:
                 taken.append(seq)
         return taken
 
-    def _step(self, newcomers: list[_Sequence]) -> None:
+    def _step(self, newcomers: list[GenSequence]) -> None:
         self._drop_done()
         if newcomers:
             self._prefill(newcomers)
@@ -355,7 +299,7 @@ class TransformersEngine:
         self.steps += 1
         return out
 
-    def _prefill(self, newcomers: list[_Sequence]) -> None:
+    def _prefill(self, newcomers: list[GenSequence]) -> None:
         """Run the newcomers' prompts together, merge their cache, sample their first tokens."""
         ids, mask, positions = prefill_inputs([s.prompt_ids for s in newcomers], self._pad_id)
         try:
@@ -383,43 +327,18 @@ class TransformersEngine:
         self._batch.stepped(out.cache, mask)
         self._advance(self._rows, out.logits[:, -1, :])
 
-    def _advance(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+    def _advance(self, rows: list[GenSequence], logits: torch.Tensor) -> None:
         """Sample one token per row and hand out what it adds to the text."""
         for row, seq in enumerate(rows):
             if seq.done or seq.cancelled:
                 continue
             try:
-                self._accept(seq, sample_token(logits[row], seq.sampling, seq.generator))
+                token = sample_token(logits[row], seq.sampling, seq.generator)
+                self.tokens_generated += 1
+                seq.accept(token)
             except Exception as exc:  # one row's failure ends that row only
                 log.exception("sampling failed for one sequence")
-                self._fail(seq, exc)
-
-    def _accept(self, seq: _Sequence, token: int) -> None:
-        seq.generated.append(token)
-        seq.unsent_tokens += 1
-        self.tokens_generated += 1
-        if token in seq.sampling.stop_token_ids:
-            return self._finish(seq, "stop", seq.stream.finish())
-        text = seq.stream.push(token)
-        if seq.stream.stopped:
-            return self._finish(seq, "stop", text)
-        if len(seq.generated) >= seq.max_new:
-            return self._finish(seq, "length", text + seq.stream.finish())
-        if text:
-            seq.emit(Delta(text=text, tokens=seq.unsent_tokens))
-            seq.unsent_tokens = 0
-
-    def _finish(self, seq: _Sequence, reason: FinishReason, text: str) -> None:
-        if seq.stream.stopped:
-            reason = "stop"
-        seq.emit(Delta(text=text, tokens=seq.unsent_tokens, finish_reason=reason))
-        seq.unsent_tokens = 0
-        seq.done = True
-
-    def _fail(self, seq: _Sequence, exc: BaseException) -> None:
-        if not seq.done:
-            seq.emit(exc)
-            seq.done = True
+                seq.fail(exc)
 
     def _drop_done(self) -> None:
         """Rows that finished, failed or were cancelled leave the batch."""
@@ -430,11 +349,11 @@ class TransformersEngine:
         self._batch.keep(keep)
         self._rows = [self._rows[i] for i in keep]
 
-    def _end(self, seqs: list[_Sequence], exc: BaseException) -> None:
+    def _end(self, seqs: list[GenSequence], exc: BaseException) -> None:
         """Fail ``seqs`` with ``exc``; those in the batch leave it (the batch restarts empty
         if any did: its cache may be half-updated)."""
         for seq in seqs:
-            self._fail(seq, exc)
+            seq.fail(exc)
             self._release(seq)
         if any(seq in self._rows for seq in seqs):
             self._drop_done()

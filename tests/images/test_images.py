@@ -440,3 +440,41 @@ def test_runpod_tabular_worker_trains_and_publishes(venvs, tmp_path_factory):
     ], events[-3:]
     model_id = events[-1]["data"]["model_id"]
     assert (store / "models" / model_id / "model.onnx").is_file()
+
+
+def test_runpod_lora_worker_fine_tunes_and_publishes_an_adapter(
+    venvs, tiny_llm_base, tmp_path_factory
+):
+    """The finetune_lora worker's image (the training stack, PEFT, bitsandbytes): one epoch
+    of LoRA on the tiny Llama over the shipped support chats, published as an adapter with
+    its imported base."""
+    python, app = runpod_worker(venvs, "finetune_lora", tmp_path_factory)
+    store = tmp_path_factory.mktemp("runpod-lora-store")
+    env = {
+        "FNB_STORE": str(store),
+        "FNB_DATA_ROOTS": f"{REPO / 'data'},{tiny_llm_base.parent}",
+        "FNB_JOBS_DIR": str(tmp_path_factory.mktemp("runpod-lora-jobs")),
+    }
+    params = {
+        "data": str(REPO / "data" / "support_chat.jsonl"),
+        "base": str(tiny_llm_base),
+        "name": "image-lora",
+        "epochs": 1,
+        "max_seq_length": 64,
+    }
+    payload = {"job": {"task": "finetune_lora", "params": params},
+               "job_id": "job-20260101000000-0000f00d"}  # fmt: skip
+
+    with dev_server(python, app, "finetune_lora", env) as base:
+        answer = httpx.post(f"{base}/runsync", json={"input": payload}, timeout=RUN_TIMEOUT_S)
+
+    assert answer.status_code == 200, answer.text
+    events = answer.json()["output"]
+    assert [e["data"]["status"] for e in events if e["type"] == "state"] == [
+        "running",
+        "succeeded",
+    ], events[-3:]
+    adapter = store / "models" / events[-1]["data"]["model_id"]
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    assert manifest["kind"] == "adapter" and (adapter / "adapter_model.safetensors").is_file()
+    assert (store / "models" / manifest["base"]["id"] / "model.safetensors").is_file()

@@ -266,11 +266,11 @@ def test_an_llm_tables_serving_keys_reach_the_engine_as_settings(tmp_path):
 
 # --- the deploy plan ------------------------------------------------------------------
 def test_the_deploy_plan_shows_the_gpu_and_memory_breakdown_and_applies_the_llm_keys(tmp_path):
-    from tests.unit.test_deploy import deploy
+    from deploy.plan import PYPI_TORCH_INDEX, Options, build_plan
 
     endpoint = load_endpoints(declare_llm(tmp_path, None, ["AMPERE_24", "ADA_24"]))["demo"]
-    options = deploy.Options(target="modal", public=True)
-    modal = deploy.build_plan("modal", [endpoint], options)["endpoints"]["demo"]
+    options = Options(target="modal", public=True)
+    modal = build_plan("modal", [endpoint], options)["endpoints"]["demo"]
     # No modal.gpu declared: the Modal app takes the cheapest GPU the sizing finds.
     assert modal["scaling"]["gpu"] == modal["llm"]["modal_gpu"] == "L4"
     assert modal["llm"]["memory_gib"]["total"] == 20.0
@@ -278,7 +278,7 @@ def test_the_deploy_plan_shows_the_gpu_and_memory_breakdown_and_applies_the_llm_
     assert modal["llm"]["cheapest_fit"] == {"modal": "L4", "runpod": "AMPERE_24"}
     assert modal["openai_base_url"].endswith(".modal.run/v1")
 
-    runpod = deploy.build_plan("runpod", [endpoint], deploy.Options(target="runpod"))
+    runpod = build_plan("runpod", [endpoint], Options(target="runpod"))
     entry = runpod["endpoints"]["demo"]
     assert entry["llm"]["runpod_gpu_ids"] == ["AMPERE_24", "ADA_24"]
     assert entry["openai_base_url"] == "https://api.runpod.ai/v2/<endpoint-id>/openai/v1"
@@ -286,7 +286,7 @@ def test_the_deploy_plan_shows_the_gpu_and_memory_breakdown_and_applies_the_llm_
     assert entry["worker_env"]["FNB_VLLM_MAX_MODEL_LEN"] == "8192"
     assert entry["worker_env"]["FNB_GENERATE_MAX_BATCH"] == "8"
     build = entry["steps"][0]["run"]
-    assert f"TORCH_INDEX={deploy.PYPI_TORCH_INDEX}" in build  # vLLM's own torch build
+    assert f"TORCH_INDEX={PYPI_TORCH_INDEX}" in build  # vLLM's own torch build
     assert "APT_PACKAGES=gcc libc6-dev" in build  # Triton compiles its launchers
     template_env = {e["key"]: e["value"] for e in entry["steps"][2]["input"]["env"]}
     assert template_env["FNB_GENERATE_MAX_ADAPTERS"] == "4"

@@ -6,17 +6,18 @@ Key rules: the loss is on the answers alone (:mod:`fnbundle.training.lora_data`:
 optimizer step, so ``gradient_accumulation`` micro-batches give the gradient of one big
 batch. The base stays frozen (fp32 on CPU; bf16 / fp16, or 4-bit NF4 with ``quantize``, on
 a GPU) and the adapters train in fp32. Only the adapters' weights are the loop's model
-(:class:`AdapterWeights`): checkpoints, best-epoch copies and the finiteness check cost the
-adapters' size, not the base's, and a resumed run restores them, the optimizer, the
-scheduler and every RNG (LoRA dropout included), so on CPU a killed run ends with the same
-adapter bytes as an uninterrupted one. Nothing reaches the store until the whole artifact is
+(``lora_model.adapter_weights``): checkpoints, best-epoch copies and the finiteness check
+cost the adapters' size, not the base's, and a resumed run restores them, the optimizer,
+the scheduler and every RNG (LoRA dropout included), so on CPU a killed run ends with the
+same adapter bytes as an uninterrupted one. Nothing reaches the store until the whole artifact is
 complete: the base first (imported as a ``generate`` base when it is not one already, so the
 adapter's ``base.id`` always names a store artifact), then the adapter
 (:mod:`fnbundle.training.lora_publish`).
 
 The loop (steps, checkpoints, resume, stop, early stopping on the held-out loss, NaN) is
-:class:`fnbundle.training.loop.TrainLoop`; this module brings the data, the model, the
-micro-batches and the evaluation (held-out loss and perplexity). fp16 trains with a fixed
+:class:`fnbundle.training.loop.TrainLoop`; this module brings the data, the micro-batches
+and the evaluation (held-out loss and perplexity); the model (the base loaded frozen, the
+adapters on it) is :mod:`fnbundle.training.lora_model`. fp16 trains with a fixed
 loss scale (:data:`FP16_LOSS_SCALE`), undone on the adapters' gradients before clipping.
 """
 
@@ -29,18 +30,16 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from fnbundle.datasets import data_roots, resolve_data
-from fnbundle.loading import parse_model_ref, resolve_model_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store
-from fnbundle.tasks.finetune_lora.estimate import choose_targets, precision_of
+from fnbundle.tasks.finetune_lora.estimate import precision_of
 from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams, check_hardware
-from fnbundle.tasks.generate.base_import import check_causal_lm, import_base, read_config
+from fnbundle.tasks.generate.base_import import import_base
 from fnbundle.training.control import TrainControl
 from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
 from fnbundle.training.lora_data import (
@@ -50,6 +49,13 @@ from fnbundle.training.lora_data import (
     load_examples,
     split_indices,
 )
+from fnbundle.training.lora_model import (
+    adapter_weights,
+    add_lora,
+    base_dir,
+    compute_dtype,
+    load_base,
+)
 from fnbundle.training.lora_publish import publish_adapter, publish_merged
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,6 @@ Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
 LENGTH_WINDOW = 8  # micro-batches whose examples are sorted by length together
 FP16_LOSS_SCALE = 1024.0  # fp16 gradients of small losses underflow without a scale
-LINEAR_CLASSES = {"Linear", "Linear4bit", "Linear8bitLt", "Conv1D"}
 
 
 class LoraResult(BaseModel):
@@ -70,29 +75,6 @@ class LoraResult(BaseModel):
     epochs_run: int
     stopped_early: bool
     train_seconds: float
-
-
-def adapter_weights(peft_model: Any) -> Any:
-    """A module holding exactly the trainable (adapter) parameters of ``peft_model``, the
-    same tensors: what the loop saves, restores, clips and keeps as the best epoch."""
-    import torch
-
-    class AdapterWeights(torch.nn.Module):
-        def __init__(self, params: list[torch.nn.Parameter]):
-            super().__init__()
-            self.adapters = torch.nn.ParameterList(params)
-
-    return AdapterWeights([p for p in peft_model.parameters() if p.requires_grad])
-
-
-def linear_leaves(model: Any) -> dict[str, int]:
-    """Leaf names of the model's linear layers (``q_proj``) -> how many there are."""
-    found: dict[str, int] = {}
-    for name, module in model.named_modules():
-        if type(module).__name__ in LINEAR_CLASSES:
-            leaf = name.rsplit(".", 1)[-1]
-            found[leaf] = found.get(leaf, 0) + 1
-    return found
 
 
 class _Trainer:
@@ -218,45 +200,6 @@ class _Trainer:
         return total / max(tokens, 1)
 
     # --- the run ------------------------------------------------------------------------
-    def _base_dir(self) -> Path:
-        """The base's folder, checked to be a causal LM (a store base is a generate base)."""
-        p = self.p
-        if parse_model_ref(p.base, field="base").kind == "store":
-            import_base(p.base, None, self.settings)  # refuses a store model of another kind
-        folder = resolve_model_dir(p.base, self.settings, field="base")
-        check_causal_lm(read_config(folder), p.base)
-        return folder
-
-    def _load_model(self, base_dir: Path, precision: str) -> Any:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        half = torch.bfloat16 if precision in {"bf16", "4bit"} else torch.float16
-        if precision in {"bf16", "4bit"} and not torch.cuda.is_bf16_supported():
-            half = torch.float16
-        self.compute_dtype = torch.float32 if precision == "fp32" else half
-        kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
-        if precision == "4bit":
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=half,
-            )
-            kwargs["device_map"] = {"": self.device.index or 0}
-        kwargs["dtype"] = self.compute_dtype
-        model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
-        if precision == "4bit":
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        else:
-            model.to(self.device)
-        model.config.use_cache = False  # no KV cache while training
-        return model
-
     def run(self) -> LoraResult:
         # PEFT imports bitsandbytes when it is installed; on a CPU its optional kernels log
         # a warning about a package only 4-bit CPU inference would use.
@@ -266,7 +209,6 @@ class _Trainer:
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
         )
         import torch
-        from peft import LoraConfig, get_peft_model
         from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
         from fnbundle.training.text_classifier import quiet_transformers
@@ -278,14 +220,14 @@ class _Trainer:
         if loop.control.checkpoint_dir is not None:
             resume_from = loop.find_checkpoint(p.model_dump_json(), data_path)
         check_hardware(p, cuda_here=torch.cuda.is_available())
-        base_dir = self.base_dir = self._base_dir()
+        folder = self.base_dir = base_dir(p, self.settings)
         self.device = pick_device(p.device)
         precision = precision_of(p, self.device.type == "cuda")
         seed_everything(p.seed)
         quiet_transformers()
         torch.set_num_threads(self.settings.threads or len(os.sched_getaffinity(0)))
         tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(
-            base_dir, use_fast=True, trust_remote_code=False
+            folder, use_fast=True, trust_remote_code=False
         )
         pad = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -303,18 +245,10 @@ class _Trainer:
                 }
             )
         self.train_idx, self.eval_idx = split_indices(len(self.data), p.eval_share, p.seed)
-        base = self._load_model(base_dir, precision)
-        targets = choose_targets(p.target_modules, linear_leaves(base))
-        config = LoraConfig(
-            r=p.rank,
-            lora_alpha=p.alpha,
-            lora_dropout=p.dropout,
-            target_modules=targets,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = self.model = get_peft_model(base, config)
-        model.train()
+        self.compute_dtype = compute_dtype(precision)
+        frozen = load_base(folder, precision, self.compute_dtype, self.device)
+        model, targets = add_lora(frozen, p)
+        self.model = model
         weights = adapter_weights(model)
         self.loss_scale = FP16_LOSS_SCALE if self.compute_dtype == torch.float16 else 1.0
         if self.loss_scale != 1.0:

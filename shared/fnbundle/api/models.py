@@ -6,7 +6,8 @@ time); GET /v1/models/{model}/files/{path}: one file of a model (its pictures, i
 Key rule: each model says its state (``not_loaded``, ``loading``, ``ready``, ``failed``) and,
 when it failed, the ``reason`` a request for it is answered with (a 503); its task (from
 the registry) adds its own fields (a classifier's labels). A model whose task no serving
-task declares is listed as ``failed`` with that reason.
+task declares is listed as ``failed`` with that reason. GET /v1/models/{model}/export
+answers a zip of the model in a browser runtime's layout (:mod:`fnbundle.export_web`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from fnbundle.errors import FnbError, NotFound
 from fnbundle.store import NAME_RE
@@ -109,4 +112,44 @@ async def get_model_file(model: ModelName, path: str, request: Request) -> FileR
     media = MEDIA_TYPES.get(file.suffix, "application/octet-stream")
     return FileResponse(
         file, media_type=media, filename=file.name if media.endswith("stream") else None
+    )
+
+
+@router.get(
+    "/v1/models/{model}/export",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}}, 400: {}, 404: {}},
+)
+async def export_model(
+    model: ModelName,
+    request: Request,
+    fmt: Annotated[
+        str, Query(alias="format", description="Export format: transformers.js.")
+    ] = "transformers.js",
+) -> FileResponse:
+    """A text classifier or embedder as a zip of the folder Transformers.js loads
+    (``config.json``, tokenizer files, ``onnx/model.onnx``, ``onnx/model_quantized.onnx``)
+    under a folder named after the version id; other tasks and formats are a 400."""
+    import os
+    import tempfile
+    from pathlib import Path as FilePath
+
+    from fnbundle.export_web import check_format, export_zip, pipeline_for
+
+    check_format(fmt)
+    host = request.app.state.host
+    artifact = host.artifact(model)
+    pipeline_for(artifact)
+    fd, name = tempfile.mkstemp(prefix="fnb-export-", suffix=".zip")
+    os.close(fd)
+    try:
+        await run_in_threadpool(export_zip, artifact, FilePath(name), host.settings)
+    except BaseException:
+        os.unlink(name)
+        raise
+    return FileResponse(
+        name,
+        media_type="application/zip",
+        filename=f"{artifact.id}-transformers.js.zip",
+        background=BackgroundTask(os.unlink, name),
     )

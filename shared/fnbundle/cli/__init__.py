@@ -1,4 +1,4 @@
-"""The ``fnbundle`` command line: serve, train, predict, models, jobs, data, demo.
+"""The ``fnbundle`` command line: serve, train, predict, models, jobs, data, demo, export.
 
 Key rule: commands are thin wrappers over the same task code the HTTP API uses; errors
 print as one clear line (no traceback) and exit non-zero. One module per command group;
@@ -14,6 +14,7 @@ import typer
 
 from fnbundle.cli.data import data_app
 from fnbundle.cli.demo import demo
+from fnbundle.cli.export import export
 from fnbundle.cli.jobs import jobs_app
 from fnbundle.cli.models import models_app
 from fnbundle.cli.predict import predict_app
@@ -28,6 +29,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(data_app, name="data")
 app.command()(demo)
+app.command()(export)
 
 __all__ = ["app", "main"]
 

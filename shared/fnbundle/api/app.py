@@ -7,6 +7,8 @@ load in a background thread at start-up; ``/readyz`` answers 503 until they have
 (``/v1/jobs``: local worker processes, or a RunPod endpoint when ``FNB_JOBS_RUNPOD_ENDPOINT``
 is set) starts with the app and stops with it, so no local worker outlives the gateway.
 The OpenAPI document lists what the guards answer and the bearer scheme (``api/openapi.py``).
+``GET /`` is the playground page (``fnbundle.playground``); ``GET /v1/tasks`` lists the
+registry's tasks for it.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from fnbundle import __version__
-from fnbundle.api import datasets, health, models
+from fnbundle.api import datasets, health, models, tasks
 from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
 from fnbundle.api.openapi import install_openapi
 from fnbundle.api.serving import openai_paths, task_router
 from fnbundle.dataset_sync import dataset_sync
+from fnbundle.playground import install_playground
 from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks import REGISTRY
@@ -84,10 +87,12 @@ def create_app(
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
+    app.include_router(tasks.router)
     for serving in REGISTRY.serving.values():
         app.include_router(task_router(serving))
     if manager is not None:
         app.include_router(jobs_api.router)
+    install_playground(app)  # GET /: the page, its assets under /playground
     install_middleware(app, settings)
     install_openapi(app, settings)
     return app

@@ -1,4 +1,4 @@
-"""Training jobs over HTTP: submit, read, follow live, cancel, retry, list.
+"""Training jobs over HTTP: estimate, submit, read, follow live, cancel, retry, list.
 
 Key rules: routes only parse, call the job manager on ``app.state.jobs`` and format; a job
 id is checked against :data:`JOB_ID` before it reaches the manager, so raw input never
@@ -65,6 +65,17 @@ class JobAccepted(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+class JobEstimate(BaseModel):
+    """``POST /v1/jobs/estimate`` answer: what the same body's submit would record."""
+
+    task: str
+    hardware: str  # cpu or gpu: the worker class the job would go to
+    gpu: str | None  # the GPU it would run on (None: a CPU worker, or no choice yet)
+    estimate: dict[str, Any] | None  # None where this platform checks the data at start
+    budget_usd: float | None = None
+    within_budget: bool | None = None  # None without a budget or a cost figure
 
 
 def _errors(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
@@ -157,6 +168,32 @@ def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAcce
     response.status_code = 202 if created else 200
     response.headers["Location"] = _location(job.id)
     return JobAccepted(id=job.id, status=job.status, estimate=job.estimate)
+
+
+@router.post(
+    "/v1/jobs/estimate", response_model=JobEstimate, responses=_errors(400, 401, 404, 413, 422)
+)
+def estimate_job(body: JobSubmit, request: Request) -> JobEstimate:
+    """The cost and time estimate and the hardware a ``POST /v1/jobs`` of the same body
+    would record, checked the same way (422 naming ``params.<field>``, 404 for a dataset
+    that does not exist); nothing is queued."""
+    from fnbundle.jobs.service import JobService, hardware_of
+    from fnbundle.jobs.submit import new_job
+
+    manager = _manager(request)
+    if isinstance(manager, JobService):  # the platform's own check: its prices, its GPU
+        job = manager.launcher.new_job(body)
+    else:
+        job = new_job(body, request.app.state.settings)
+    usd = (job.estimate or {}).get("usd")
+    return JobEstimate(
+        task=job.task,
+        hardware=hardware_of(job.task, job.params),
+        gpu=job.gpu,
+        estimate=job.estimate,
+        budget_usd=job.budget_usd,
+        within_budget=None if job.budget_usd is None or usd is None else usd <= job.budget_usd,
+    )
 
 
 @router.get("/v1/jobs", response_model=JobList, responses=_errors(400, 401, 404, 422))

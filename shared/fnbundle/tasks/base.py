@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from fnbundle.training.control import TrainControl
 
 ErrorStyle = Literal["fnbundle", "openai"]  # our {"error": {type, message, field}} or OpenAI's
+# How the playground (GET /) renders a route's form; None: from the request schema's shape.
+UiHint = Literal["texts", "rows", "chat", "similarity", "form"]
 Hardware = Literal["cpu", "gpu"]  # where a training task's jobs run on a cloud platform
 
 Req = TypeVar("Req", bound=BaseModel)
@@ -64,6 +66,8 @@ class Route:
     cancel_on_disconnect: bool = False
     # It may answer server-sent events (a request with ``stream: true``).
     streams: bool = False
+    # The playground's renderer for it (None: chosen from the request schema's shape).
+    ui: UiHint | None = None
 
 
 class ServingTask(ABC, Generic[Req, Resp, Model]):

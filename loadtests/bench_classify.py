@@ -1,15 +1,23 @@
-"""The classification benchmark: the gateway against two named baselines, side by side.
+"""The classification benchmark: the gateway against named baselines and peer servers.
 
 * B1: a naive FastAPI endpoint calling ``transformers.pipeline`` per request, PyTorch fp32
   (``loadtests/baseline_pipeline.py``);
 * ours: ``fnbundle serve`` (ONNX Runtime int8, dynamic batching);
 * B2: an in-process ONNX Runtime int8 session on batches of 32, no HTTP
-  (``loadtests/baseline_onnx.py``).
+  (``loadtests/baseline_onnx.py``);
+* the peers a serious user would pick instead, serving the same int8 export with the same
+  tokenizer and threads: LitServe and BentoML with their own batching
+  (``loadtests/peers/``, installed by ``make peers``; ``--peers`` picks them).
 
 Key rule: every figure is a median over at least 5 interleaved rounds (B1, ours, B2 for
 each scenario, then the next round) on the same machine, and every target is judged on
 ratios of paired measurements, because on a shared 2-core machine a ratio holds and an
 absolute time does not.
+
+Against the peers (``peer_report.py``): at 32 clients >= 1.3x the best peer's throughput,
+at 1 client a p50 no worse than the best peer's, on short reviews and on 128-token texts;
+128-token throughput at 32 clients >= 0.6 of the int8 roofline. Each round's best peer is
+the best in that round; the report gives every round's ratio and verdict.
 
 Run: ``make bench`` (= ``.venv/bin/python loadtests/bench_classify.py``); ``--quick`` for a
 smoke check; ``--help`` for the options. Raw numbers go to ``.bench/results.json``.
@@ -26,13 +34,16 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import peer_report
 from baseline_onnx import OnnxBatchBaseline
 from fnbundle.store import Store
-from loadgen import Server, closed_loop, free_port, request_bytes, server
+from loadgen import Server, closed_loop, free_port, process_tree, request_bytes, server
+from peers import catalog
 from review_texts import REPO, long_texts, short_reviews
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +53,7 @@ TRAIN_DATA = REPO / "data" / "reviews.csv"
 FNBUNDLE = [sys.executable, "-m", "fnbundle.cli"]
 START_TIMEOUT_S = 180.0  # seconds for a server to answer its first prediction on a busy machine
 B2_BATCH = 32  # texts per B2 forward pass
+BASELINES = ("B1", "ours", "B2")
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=32, help="concurrent clients under load")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every system")
     p.add_argument("--backend", default="auto", help="ours: FNB_BACKEND (auto = model default)")
+    p.add_argument(
+        "--peers",
+        help="peer servers, comma-separated: litserve,bentoml (default: every installed "
+        "one; none: no peer)",
+    )
     p.add_argument("--only", nargs="*", help="scenario keys to run (default: all)")
     p.add_argument("--out", type=Path, default=REPO / ".bench" / "results.json")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke check")
@@ -138,22 +155,38 @@ def machine() -> dict[str, Any]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and the workers it started (all their
+    threads), from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a worker that ended meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --- the systems --------------------------------------------------------------------
 class Systems:
-    """Commands and environments for B1 and ours, each started on a fresh port."""
+    """Commands and environments for B1, ours and the peers, each on a fresh port."""
 
-    def __init__(self, args: argparse.Namespace, artifact: Path):
+    def __init__(self, args: argparse.Namespace, artifact: Path, peers: list[catalog.Peer]):
         self.args, self.artifact = args, artifact
+        self.peers = {p.name: p for p in peers}
         self.logs = args.out.parent / "logs"
 
     def start(self, name: str):  # -> context manager yielding a Server
         port = free_port()
         threads = str(self.args.threads)
+        if name in self.peers:
+            peer = catalog.launch(self.peers[name], self.artifact, port, self.args.threads)
+            probe = request_bytes(port, peer.route, self.body("A quick probe review."))
+            log = self.logs / f"peer-{name}.log"
+            return server(
+                name, peer.command, clean_env(**peer.env), port, probe, log,
+                START_TIMEOUT_S, peer.cwd,
+            )  # fmt: skip
         if name == "B1":
             command = [sys.executable, str(REPO / "loadtests" / "baseline_pipeline.py")]
             command += ["--model-dir", str(self.artifact), "--port", str(port)]
@@ -172,6 +205,7 @@ class Systems:
         return server(name, command, env, port, probe, log, START_TIMEOUT_S)
 
     def body(self, text: str) -> dict[str, Any]:
+        """The gateway's request; the peers read its ``texts`` and ignore ``model``."""
         return {"model": self.args.model, "texts": [text]}
 
 
@@ -217,11 +251,33 @@ def paired_ratio(rows: list[dict], scenario: str, metric: str, baseline: str) ->
     return statistics.median(ratios) if ratios else float("nan")
 
 
+def systems_of(rows: list[dict]) -> list[str]:
+    """Every system measured, in the order of first appearance (B1, ours, B2, peers)."""
+    return list(dict.fromkeys(r["system"] for r in rows))
+
+
+def peers_of(rows: list[dict]) -> list[str]:
+    return [s for s in systems_of(rows) if s not in BASELINES]
+
+
+def peer_verdicts(rows: list[dict], scenarios: list[Scenario]) -> list[dict[str, Any]]:
+    """The targets against the best peer (``peer_report``), judged per round."""
+    clients = {sc.key: sc.clients for sc in scenarios}
+    roofline = "long-32" if "long-32" in clients else None
+    targets = peer_report.peer_targets(clients, roofline=roofline)
+    peers = peers_of(rows)
+    return [
+        v
+        for v in peer_report.judge(rows, targets, peers)
+        if v["rounds"] and (peers or v["scenario"] == roofline)
+    ]
+
+
 def summarize(rows: list[dict], scenarios: list[Scenario]) -> dict[str, Any]:
     summary: dict[str, Any] = {"scenarios": {}, "targets": []}
     for sc in [*scenarios, Scenario("cold", "cold start", 0, False, False)]:
         entry: dict[str, Any] = {}
-        for system in ("B1", "ours", "B2"):
+        for system in systems_of(rows):
             sys_rows = [r for r in rows if r["scenario"] == sc.key and r["system"] == system]
             if sys_rows:
                 metrics = [k for k in sys_rows[0] if k not in {"round", "scenario", "system"}]
@@ -239,6 +295,14 @@ def summarize(rows: list[dict], scenarios: list[Scenario]) -> dict[str, Any]:
             summary["scenarios"].get(sc.key, {}).setdefault("ratios", {})[
                 f"{metric} ours/{baseline}"
             ] = paired_ratio(rows, sc.key, metric, baseline)
+        for metric in ("throughput", "p50_ms"):
+            for peer, ratio in peer_report.per_peer_ratios(
+                rows, sc.key, metric, peers_of(rows)
+            ).items():
+                summary["scenarios"].get(sc.key, {}).setdefault("ratios", {})[
+                    f"{metric} ours/{peer}"
+                ] = ratio
+    summary["peer_targets"] = peer_verdicts(rows, scenarios)
     return summary
 
 
@@ -285,6 +349,29 @@ def print_tables(summary: dict[str, Any], scenarios: list[Scenario], rounds: int
         met = "[green]yes" if t["met"] else "[red]no"
         targets.add_row(t["target"], t["scenario"], f"{t['ratio']:.2f}", met)
     console.print(targets)
+    print_peer_verdicts(summary.get("peer_targets", []))
+
+
+def print_peer_verdicts(verdicts: list[dict[str, Any]]) -> None:
+    """Ours / the best peer of each round (or the roofline), per round, median, verdict."""
+    if not verdicts:
+        return
+    table = Table(title="against the best peer: ours / best peer in the same round")
+    rounds = sorted({r["round"] for v in verdicts for r in v["rounds"]})
+    for col in ("target", *(f"round {r + 1}" for r in rounds), "median", "met"):
+        table.add_column(col, justify="left" if col in {"target", "met"} else "right")
+    for v in verdicts:
+        cells = {r["round"]: r for r in v["rounds"]}
+        row = [
+            f"{cells[r]['ratio']:.2f} {cells[r]['best']}" + ("" if cells[r]["met"] else " [red]no")
+            if r in cells
+            else ""
+            for r in rounds
+        ]
+        met = "[green]yes" if v["met"] else "[red]no"
+        rounds_met = f" ({v['rounds_met']}/{len(v['rounds'])} rounds)"
+        table.add_row(v["target"], *row, _fmt(v["median"], 2), met + rounds_met)
+    console.print(table)
 
 
 # --- the run ------------------------------------------------------------------------
@@ -314,9 +401,7 @@ def markdown(summary: dict[str, Any], scenarios: list[Scenario]) -> str:
     for sc in scenarios:
         entry = summary["scenarios"].get(sc.key, {})
         r = entry.get("ratios", {})
-        for system in ("B1", "ours", "B2"):
-            if system not in entry:
-                continue
+        for system in [k for k in entry if k != "ratios"]:
             m = entry[system]
             p50 = m.get("p50_ms", m.get("batch_p50_ms"))
             ratio_cells = ["", "", ""]
@@ -340,6 +425,9 @@ def markdown(summary: dict[str, Any], scenarios: list[Scenario]) -> str:
         f"| {t['target']} ({t['scenario']}) | {t['ratio']:.2f} | {'yes' if t['met'] else 'no'} |"
         for t in summary["targets"]
     ]
+    if summary.get("peer_targets"):
+        lines += ["", "Against the best peer (ours / best peer in the same round):", ""]
+        lines.append(peer_report.markdown(summary["peer_targets"]).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -364,12 +452,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.only or s.key in args.only
     ]
     artifact = ensure_model(args.store, args.model)
-    systems = Systems(args, artifact)
+    peers = catalog.pick("classify", args.peers)
+    missing = [p.name for p in catalog.PEERS.values() if p.task == "classify" and p not in peers]
+    if args.peers is None and missing:
+        console.print(f"[yellow]peers not installed (make peers):[/] {', '.join(missing)}")
+    systems = Systems(args, artifact, peers)
     texts = {False: short_reviews(), True: long_texts(artifact / "tokenizer.json")}
     b2 = OnnxBatchBaseline(artifact, args.threads)
     info = machine()
     console.print(f"[bold]machine[/] {info}")
     console.print(f"[bold]artifact[/] {artifact}")
+    console.print(f"[bold]peers[/] {'; '.join(p.describe() for p in peers) or 'none'}")
     rows: list[dict[str, Any]] = []
 
     for i in range(args.cold_starts):  # B1 then ours, each a fresh process
@@ -379,13 +472,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"round": i, "scenario": "cold", "system": name, "cold_start_s": cold})
             console.print(f"cold start {i + 1}/{args.cold_starts} {name}: {cold:.2f} s")
 
-    with systems.start("B1") as b1_srv, systems.start("ours") as ours_srv:
-        servers = {"B1": b1_srv, "ours": ours_srv}
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(systems.start(name))
+            for name in ("B1", "ours", *(p.name for p in peers))
+        }
+        ours_srv = servers["ours"]
         backends = {name: srv.backend for name, srv in servers.items()}
         console.print(f"[bold]backends[/] {backends}")
         for rnd in range(args.rounds):
             for sc in scenarios:
-                for name in ("B1", "ours", "B2"):
+                for name in ("B1", "ours", "B2", *(p.name for p in peers)):
                     if name == "B2":
                         if not sc.b2:
                             continue
@@ -394,7 +491,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         m = measure_http(servers[name], texts[sc.long], sc, args, systems.body)
                     rows.append({"round": rnd, "scenario": sc.key, "system": name, **m})
                     console.print(
-                        f"round {rnd + 1}/{args.rounds} {sc.key:>8} {name:>4}: "
+                        f"round {rnd + 1}/{args.rounds} {sc.key:>8} {name:>8}: "
                         f"{m['throughput']:7.1f} texts/s"
                         + (f", p50 {m['p50_ms']:.1f} ms" if "p50_ms" in m else "")
                         + (f", {m['errors']} errors" if m.get("errors") else "")
@@ -406,6 +503,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python", *sys.argv]),
         "machine": info,
         "backends": backends,
+        "peers": {p.name: {"version": p.version(), **p.settings} for p in peers},
         "settings": settings,
         "elapsed_s": time.perf_counter() - t_start,
         "rows": rows,

@@ -9,6 +9,7 @@ starts listens on 127.0.0.1 only and is killed in a ``finally`` block.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -62,10 +63,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 def _valid(status: int, body: bytes) -> bool:
     """A 200 with exactly one prediction, one embedding (``data``, OpenAI's shape) or one
-    completion choice: what every request here asks for."""
+    completion choice: what every request here asks for. A bare JSON list of one is one
+    prediction too (a BentoML batchable API answers with its slice of the batch)."""
     if status != 200:
         return False
     answer = json.loads(body)
+    if isinstance(answer, list):
+        return len(answer) == 1
     rows = answer.get("predictions", answer.get("data", answer.get("choices")))
     return isinstance(rows, list) and len(rows) == 1
 
@@ -137,7 +141,7 @@ def closed_loop(
 
 
 # --- server processes ---------------------------------------------------------------
-def fetch(port: int, payload: bytes) -> dict | None:
+def fetch(port: int, payload: bytes) -> dict | list | None:
     """One blocking request; the JSON answer if it is a valid prediction, else None."""
     try:
         with socket.create_connection((HOST, port), timeout=IO_TIMEOUT_S) as s:
@@ -169,6 +173,7 @@ def fetch(port: int, payload: bytes) -> dict | None:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group (its workers too), SIGKILL after the grace."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -176,6 +181,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by a server that exited
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process under it (servers that fork workers: LitServe, BentoML)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
 
 
 @dataclass
@@ -196,17 +220,25 @@ def server(
     probe: bytes,
     log_file: Path,
     timeout_s: float,
+    cwd: Path | None = None,
 ) -> Iterator[Server]:
-    """Start ``command``; yield once ``probe`` (a classify request) gets a valid answer.
+    """Start ``command`` (in ``cwd`` if given); yield once ``probe`` (a request of the
+    kind the run sends) gets a valid answer.
 
     The time from ``Popen`` to that answer is the cold start: imports, model load,
-    warm-up, and the first prediction, polled every ``POLL_S``.
+    warm-up, and the first prediction, polled every ``POLL_S``. The server runs in its
+    own process group, so stopping it also stops the workers it started.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            command,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             while (answer := fetch(port, probe)) is None:
@@ -217,6 +249,7 @@ def server(
                         f"{name} gave no prediction in {timeout_s} s; see {log_file}"
                     )
                 time.sleep(POLL_S)
-            yield Server(name, port, proc, time.perf_counter() - t0, answer.get("backend", "?"))
+            backend = answer.get("backend", "?") if isinstance(answer, dict) else "?"
+            yield Server(name, port, proc, time.perf_counter() - t0, backend)
         finally:
             _stop(proc)

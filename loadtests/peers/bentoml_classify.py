@@ -10,7 +10,7 @@ batchable API's output is the batch itself).
 Key rule: BentoML's current API (``@bentoml.service``, ``@bentoml.api(batchable=True,
 max_batch_size, max_latency_ms)``), one worker (a second would share the same two cores);
 the batch settings come from the environment because the decorators read them at import
-time: ``PEER_ARTIFACT`` (required), ``PEER_THREADS`` (2), ``PEER_MAX_BATCH_SIZE`` (64),
+time: ``PEER_ARTIFACT`` (required), ``PEER_THREADS`` (2), ``PEER_MAX_BATCH_SIZE`` (32),
 ``PEER_MAX_LATENCY_MS`` (the benchmark's choice, docs/BENCHMARKS.md).
 """
 
@@ -29,7 +29,7 @@ from baseline_onnx import OnnxBatchBaseline
 
 ARTIFACT = Path(os.environ.get("PEER_ARTIFACT", "."))
 THREADS = int(os.environ.get("PEER_THREADS", "2"))
-MAX_BATCH_SIZE = int(os.environ.get("PEER_MAX_BATCH_SIZE", "64"))
+MAX_BATCH_SIZE = int(os.environ.get("PEER_MAX_BATCH_SIZE", "32"))
 MAX_LATENCY_MS = int(os.environ.get("PEER_MAX_LATENCY_MS", "60000"))  # BentoML's default
 
 

@@ -65,14 +65,14 @@ PEERS = {
             "classify",
             True,
             "litserve",
-            {"max_batch_size": 64, "batch_timeout": 0.002, "workers": 1},
+            {"max_batch_size": 64, "batch_timeout": 0.002, "fast_queue": True, "workers": 1},
         ),
         Peer(
             "bentoml",
             "classify",
             True,
             "bentoml",
-            {"max_batch_size": 64, "max_latency_ms": 60000, "workers": 1},
+            {"max_batch_size": 32, "max_latency_ms": 60000, "workers": 1},
         ),
         Peer(
             "infinity",

@@ -9,7 +9,8 @@ and response shape, so the same load generator drives both.
 
 Key rule: LitServe's documented settings for a CPU model with batching, chosen by a short
 sweep on this machine (docs/BENCHMARKS.md): one worker (``workers_per_device=1``: a second
-would share the same two cores), ``max_batch_size`` and ``batch_timeout`` on the ``LitAPI``.
+would share the same two cores), ``max_batch_size`` and ``batch_timeout`` on the ``LitAPI``,
+and ``fast_queue`` (its ZeroMQ queue between the HTTP process and the worker) on or off.
 
 Run: ``.peers/litserve/bin/python loadtests/peers/litserve_classify.py --artifact <dir>
 --port 8003``.

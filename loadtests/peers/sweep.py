@@ -4,7 +4,8 @@ Each candidate setting of a peer is started once, then measured in interleaved r
 (every candidate, then the next round) on the scenarios the benchmark judges: short
 reviews at 32 clients and at 1 client, 128-token texts at 32 clients. The candidate with
 the best median throughput at 32 clients (short and 128-token together, their geometric
-mean) is the one :data:`catalog.PEERS` keeps, unless its 1-client p50 is clearly worse.
+mean) is the one :data:`catalog.PEERS` keeps: the targets there are the 1.3x ones, so the
+peer is given the settings that serve it best under load.
 
 Key rule: the same model files, threads and load generator as ``bench_classify.py``; a
 sweep is a choice among settings, not a figure for the docs' comparison.
@@ -92,6 +93,7 @@ def main() -> None:
                             f"{name} {configs[i].settings} {key}: {r.throughput:.1f}/s, "
                             f"p50 {r.percentile(50):.1f} ms, {r.errors} errors"
                         )
+        loaded_by_config = []
         for i, config in enumerate(configs):
             mine = [r for r in rows if r["peer"] == name and r["config"] == i]
 
@@ -104,6 +106,9 @@ def main() -> None:
                 f", long-32 {med('long-32', 'throughput'):.1f}/s (geomean {loaded:.1f}), "
                 f"short-1 p50 {med('short-1', 'p50_ms'):.1f} ms"
             )
+            loaded_by_config.append(loaded)
+        best = max(range(len(configs)), key=loaded_by_config.__getitem__)
+        console.print(f"[bold]{name}: chosen[/] {configs[best].settings}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
 

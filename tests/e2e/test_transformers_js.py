@@ -222,3 +222,72 @@ def test_transformers_js_embeds_the_demo_reviews_as_the_gateway_does(
     )
     int8 = load_embedder("minilm", settings, backend="onnx-int8").embed(texts)
     assert compare_rows(int8, quantized).min() >= INT8_MIN_COSINE
+
+
+# --- the browser's engine ------------------------------------------------------------------------
+def padded_inputs(folder: Path, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Token arrays as Transformers.js makes them from the export's tokenizer files
+    (truncated at ``model_max_length``, padded to the longest), and the attention mask."""
+    from tokenizers import Tokenizer
+
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=int(tok_config["model_max_length"]))
+    tokenizer.enable_padding(pad_id=int(tokenizer.token_to_id(tok_config["pad_token"])))
+    enc = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in enc], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}, mask
+
+
+def run_in_wasm(node_modules: Path, tmp: Path, graphs: list[Path], inputs: dict) -> list[Any]:
+    """Each graph's first output from ONNX Runtime Web's WebAssembly backend."""
+    feed = {k: v.tolist() for k, v in inputs.items()}
+    path = tmp / "wasm-request.json"
+    path.write_text(json.dumps({"runs": [{"model": str(g), "inputs": feed} for g in graphs]}))
+    done = subprocess.run(
+        ["node", str(NODE_DIR / "run_graph_wasm.mjs"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return [
+        np.array(r["data"], dtype=np.float32).reshape(r["dims"])
+        for r in json.loads(done.stdout)["results"]
+    ]
+
+
+def run_in_python(graph: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return np.asarray(session.run(None, {k: v for k, v in inputs.items() if k in names})[0])
+
+
+def test_the_browsers_engine_runs_both_graphs_of_both_exports(
+    classifier, embedder, node_modules, tmp_path
+):
+    """ONNX Runtime Web (WebAssembly) runs every exported graph, fused operators and int8
+    included, and agrees with ONNX Runtime in Python on the same token arrays."""
+    from fnbundle.runtime.onnx import softmax
+
+    texts = held_out_reviews(8)
+    for folder, kind in ((classifier[1], "classify"), (embedder[1], "embed")):
+        graphs = [folder / "onnx" / "model.onnx", folder / "onnx" / "model_quantized.onnx"]
+        inputs, mask = padded_inputs(folder, texts)
+        in_wasm = run_in_wasm(node_modules, tmp_path, graphs, inputs)
+        for graph, got, backend in zip(graphs, in_wasm, ("onnx-fp32", "onnx-int8"), strict=True):
+            expected = run_in_python(graph, inputs)
+            assert got.shape == expected.shape
+            if kind == "classify":
+                record = parity(softmax(expected), softmax(got), backend)
+                assert record["passed"], (graph.name, record)
+                continue
+            weights = mask[..., None]
+            pooled = [(h * weights).sum(1) / weights.sum(1) for h in (expected, got)]
+            pooled = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in pooled]
+            if backend == "onnx-fp32":
+                assert np.abs(pooled[0] - pooled[1]).max() <= FP32_MAX_ABS_DIFF, graph.name
+            assert compare_rows(pooled[0], pooled[1]).min() >= INT8_MIN_COSINE, graph.name

@@ -1,5 +1,6 @@
 """The benchmarks' verdicts against the peer servers: per-round best peer, paired ratios,
-targets, and the choice of peers; no peer needs to be installed.
+targets, the choice of peers, and the embedding peers' copy of the gateway's graph; no
+peer needs to be installed.
 
 The report divides the gateway's figure by the best peer's in the same round (the highest
 throughput, the lowest p50), judges each target on the median of those ratios and says
@@ -20,9 +21,13 @@ pytestmark = pytest.mark.unit
 sys.path.insert(0, str(REPO / "loadtests"))
 
 import bench_classify  # noqa: E402
+import bench_embed  # noqa: E402
 import loadgen  # noqa: E402
+import numpy as np  # noqa: E402
 import peer_report  # noqa: E402
-from peers import catalog  # noqa: E402
+from peers import catalog, models  # noqa: E402
+
+from tests.unit import tiny_onnx  # noqa: E402
 
 PEERS = ["litserve", "bentoml"]
 
@@ -171,3 +176,52 @@ def test_a_batchable_apis_list_of_one_answer_is_a_valid_prediction() -> None:
     assert not loadgen._valid(200, b'[{"label": "a"}, {"label": "b"}]')
     assert loadgen._valid(200, b'{"predictions": [{"label": "positive"}]}')
     assert not loadgen._valid(500, b'[{"label": "positive"}]')
+
+
+def test_the_embedding_summary_judges_every_peer_scenario_but_not_classification() -> None:
+    rows = []
+    for rnd in range(3):
+        rows += [
+            row(rnd, "embed-short-1", "ours", throughput=80.0, p50_ms=10.0),
+            row(rnd, "embed-short-1", "fastembed", throughput=90.0, p50_ms=9.0),
+            row(rnd, "embed-short-32", "ours", throughput=300.0, p50_ms=100.0),
+            row(rnd, "embed-short-32", "infinity", throughput=150.0, p50_ms=200.0),
+            row(rnd, "embed-short-32", "fastembed", throughput=200.0, batch_p50_ms=160.0),
+            row(rnd, "classify-long", "ours", throughput=70.0, p50_ms=400.0),
+        ]
+    verdicts = bench_embed.peer_verdicts(rows, ["infinity", "fastembed"])
+    by_scenario = {v["scenario"]: v for v in verdicts}
+    assert set(by_scenario) == {"embed-short-1", "embed-short-32"}  # the others: no rows
+    assert by_scenario["embed-short-32"]["median"] == pytest.approx(1.5)
+    assert by_scenario["embed-short-32"]["rounds"][0]["best"] == "fastembed"
+    assert not by_scenario["embed-short-1"]["met"]  # 10 ms against fastembed's 9
+    assert bench_embed.peer_verdicts(rows, []) == []
+
+
+def _run(path, feed: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_the_peers_graph_is_the_gateways_cut_before_pooling(tmp_path) -> None:
+    """The embedding peers pool the cut graph's token vectors themselves and must land on
+    the gateway's sentence vectors (the tiny graph sums and normalises: the same as a mean)."""
+    gateway, peers = tmp_path / "model.onnx", tmp_path / "peers.onnx"
+    gateway.write_bytes(tiny_onnx._embed_onnx_model())
+    models.cut_before_pooling(gateway, peers, width=tiny_onnx.EMBED_DIMENSIONS)
+    ids = np.array([[2, 5, 9, 0], [3, 8, 0, 0]], dtype=np.int64)  # padded with 0
+    mask = (ids != 0).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    hidden = _run(peers, feed)
+    assert hidden.shape == (2, 4, tiny_onnx.EMBED_DIMENSIONS)
+    pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, _run(gateway, feed), atol=1e-6)
+
+
+def test_a_graph_without_mean_pooling_is_refused(tmp_path) -> None:
+    classifier = tmp_path / "classifier.onnx"
+    classifier.write_bytes(tiny_onnx._onnx_model(2))
+    with pytest.raises(ValueError, match="no mean pooling"):
+        models.cut_before_pooling(classifier, tmp_path / "cut.onnx", width=2)

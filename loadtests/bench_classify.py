@@ -431,6 +431,12 @@ def markdown(summary: dict[str, Any], scenarios: list[Scenario]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def peers_markdown(rows: list[dict], scenarios: list[Scenario]) -> str:
+    """Ours against each peer apart: median paired ratios per scenario."""
+    keys = [(sc.key, sc.title) for sc in scenarios]
+    return peer_report.per_peer_markdown(rows, keys, peers_of(rows))
+
+
 def report(results: dict[str, Any], out: Path) -> None:
     """Medians, ratios and targets from raw rows: printed, and written next to ``out``."""
     keys = {r["scenario"] for r in results["rows"]}
@@ -440,7 +446,10 @@ def report(results: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(summary, scenarios, results["settings"]["rounds"])
     md = out.with_suffix(".md")
-    md.write_text(markdown(summary, scenarios))
+    per_peer = peers_markdown(results["rows"], scenarios)
+    md.write_text(
+        markdown(summary, scenarios) + (f"\nEach peer apart:\n\n{per_peer}" if per_peer else "")
+    )
     console.print(f"raw numbers in {out}, Markdown tables in {md}")
 
 

@@ -292,6 +292,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("peer_targets"):
         lines += ["", "Against the best peer (ours / best peer in the same round):", ""]
         lines.append(peer_report.markdown(results["peer_targets"]).rstrip("\n"))
+        keys = [(sc.key, sc.title) for sc in SCENARIOS if sc.peers]
+        lines += ["", "Each peer apart (median of paired ratios):", ""]
+        lines.append(peer_report.per_peer_markdown(rows, keys, peers).rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

@@ -159,3 +159,21 @@ def markdown(verdicts: list[dict[str, Any]]) -> str:
         met = f"{'yes' if v['met'] else 'no'} ({v['rounds_met']}/{len(v['rounds'])} rounds)"
         lines.append(f"| {v['target']} | " + " | ".join(row) + f" | {median} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def per_peer_markdown(
+    rows: list[dict[str, Any]], scenarios: list[tuple[str, str]], peers: list[str]
+) -> str:
+    """For each (key, title) scenario: the median paired ratio of ours to every peer, for
+    throughput and p50 (blank where a peer has no such figure)."""
+    if not peers:
+        return ""
+    head = [f"ours/{p} texts/s" for p in peers] + [f"ours/{p} p50" for p in peers]
+    lines = ["| scenario | " + " | ".join(head) + " |", "|---|" + "--:|" * len(head)]
+    for key, title in scenarios:
+        tps = per_peer_ratios(rows, key, "throughput", peers)
+        p50 = per_peer_ratios(rows, key, "p50_ms", peers)
+        cells = [tps[p] for p in peers] + [p50[p] for p in peers]
+        text = ["" if math.isnan(c) else f"{c:.2f}" for c in cells]
+        lines.append(f"| {title} | " + " | ".join(text) + " |")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ LOCKS  := requirements
 # wheel folder); the lock then finds it installed and pulls no multi-gigabyte CUDA build.
 TORCH  ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCKS)/dev.txt)
 
-.PHONY: setup lock run test lint format bench bench-embed bench-generate peers peers-lock clean
+.PHONY: setup lock run test lint format browser bench bench-embed bench-generate peers peers-lock clean
 
 setup: $(VENV)/.installed
 
@@ -60,8 +60,13 @@ run: setup
 # worker (loadscope, in collection order: xdist would put the biggest modules first), so
 # what it builds once (the demo training, the image check's virtualenvs) is built once.
 PYTEST_WORKERS ?= 2
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
+# The playground's browser tests (tests/e2e/test_playground.py) drive Debian's chromium with
+# Playwright, whose own browser download cannot reach its host here: apt installs it once.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -204,3 +204,15 @@ def test_the_page_ships_in_the_package():
     shipped = {p.name for pattern in patterns for p in STATIC_DIR.parent.glob(pattern)}
     assert shipped == {p.name for p in STATIC_DIR.iterdir()} and "index.html" in shipped
     assert all(Path(STATIC_DIR / name).is_file() for name in shipped)  # no folders to miss
+
+
+def test_an_image_without_the_pages_files_still_serves_and_says_why(tmp_path, monkeypatch):
+    """Modal's add_local_python_source ships .py files only unless told otherwise."""
+    import fnbundle.playground as playground
+
+    monkeypatch.setattr(playground, "STATIC_DIR", tmp_path / "missing")
+    with TestClient(create_app(Settings(store=tmp_path / "store"), jobs=False)) as bare:
+        page = bare.get("/")
+        assert page.status_code == 404 and "no playground" in page.json()["error"]["message"]
+        assert bare.get("/playground/app.js").status_code == 404
+        assert bare.get("/healthz").status_code == 200

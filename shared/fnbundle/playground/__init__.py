@@ -18,6 +18,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from fnbundle.errors import NotFound
+
 STATIC_DIR = Path(__file__).with_name("static")
 ASSETS_PATH = "/playground"  # where the page's scripts and styles are served
 
@@ -26,11 +28,19 @@ router = APIRouter(tags=["playground"])
 
 @router.get("/", include_in_schema=False)
 def playground() -> FileResponse:
-    """The playground page."""
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    """The playground page; a 404 saying so where a deployment left its files out."""
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise NotFound(
+            "This deployment has no playground: its files (fnbundle/playground/static) were "
+            "not shipped with the package."
+        )
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 def install_playground(app: FastAPI) -> None:
-    """``GET /`` (the page) and its assets under :data:`ASSETS_PATH`."""
+    """``GET /`` (the page) and its assets under :data:`ASSETS_PATH`. An image that ships
+    only the package's ``.py`` files still starts: the page is then a 404, not a crash."""
     app.include_router(router)
-    app.mount(ASSETS_PATH, StaticFiles(directory=STATIC_DIR), name="playground")
+    if STATIC_DIR.is_dir():
+        app.mount(ASSETS_PATH, StaticFiles(directory=STATIC_DIR), name="playground")

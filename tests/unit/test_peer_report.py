@@ -156,6 +156,8 @@ def test_the_classification_summary_carries_the_peer_verdicts_and_per_peer_ratio
     )
     assert "litserve" in summary["scenarios"]["long-32"]
     assert "1.50 litserve" in bench_classify.markdown(summary, scenarios)
+    per_peer = bench_classify.peers_markdown(rows, scenarios)
+    assert "| 128-token texts, 32 clients | 1.50 | 0.60 |" in per_peer
 
 
 def test_peers_are_picked_by_name_and_only_when_installed(tmp_path, monkeypatch) -> None:

@@ -10,8 +10,9 @@ Key rules: every package comes from the lock, ``requirements/`` (``make lock``),
 version and nothing else (an image must not change under a deployed app, and it runs what the
 tests ran); tests/images/ installs each image's list in a fresh virtualenv and serves from it;
 defining an image touches no network (Modal builds it at deploy time); deploy-time options
-(``FNB_MODAL_SECRET``, ``FNB_MODAL_PROXY_AUTH``) are baked into the image environment, so a
-container importing an app sees the same decorators as the machine that deployed it.
+(``FNB_MODAL_SECRET``, ``FNB_MODAL_PROXY_AUTH``, ``FNB_MODAL_LOG_FORMAT``) are baked into the
+image environment, so a container importing an app sees the same decorators as the machine
+that deployed it (and logs in the format asked for: ``FNB_LOG_FORMAT`` in the container).
 
 Run the apps from the repository root: ``modal deploy functions/classify.py``.
 """
@@ -19,6 +20,7 @@ Run the apps from the repository root: ``modal deploy functions/classify.py``.
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import modal
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +46,7 @@ class DeployOptions(BaseSettings):
 
     secret: str = ""  # name of a modal.Secret with FNB_API_KEYS; "" = no bearer check
     proxy_auth: bool = False  # also require Modal's Modal-Key / Modal-Secret proxy headers
+    log_format: Literal["text", "json"] = "text"  # the containers' FNB_LOG_FORMAT
 
     def secrets(self) -> list[modal.Secret]:
         if not self.secret:
@@ -51,7 +54,11 @@ class DeployOptions(BaseSettings):
         return [modal.Secret.from_name(self.secret, required_keys=[API_KEYS_ENV])]
 
     def env(self) -> dict[str, str]:
-        return {"FNB_MODAL_SECRET": self.secret, "FNB_MODAL_PROXY_AUTH": str(int(self.proxy_auth))}
+        return {
+            "FNB_MODAL_SECRET": self.secret,
+            "FNB_MODAL_PROXY_AUTH": str(int(self.proxy_auth)),
+            "FNB_LOG_FORMAT": self.log_format,  # Modal's log stream gets the gateway's lines
+        }
 
 
 options = DeployOptions()

@@ -28,6 +28,7 @@ from fnbundle.api import create_app
 from fnbundle.api.errors import openai_error_body
 from fnbundle.contract import run_task
 from fnbundle.endpoints import Endpoint
+from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import preload_endpoint_model
 from fnbundle.runtime.host import ModelHost
 from fnbundle.settings import Settings
@@ -86,6 +87,7 @@ class ServingContainer:
         if on_modal:
             volume.reload()  # see versions committed after this container's snapshot
         settings = container_settings(self.endpoint)
+        configure_logging(settings.log_format)  # Modal's log stream: the gateway's lines
         # A model published after this container started is on the Volume but not in this
         # container's view of it: a miss reloads the Volume (rate-limited) and looks again.
         self.host = ModelHost(

@@ -30,6 +30,7 @@ from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.modal_backend import DictState, ModalJobs
 from fnbundle.jobs.modal_run import run_modal_job
 from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
+from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings
 from pydantic import BaseModel
@@ -109,10 +110,12 @@ def run_job(
     """Run (or resume) job ``job_id`` in this container, training at most
     ``time_limit_s`` (see :func:`execution_limit_s`); the job as JSON."""
     reload_volume()
+    settings = Settings()
+    configure_logging(settings.log_format)  # Modal's log stream: the gateway's lines
     return run_modal_job(
         job_id,
         submit,
-        Settings(),
+        settings,
         job_state,
         jobs_root=jobs_root(),
         commit=commit,

@@ -39,13 +39,14 @@ from fnbundle.api.errors import openai_error_body
 from fnbundle.contract import error_result
 from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import InvalidRequest, NotFound
+from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import (
     job_output,
     preload_endpoint_model,
     worker_concurrency,
     worker_settings,
 )
-from fnbundle.settings import Settings
+from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks import REGISTRY
 
 # The routes RunPod's OpenAI proxy forwards, and the method each is called with.
@@ -249,9 +250,7 @@ class OpenAIWorker:
         """Load the models, then serve jobs (RunPod's flags are read from ``sys.argv``)."""
         import runpod
 
-        logging.basicConfig(
-            level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
-        )
+        configure_logging(get_settings().log_format)  # RunPod's log stream: the gateway's lines
         self.setup()
         concurrency = worker_concurrency(self.app.state.settings, self.endpoint)
         runpod.serverless.start(

@@ -23,6 +23,7 @@ from typing import Any
 from fnbundle.api.errors import openai_error_body
 from fnbundle.contract import error_result, run_task_async
 from fnbundle.endpoints import get_endpoint
+from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import (
     job_output,
     preload_endpoint_model,
@@ -30,7 +31,7 @@ from fnbundle.runpod_worker import (
     worker_settings,
 )
 from fnbundle.runtime.host import ModelHost
-from fnbundle.settings import Settings
+from fnbundle.settings import Settings, get_settings
 from fnbundle.tasks import REGISTRY
 
 
@@ -77,9 +78,7 @@ class ServingWorker:
         import runpod
 
         # force: importing runpod already configured the root logger with its own format.
-        logging.basicConfig(
-            level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
-        )
+        configure_logging(get_settings().log_format)  # RunPod's log stream: the gateway's lines
         concurrency = worker_concurrency(self.setup().settings, self.endpoint)
         runpod.serverless.start(
             {"handler": self.handler, "concurrency_modifier": lambda _current: concurrency}

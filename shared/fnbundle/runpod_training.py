@@ -50,8 +50,9 @@ from fnbundle.contract import error_result
 from fnbundle.endpoints import get_endpoint
 from fnbundle.errors import InvalidRequest
 from fnbundle.jobs.runpod_run import run_volume_job
+from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import job_output, require_cuda, worker_concurrency, worker_settings
-from fnbundle.settings import Settings
+from fnbundle.settings import Settings, get_settings
 
 PROGRESS_EVERY_S = 5.0  # seconds: the least time between two step progress updates
 
@@ -169,9 +170,7 @@ class TrainingWorker:
         """Serve jobs: ``runpod.serverless.start`` reads RunPod's own flags
         (``--test_input``, ``--rp_serve_api``, ...) from sys.argv."""
         # force: importing runpod already configured the root logger with its own format.
-        logging.basicConfig(
-            level=logging.INFO, format="%(levelname)-7s| %(name)s | %(message)s", force=True
-        )
+        configure_logging(get_settings().log_format)  # RunPod's log stream: the gateway's lines
         concurrency = worker_concurrency(self.setup(), self.endpoint)  # runs at once
         runpod.serverless.start(
             {

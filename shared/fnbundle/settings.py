@@ -160,6 +160,22 @@ class Settings(BaseSettings):
     allow_insecure_bind: bool = Field(
         False, description="Allow a non-loopback bind without API keys."
     )
+
+    # --- operating (GET /metrics, logs) ----------------------------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or one JSON object per line (time, level, logger, "
+        "message, request_id, route, status, duration_ms, model).",
+    )
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="A bearer key for GET /metrics alone (a scraper need not hold an API "
+        "key); unset: /metrics takes the API keys.",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve GET /metrics without a key (a scraper inside a private network).",
+    )
     worker_concurrency: int | None = Field(
         None,
         ge=1,
@@ -324,6 +340,16 @@ class Settings(BaseSettings):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return keys
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _metrics_key_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"the metrics key is shorter than {MIN_API_KEY_CHARS} characters; use a long "
+                "random key: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return key
 
     @field_validator("data_roots")
     @classmethod

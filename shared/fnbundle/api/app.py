@@ -25,6 +25,7 @@ from fnbundle.api import datasets, health, models, tasks
 from fnbundle.api import jobs as jobs_api
 from fnbundle.api.errors import install_error_handlers
 from fnbundle.api.middleware import install_middleware
+from fnbundle.api.observability import install_observability
 from fnbundle.api.openapi import install_openapi
 from fnbundle.api.serving import openai_paths, task_router
 from fnbundle.dataset_sync import dataset_sync
@@ -94,5 +95,6 @@ def create_app(
         app.include_router(jobs_api.router)
     install_playground(app)  # GET /: the page, its assets under /playground
     install_middleware(app, settings)
+    install_observability(app, settings, host)  # last: its middleware sees every request
     install_openapi(app, settings)
     return app

@@ -254,6 +254,10 @@ def build_server(
         host=settings.host,
         port=settings.port,
         log_level="info",
+        # Its lines go through the root logger in FNB_LOG_FORMAT (fnbundle.logs); the access
+        # line is the gateway's own, with the request id (api/observability.py).
+        log_config=None,
+        access_log=False,
         http=protocol_for(settings),
         ws="none",  # no route speaks WebSocket: an upgrade is just a request
         # uvicorn takes whole seconds; requests still inside after it are cancelled (503).

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 from typing import Annotated
 
 import typer
 
 from fnbundle.cli.output import console, fail, setup_logging
+from fnbundle.logs import configure_logging
 from fnbundle.settings import Settings, get_settings
 
 DEMO_NAME = "sentiment"  # the model the curl examples name when the store is empty
@@ -59,6 +61,8 @@ def run_server(settings: Settings) -> None:
             "127.0.0.1, or set FNB_ALLOW_INSECURE_BIND=1 if something else guards the port.",
             2,
         )
+
+    configure_logging(settings.log_format, level=logging.WARNING, package_level=logging.INFO)
 
     def started() -> None:
         console.print("[bold green]fnbundle gateway is up.[/] Try:\n")

@@ -34,7 +34,7 @@ from typing import Any
 
 from fnbundle.errors import Conflict, NotFound, QueueFull
 from fnbundle.jobs import state
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, queued_event
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for the lock before giving up
@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_checkpoint_step INTEGER,
     worker_pid INTEGER,                     -- the process running it now, if any
     cancel_requested REAL,                  -- unix time of the request, NULL when none
-    deadline REAL                           -- unix time the running attempt must end by
+    deadline REAL,                          -- unix time the running attempt must end by
+    request_id TEXT                         -- X-Request-ID of the submitting request
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -106,7 +107,9 @@ _COLUMNS = frozenset(
         "deadline",
     }
 )
-_CREATE_ONLY = frozenset({"params", "idempotency_key", "created_at"})
+_CREATE_ONLY = frozenset({"params", "idempotency_key", "created_at", "request_id"})
+# Columns added after the first release: (name, type), added to an older file on open.
+_ADDED_COLUMNS = (("request_id", "TEXT"),)
 
 
 def now_iso() -> str:
@@ -214,6 +217,10 @@ class JobDB:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, type_ in _ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {type_}")
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -298,6 +305,11 @@ class JobDB:
         )
         return int(row[0])
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by ``(task, status)``."""
+        sql = "SELECT task, status, COUNT(*) FROM jobs GROUP BY task, status"
+        return {(r[0], r[1]): int(r[2]) for r in self._conn().execute(sql)}
+
     def events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[JobEvent]:
         sql = "SELECT seq, type, at, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq"
         args: list[Any] = [job_id, after]
@@ -368,7 +380,7 @@ class JobDB:
                 "ON CONFLICT (idempotency_key) DO NOTHING",
                 [job.id, job.task, data["status"], *values],
             )
-            self._append(conn, job.id, "state", {"status": JobStatus.queued.value})
+            self._append(conn, job.id, "state", queued_event(job))
             return self._get(conn, job.id), True
 
     @staticmethod

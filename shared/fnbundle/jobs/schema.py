@@ -175,3 +175,13 @@ class Job(BaseModel):
     finished_at: datetime | None = None
     last_checkpoint_step: int | None = None
     cancel_requested: bool = False  # a running job was asked to stop and soon will
+    request_id: str | None = None  # the X-Request-ID of the request that submitted it
+
+
+def queued_event(job: Job) -> dict[str, Any]:
+    """The data of a new job's first ``state`` event: ``queued``, and the id of the request
+    that submitted it (so the job's events lead back to that request's log lines)."""
+    data: dict[str, Any] = {"status": JobStatus.queued.value}
+    if job.request_id is not None:
+        data["request_id"] = job.request_id
+    return data

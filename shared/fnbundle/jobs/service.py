@@ -146,6 +146,10 @@ class JobService:
         rows = self.store.find(status=status, task=task, limit=limit, before=before)
         return [row.public() for row in rows]
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by ``(task, status)``, as last recorded (GET /metrics)."""
+        return self.store.counts()
+
     def events(
         self, job_id: str, after: int = 0, limit: int | None = None
     ) -> builtins.list[JobEvent]:

@@ -27,6 +27,7 @@ from fnbundle.contract import validation_failure
 from fnbundle.errors import InvalidRequest
 from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.schema import Job, JobStatus, JobSubmit
+from fnbundle.logs import current_request_id
 from fnbundle.settings import Settings
 
 if TYPE_CHECKING:
@@ -124,4 +125,5 @@ def new_job(
         timeout_s=req.timeout_s or settings.jobs_timeout_s,
         estimate=summary,
         created_at=datetime.now(UTC),
+        request_id=current_request_id(),
     )

@@ -39,6 +39,7 @@ from fnbundle.errors import Conflict
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
 from fnbundle.jobs.db import JobDB, LostJob
 from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.logs import configure_logging
 from fnbundle.settings import Settings
 
 __all__ = ["DbStore", "checkpoint_dir", "deliver_webhook", "job_dir", "run_job", "settings_env"]
@@ -146,12 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fnbundle.jobs.worker")
     parser.add_argument("--job", required=True, help="job id")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s [{args.job} pid {os.getpid()}] %(name)s: %(message)s",
+    settings = Settings()
+    configure_logging(
+        settings.log_format,
+        text_format=f"%(asctime)s %(levelname)s [{args.job} pid {os.getpid()}] %(name)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminate)
-    settings = Settings()
     return run_job(settings, args.job)
 
 

@@ -15,18 +15,25 @@ cannot be computed gets the error and every other request in the batch gets its 
 
 A retired batcher (its model was evicted) finishes what is queued, then stops; a request
 that still holds it runs alone, unbatched, so nothing waits on a stopped worker.
+
+For operators: each request's time waiting in the queue and running its batch is added to
+the current request's context (the ``Server-Timing`` header), and ``on_batch``, when set,
+is told each forward pass's size (the metrics): a few clock reads per request, no more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fnbundle.logs import current_request
 
 BatchFn = Callable[[list[Any]], np.ndarray]
 
@@ -35,6 +42,9 @@ BatchFn = Callable[[list[Any]], np.ndarray]
 class _Pending:
     texts: Sequence[Any]  # the request's items
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    queued_at: float = 0.0  # perf_counter seconds
+    started_at: float = 0.0  # its (last) forward pass began
+    ended_at: float = 0.0
 
 
 _RETIRE: Any = object()  # queued by retire(): the worker stops once it reaches it
@@ -56,6 +66,7 @@ class DynamicBatcher:
         self.isolations = 0  # failed shared passes that were split to find their culprit
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self.retired = False
+        self.on_batch: Callable[[int], None] | None = None  # told each forward pass's size
 
     async def submit(self, texts: Sequence[Any]) -> np.ndarray:
         if self.retired:  # its model was evicted while this request held it
@@ -64,8 +75,14 @@ class DynamicBatcher:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._loop())
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(texts, future))
-        return await future
+        pending = _Pending(texts, future, time.perf_counter())
+        await self._queue.put(pending)
+        rows = await future
+        context = current_request()
+        if context is not None:
+            queue_s = pending.started_at - pending.queued_at
+            context.add_batch_timing(queue_s, pending.ended_at - pending.started_at)
+        return rows
 
     def retire(self) -> None:
         """Stop after what is queued (callable from any thread); later submits run alone."""
@@ -120,6 +137,9 @@ class DynamicBatcher:
         texts = [t for p in batch for t in p.texts]
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(texts))
+        if self.on_batch is not None:
+            self.on_batch(len(texts))
+        started = time.perf_counter()
         try:
             rows = await asyncio.get_running_loop().run_in_executor(self._executor, self._fn, texts)
         except Exception as exc:
@@ -132,9 +152,11 @@ class DynamicBatcher:
             await self._run(batch[:half])
             await self._run(batch[half:])
             return
+        ended = time.perf_counter()
         start = 0
         for p in batch:
             end = start + len(p.texts)
+            p.started_at, p.ended_at = started, ended
             if not p.future.done():
                 p.future.set_result(rows[start:end])
             start = end

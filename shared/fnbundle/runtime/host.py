@@ -16,6 +16,10 @@ to a new version loads that version. A model's size is the size of the artifact 
 backend reads, as the manifest lists them: cheap, known before loading, and what the
 process maps into memory. The most recently loaded model is never evicted, so one model
 larger than the bound still serves.
+
+For operators: each load is timed (GET /metrics shows the loaded models and their load
+times through :attr:`ModelHost.observer`), and the request being served learns its task,
+its model and, when no batcher timed it, how long the model took to answer.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from fnbundle.errors import FnbError, ModelNotReady, NotFound
+from fnbundle.logs import current_request
 from fnbundle.runtime.batching import DynamicBatcher
 from fnbundle.settings import MIB, Settings
 from fnbundle.store import Artifact, Store
@@ -44,13 +49,25 @@ Key = tuple[str, str]  # (artifact id, backend)
 State = Literal["loading", "ready", "failed"]
 
 
+class HostObserver(Protocol):
+    """What the host reports as it works (the gateway's metrics)."""
+
+    def model_loaded(self, task: str, model: str, backend: str, load_s: float) -> None: ...
+
+    def batch_observer(self, task: str, model: str) -> Callable[[int], None]:
+        """Called with each forward pass's size of this model's batcher."""
+        ...
+
+
 class _Entry:
-    def __init__(self, size_bytes: int) -> None:
+    def __init__(self, size_bytes: int, task: str) -> None:
         self.done = threading.Event()
         self.model: Any = None
         self.error: BaseException | None = None
         self.failed_at = 0.0  # monotonic seconds
         self.size_bytes = size_bytes
+        self.task = task
+        self.load_s: float | None = None  # how long the load took, once it succeeded
         self.batcher: DynamicBatcher | None = None
 
     @property
@@ -107,6 +124,7 @@ class ModelHost:
         self._refreshed_at = -math.inf  # monotonic seconds
         self._refresh_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.observer: HostObserver | None = None  # the app's metrics, when it keeps any
 
     # --- the store ----------------------------------------------------------------------
     def artifact(self, ref: str) -> Artifact:
@@ -151,6 +169,14 @@ class ModelHost:
     def loaded_bytes(self) -> int:
         return sum(e.size_bytes for e in self._entries.values() if e.state == "ready")
 
+    def loaded_models(self) -> list[tuple[str, str, str, float]]:
+        """``(task, model id, backend, load seconds)`` of each ready model."""
+        with self._lock:
+            entries = list(self._entries.items())
+        return [
+            (e.task, key[0], key[1], e.load_s or 0.0) for key, e in entries if e.state == "ready"
+        ]
+
     # --- loading ------------------------------------------------------------------------
     def _key(
         self, task: ServingTask[Any, Any, Any], ref: str, backend: str
@@ -178,14 +204,18 @@ class ModelHost:
             )
             owner = entry is None or retry
             if owner:
-                entry = _Entry(self._size(task, artifact, key[1]))
+                entry = _Entry(self._size(task, artifact, key[1]), task.slug)
                 self._entries[key] = entry
             else:
                 self._entries.move_to_end(key)
         assert entry is not None
         if owner:
+            started = time.perf_counter()
             try:
                 entry.model = load_artifact(artifact, task, key[1], self.settings, self.store)
+                entry.load_s = time.perf_counter() - started
+                if self.observer is not None:
+                    self.observer.model_loaded(task.slug, key[0], key[1], entry.load_s)
             except BaseException as exc:
                 entry.error = exc
                 entry.failed_at = time.monotonic()
@@ -245,13 +275,29 @@ class ModelHost:
                     max_size=self.settings.batch_max_size,
                     max_wait_s=self.settings.batch_max_wait_ms / 1000,
                 )
+                if self.observer is not None:
+                    entry.batcher.on_batch = self.observer.batch_observer(task.slug, key[0])
+        context = current_request()
+        if context is not None:
+            context.task, context.model = task.slug, key[0]
+            context.served_at = time.perf_counter()
         return entry.model, entry.batcher
 
     # --- serving ------------------------------------------------------------------------
     async def serve(self, task: ServingTask[Any, Any, Any], request: Any) -> Any:
         """One request of ``task``: limits first, then its model (loaded once), batched
-        (the task's :meth:`~fnbundle.tasks.base.ServingTask.serve`)."""
-        return await task.serve(self, request)
+        (the task's :meth:`~fnbundle.tasks.base.ServingTask.serve`). A whole answer that no
+        batcher timed is timed here, from the model in hand to the answer."""
+        answer = await task.serve(self, request)
+        context = current_request()
+        if (
+            context is not None
+            and context.inference_s is None
+            and context.served_at is not None
+            and not hasattr(answer, "__aiter__")  # a stream: its time is the client's to see
+        ):
+            context.inference_s = time.perf_counter() - context.served_at
+        return answer
 
     def serve_sync(self, task: ServingTask[Any, Any, Any], request: Any) -> Any:
         """The same answer without batching (the CLI, Modal's method, single-request

@@ -66,6 +66,10 @@ class JobStore(Protocol):
 
     def count(self, status: JobStatus) -> int: ...
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by ``(task, status)`` (GET /metrics)."""
+        ...
+
     def queue_wait_s(self) -> float:
         """Seconds until a queued job is likely to start (a full queue's Retry-After)."""
         ...

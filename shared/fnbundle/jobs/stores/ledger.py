@@ -12,7 +12,7 @@ from typing import Any
 
 from fnbundle.errors import Conflict, NotFound
 from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, queued_event
 from fnbundle.jobs.state import Move
 from fnbundle.jobs.stores.base import select
 
@@ -59,7 +59,7 @@ class LedgerStore:
             )
             if cur.rowcount == 0:
                 return self.get(self.key_owner(job.idempotency_key or "") or job.id), False
-            self._append(job.id, "state", {"status": JobStatus.queued.value})
+            self._append(job.id, "state", queued_event(job))
         return row, True
 
     def remove(self, job_id: str) -> None:
@@ -179,6 +179,11 @@ class LedgerStore:
                 "SELECT COUNT(*) FROM runpod_jobs WHERE status = ?", (status.value,)
             ).fetchone()
         return int(row[0])
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        sql = "SELECT task, status, COUNT(*) FROM runpod_jobs GROUP BY task, status"
+        with self.lock:
+            return {(r[0], r[1]): int(r[2]) for r in self.conn.execute(sql)}
 
     def queue_wait_s(self) -> float:
         return 5.0  # RunPod queues what it takes; a full queue here is RunPod's 429

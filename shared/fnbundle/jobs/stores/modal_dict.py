@@ -11,13 +11,14 @@ from __future__ import annotations
 import builtins
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from fnbundle.errors import Conflict, NotFound
 from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, queued_event
 from fnbundle.jobs.state import Move
 from fnbundle.jobs.stores.base import select
 
@@ -85,7 +86,7 @@ class DictState:
         row = JobRow.model_validate(job.model_dump())
         self.save(row)
         self._append("jobs:last", "jobs:", lambda _n: job.id)
-        self.append_event(job.id, "state", {"status": JobStatus.queued.value})
+        self.append_event(job.id, "state", queued_event(job))
         return row
 
     def job_ids(self) -> Iterator[str]:
@@ -241,6 +242,9 @@ class DictStore:
 
     def count(self, status: JobStatus) -> int:
         return len(self.find(status=[status], limit=1_000_000))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return dict(Counter((r.task, r.status.value) for r in self.find(limit=1_000_000)))
 
     def queue_wait_s(self) -> float:
         return 1.0  # Modal starts every spawned job: nothing waits on this side

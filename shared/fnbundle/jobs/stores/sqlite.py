@@ -61,6 +61,9 @@ class SqliteStore:
     def count(self, status: JobStatus) -> int:
         return self.db.count(status)
 
+    def counts(self) -> dict[tuple[str, str], int]:
+        return self.db.counts()
+
     def queue_wait_s(self) -> float:
         return self.db.queue_wait_s()
 

@@ -59,6 +59,8 @@ run: setup
 # the two cores overlap it. Slow tests go first (tests/conftest.py); a module runs on one
 # worker (loadscope, in collection order: xdist would put the biggest modules first), so
 # what it builds once (the demo training, the image check's virtualenvs) is built once.
+# With more than one worker, each one's torch and ONNX Runtime (and the servers and training
+# workers it starts) use one thread (tests/conftest.py): no worker thrashes the other's.
 PYTEST_WORKERS ?= 2
 test: setup lint browser
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder

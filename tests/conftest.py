@@ -17,6 +17,15 @@ __all__ = ["REPO", "REVIEWS", "SHIPPED_REVIEWS", "free_port"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Several xdist workers (`make test` runs them on as many cores): each one's torch and ONNX
+# Runtime, and the servers and training workers it starts (they inherit this environment),
+# use one thread. With every process taking every core, the workers' trainings thrash each
+# other's threads: the demo training took 3x its time alone. Settings.threads reads
+# FNB_THREADS; OMP_NUM_THREADS covers what reads no settings. Set before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("FNB_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests first (the order is otherwise kept): on several workers (`make test` runs

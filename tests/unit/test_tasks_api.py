@@ -61,6 +61,7 @@ def test_every_registered_task_is_listed_with_its_schemas(client):
     serving = {t["slug"]: t for t in body["serving"]}
     training = {t["slug"]: t for t in body["training"]}
     assert set(serving) == set(REGISTRY.serving) and set(training) == set(REGISTRY.training)
+    assert body["jobs"] is True
     for slug, task in REGISTRY.serving.items():
         listed = serving[slug]
         assert listed["error_style"] == task.error_style and listed["example"] == task.example
@@ -216,3 +217,4 @@ def test_an_image_without_the_pages_files_still_serves_and_says_why(tmp_path, mo
         assert page.status_code == 404 and "no playground" in page.json()["error"]["message"]
         assert bare.get("/playground/app.js").status_code == 404
         assert bare.get("/healthz").status_code == 200
+        assert bare.get("/v1/tasks").json()["jobs"] is False  # a serving-only deployment

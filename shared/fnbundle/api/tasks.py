@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from fnbundle.tasks import REGISTRY
@@ -70,6 +70,7 @@ class TrainingInfo(BaseModel):
 class TaskList(BaseModel):
     serving: list[ServingInfo]
     training: list[TrainingInfo]
+    jobs: bool = Field(description="Whether this endpoint takes training jobs (POST /v1/jobs).")
 
 
 def _resolve(node: Schema, defs: Schema) -> Schema:
@@ -173,10 +174,12 @@ def training_info(task: TrainingTask[Any]) -> TrainingInfo:
 
 
 @router.get("/v1/tasks", response_model=TaskList)
-def list_tasks() -> TaskList:
+def list_tasks(request: Request) -> TaskList:
     """Every serving task (routes, request schemas, example, error style) and training task
-    (params schema, the serving task it feeds, hardware class) this gateway knows."""
+    (params schema, the serving task it feeds, hardware class) this gateway knows, and
+    whether it takes training jobs (a serving-only deployment does not)."""
     return TaskList(
         serving=[serving_info(t) for t in REGISTRY.serving.values()],
         training=[training_info(t) for t in REGISTRY.training.values()],
+        jobs=getattr(request.app.state, "jobs", None) is not None,
     )

@@ -33,7 +33,7 @@ function shownTab() {
 async function refreshShown() {
   if (!tasks || document.hidden) return;
   const tab = shownTab();
-  if (tab === "jobs") await refreshJobs();
+  if (tab === "jobs" && tasks.jobs) await refreshJobs();
   if (tab === "models") await refreshModels();
 }
 
@@ -46,6 +46,11 @@ async function connect() {
     const models = await refreshModels();
     setTry(tasks, models);
     setTrain(tasks);
+    const trains = tasks.jobs;
+    $("train-on").hidden = !trains;
+    $("train-off").hidden = trains;
+    if (!trains) $("jobs-table").querySelector("tbody").textContent = "";
+    $("jobs-off").hidden = trains;
     const n = tasks.serving.length;
     const m = tasks.training.length;
     status(line, `Connected to ${conn.url}: ${n} serving and ${m} training tasks, ${models.length} models.`, "ok");

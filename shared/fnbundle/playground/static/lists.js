@@ -44,7 +44,7 @@ export async function refreshJobs() {
     jobs.map((job) => {
       const progress = job.progress || {};
       const actions = el(
-        "td",
+        "div",
         { class: "actions" },
         el("button", { type: "button", class: "small", dataset: { key: `${job.id}:watch` }, onclick: () => hooks.watch(job.id) }, "Watch"),
         ACTIVE.has(job.status)
@@ -78,7 +78,7 @@ export async function refreshJobs() {
         el("td", {}, el("progress", { max: 1, value: progress.fraction || 0, "aria-label": `progress of ${job.id}` })),
         el("td", {}, usd(job.cost_usd)),
         el("td", {}, job.model_id ? el("code", {}, job.model_id) : ""),
-        actions,
+        el("td", {}, actions),
       );
     }),
   );
@@ -105,16 +105,7 @@ export async function refreshModels() {
           el("td", {}, m.task),
           el("td", { title: m.reason || "" }, el("span", { class: "badge", dataset: { status: m.state } }, m.state)),
           el("td", {}, show(m.created_at)),
-          el(
-            "td",
-            { class: "actions" },
-            m.state !== "failed"
-              ? el("button", { type: "button", class: "small", dataset: { key: `${m.id}:try` }, onclick: () => hooks.tryModel(m.task, m.id) }, "Try")
-              : null,
-            exportable(m)
-              ? el("button", { type: "button", class: "small", dataset: { key: `${m.id}:export` }, onclick: () => showExport(m, $("export-box")) }, "Export for the browser")
-              : null,
-          ),
+          el("td", {}, modelActions(m)),
         ),
       ),
     );
@@ -122,23 +113,40 @@ export async function refreshModels() {
   return models;
 }
 
+function modelActions(m) {
+  const tryIt = el(
+    "button",
+    { type: "button", class: "small", dataset: { key: `${m.id}:try` } },
+    "Try",
+  );
+  tryIt.addEventListener("click", () => hooks.tryModel(m.task, m.id));
+  const exportIt = el(
+    "button",
+    { type: "button", class: "small", dataset: { key: `${m.id}:export` } },
+    "Export for the browser",
+  );
+  exportIt.addEventListener("click", () => showExport(m, $("export-box")));
+  return el("div", { class: "actions" }, m.state !== "failed" ? tryIt : null, exportable(m) ? exportIt : null);
+}
+
 /** A text classifier (its models list their labels) can run in the browser. */
 function exportable(model) {
   return Array.isArray(model.labels) && model.labels.length > 0;
 }
 
-const EXAMPLE = (name) => `import { pipeline, env } from "@huggingface/transformers";
-env.allowRemoteModels = false;
-env.localModelPath = "/models/"; // unzip the download into /models/${name}/
-const classify = await pipeline("text-classification", "${name}");
-console.log(await classify("Arrived early and works great."));`;
+// The zip holds one folder named after the version id: serve its parent with the page.
+const EXAMPLE = (folder) => `import { pipeline, env } from "@huggingface/transformers";
+env.allowRemoteModels = false; env.localModelPath = "/web/"; // unzip the download into web/
+const classify = await pipeline("text-classification", "${folder}");
+const [best] = await classify("Arrived early and works great.");
+console.log(best); // {label: "positive", score: 0.95}`;
 
 /** The export download and its five-line example, in `box` (shown). */
 export function showExport(model, box) {
   if (!exportable(model)) return;
   box.hidden = false;
   const note = el("p", { class: "status", role: "status" });
-  const code = el("pre", { class: "code" }, EXAMPLE(model.name || model.id));
+  const code = el("pre", { class: "code" }, EXAMPLE(model.id));
   const button = el("button", { type: "button", id: `export-${model.id}` }, `Download ${model.id} for Transformers.js`);
   button.addEventListener("click", async () => {
     note.textContent = "Exporting...";

@@ -48,6 +48,7 @@ export function curl(base, path, body) {
 
 export function fetchJs(base, path, body) {
   const lines = [
+    "const FNB_API_KEY = process.env.FNB_API_KEY; // Node; a page should call your backend",
     `const response = await fetch(${JSON.stringify(base + path)}, {`,
     `  method: "POST",`,
     `  headers: {`,

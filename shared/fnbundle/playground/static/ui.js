@@ -43,6 +43,7 @@ export function show(value) {
 
 export function usd(value) {
   if (value === undefined || value === null) return "-";
+  if (value === 0) return "$0";
   return value < 0.01 ? `$${value.toFixed(5)}` : `$${value.toFixed(2)}`;
 }
 

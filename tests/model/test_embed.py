@@ -168,6 +168,42 @@ def test_token_arrays_give_the_same_vectors_as_the_texts(imported):
     assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == sum(map(len, ids))
 
 
+def test_batched_requests_in_length_groups_equal_one_by_one(imported):
+    """Short and long texts gathered in one batch run as length groups (a low
+    FNB_BATCH_SPLIT_TOKENS forces the split); every request gets its own vectors, in order."""
+    import asyncio
+
+    from fnbundle.runtime.batching import DynamicBatcher
+    from fnbundle.tasks.embed.serve import EmbedTask
+
+    settings, _ = imported
+    settings = settings.model_copy(update={"batch_split_tokens": 8})
+    model = load_embedder("minilm", settings, backend="onnx-fp32")
+    task = EmbedTask()
+    requests = [
+        EmbeddingRequest(input=[TEXTS[i % len(TEXTS)], LONG, "OK"], model="minilm")
+        for i in range(6)
+    ]
+    calls = []
+
+    def batch_fn(items):
+        calls.append(len(items))
+        return task.batch_fn(model)(items)
+
+    async def main():
+        batcher = DynamicBatcher(batch_fn, max_size=64, max_wait_s=0.005)
+        answers = await asyncio.gather(*(task.run(model, r, batcher, settings) for r in requests))
+        await batcher.close()
+        return answers
+
+    answers = asyncio.run(main())
+    assert len(calls) < len(requests)  # requests shared forward passes
+    for request, answer in zip(requests, answers, strict=True):
+        alone = [model.embed([text])[0] for text in request.input]
+        got = [item.embedding for item in answer.data]
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_base64_decodes_to_the_same_floats(imported):
     settings, _ = imported
     model = load_embedder("minilm", settings)

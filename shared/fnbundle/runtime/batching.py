@@ -167,3 +167,58 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- length groups: a gathered batch split where padding would cost more than a pass ----
+
+
+def length_groups(lengths: Sequence[int], pass_tokens: int) -> list[list[int]]:
+    """Item indices in groups of similar token length, one forward pass per group.
+
+    A forward pass costs about ``pass_tokens`` (its fixed cost, in padded tokens) plus
+    its items times its longest item's length. The groups minimise that total over the
+    items sorted by length (exact, by dynamic programming over the distinct lengths), so
+    a batch is split only where the padding saved pays for another pass. ``pass_tokens``
+    0, or a batch whose whole padding is under one pass: a single group, in order.
+    """
+    n = len(lengths)
+    if pass_tokens <= 0 or n < 2 or n * max(lengths) - sum(lengths) <= pass_tokens:
+        return [list(range(n))]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    distinct, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    upto = np.concatenate([[0], np.cumsum(counts)])  # items shorter than distinct[j]
+    # best[j]: cheapest cost of the items in the first j distinct lengths; a group of the
+    # items from distinct length i to j-1 costs pass_tokens + (upto[j] - upto[i]) * distinct[j-1]
+    best = np.zeros(len(distinct) + 1)
+    cut = np.zeros(len(distinct) + 1, dtype=np.int64)
+    for j in range(1, len(distinct) + 1):
+        costs = best[:j] + (upto[j] - upto[:j]) * float(distinct[j - 1]) + pass_tokens
+        cut[j] = int(costs.argmin())
+        best[j] = costs[cut[j]]
+    bounds = []
+    j = len(distinct)
+    while j > 0:
+        bounds.append((int(upto[cut[j]]), int(upto[j])))
+        j = int(cut[j])
+    return [order[start:end] for start, end in reversed(bounds)]
+
+
+def run_by_length(
+    items: Sequence[Any],
+    lengths: Sequence[int],
+    run: Callable[[list[Any]], np.ndarray],
+    pass_tokens: int,
+) -> np.ndarray:
+    """``run`` over ``items`` in :func:`length_groups`, the rows back in the items' order
+    (each row exactly what a one-group run gives it: rows never depend on their batch)."""
+    groups = length_groups(lengths, pass_tokens)
+    if len(groups) == 1:
+        return run(list(items))
+    out: np.ndarray | None = None
+    for group in groups:
+        rows = np.asarray(run([items[i] for i in group]))
+        if out is None:
+            out = np.empty((len(items), *rows.shape[1:]), dtype=rows.dtype)
+        out[group] = rows
+    assert out is not None
+    return out

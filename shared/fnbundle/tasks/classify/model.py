@@ -3,7 +3,9 @@
 Backends: ``onnx-int8`` (dynamic int8 quantization, the default when its export passed
 the parity check), ``onnx-fp32`` and ``torch``. Every backend tokenizes with the same
 ``tokenizer.json`` through the ``tokenizers`` library and pads per batch (to the longest
-text in it, never to a fixed length), so the backends see identical inputs.
+text in it, never to a fixed length), so the backends see identical inputs. A gathered
+batch whose lengths differ widely runs as a few length groups (``FNB_BATCH_SPLIT_TOKENS``),
+each padded to its own longest text.
 
 Key rules: the ONNX path imports neither torch nor transformers; a gateway that serves
 ONNX models starts in about a second. A model that cannot serve (weights a backend cannot
@@ -22,6 +24,7 @@ import numpy as np
 from fnbundle.errors import ArtifactCorrupt
 from fnbundle.runtime import artifacts
 from fnbundle.runtime.artifacts import ONNX_FILES
+from fnbundle.runtime.batching import run_by_length
 from fnbundle.runtime.onnx import (
     RunFn,
     corrupt_on_error,
@@ -29,7 +32,14 @@ from fnbundle.runtime.onnx import (
     onnx_runner,
     softmax,
 )
-from fnbundle.runtime.tokenizer import TOKENIZER_FILE, encode, load_tokenizer
+from fnbundle.runtime.tokenizer import (
+    TOKENIZER_FILE,
+    encode,
+    load_tokenizer,
+    pad,
+    pad_id,
+    token_ids,
+)
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
 
@@ -81,13 +91,22 @@ class TextClassifier:
     """Texts in, label probabilities out. Thread-compatible: one forward at a time."""
 
     def __init__(
-        self, model_id: str, labels: Sequence[str], backend: str, tokenizer: Any, run: RunFn
+        self,
+        model_id: str,
+        labels: Sequence[str],
+        backend: str,
+        tokenizer: Any,
+        run: RunFn,
+        *,
+        split_tokens: int = 0,
     ):
         self.model_id = model_id
         self.labels = list(labels)
         self.backend = backend
         self._tokenizer = tokenizer
+        self._pad_id = pad_id(tokenizer)
         self._run = run
+        self._split_tokens = split_tokens  # a pass's cost in padded tokens (0: never split)
 
     @staticmethod
     def files_for(artifact: Artifact, backend: str) -> list[str]:
@@ -120,7 +139,9 @@ class TextClassifier:
                 run, _ = torch_runner(str(artifact.path), settings)
             else:
                 run, _ = onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
-        model = cls(artifact.id, labels, backend, tokenizer, run)
+        model = cls(
+            artifact.id, labels, backend, tokenizer, run, split_tokens=settings.batch_split_tokens
+        )
         model.warm_up()
         return model
 
@@ -140,10 +161,25 @@ class TextClassifier:
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         return encode(self._tokenizer, texts)
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, truncated, unpadded (what the batcher gathers)."""
+        return token_ids(self._tokenizer, texts)
+
+    def predict_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Label probabilities per token array, in length groups padded each to its
+        longest."""
+        if not ids:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return softmax(self._run(self.encode(texts)))
+        return run_by_length(
+            ids,
+            [len(row) for row in ids],
+            lambda group: softmax(self._run(pad(group, self._pad_id))),
+            self._split_tokens,
+        )
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Label probabilities per text: what the dynamic batcher calls."""
+        return self.predict_tokens(self.tokenize(texts))
 
     def format(self, probs: np.ndarray) -> list[dict[str, Any]]:
         out = []

@@ -4,7 +4,9 @@ Key rules: limits are checked before any model work and answered with a 400 nami
 limit; the HTTP API serves store models only (a name or version id, never a path or a Hub
 reference); models load once per process through the model host, and a request for a
 model still loading waits at most ``load_wait_s`` before a 503. Concurrent requests share
-forward passes in the host's batcher: it runs ``predict_proba`` on their texts.
+forward passes in the host's batcher: it runs ``predict_proba`` on their texts, tokenized
+per batch (one ``encode_batch`` call in Rust: tokenizing each request in its coroutine
+instead measured 0.74-0.81x at 128 tokens through the gateway).
 """
 
 from __future__ import annotations

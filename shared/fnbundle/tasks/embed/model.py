@@ -9,6 +9,8 @@ a forward pass returns finished vectors: done in the graph it measured level wit
 Texts are tokenized with the artifact's ``tokenizer.json`` through the ``tokenizers``
 library, truncated at the model's maximum length (as sentence-transformers does) and padded
 per batch, never to a fixed length. Token arrays skip the tokenizer and are fed as they are.
+A gathered batch whose lengths differ widely runs as a few length groups, each padded to
+its own longest array (``FNB_BATCH_SPLIT_TOKENS``).
 
 Key rules: no torch, no transformers; a server loads a model once (the model host keeps
 it) and a model that cannot serve fails at load with ``ArtifactCorrupt``, never per
@@ -24,8 +26,9 @@ import numpy as np
 
 from fnbundle.errors import ArtifactCorrupt, InvalidRequest
 from fnbundle.runtime.artifacts import ONNX_FILES
+from fnbundle.runtime.batching import run_by_length
 from fnbundle.runtime.onnx import RunFn, corrupt_on_error, onnx_runner
-from fnbundle.runtime.tokenizer import TOKENIZER_FILE
+from fnbundle.runtime.tokenizer import TOKENIZER_FILE, pad, token_ids
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
 from fnbundle.tasks.embed import TASK
@@ -67,6 +70,7 @@ class TextEmbedder:
         vocab_size: int,
         pad_token_id: int,
         truncatable: bool,
+        split_tokens: int = 0,
     ):
         self.model_id = model_id
         self.backend = backend
@@ -75,6 +79,7 @@ class TextEmbedder:
         self.vocab_size = vocab_size
         self.truncatable = truncatable
         self._pad_id = pad_token_id
+        self._split_tokens = split_tokens  # a pass's cost in padded tokens (0: never split)
         self._tokenizer = tokenizer
         self._run = run
 
@@ -117,6 +122,7 @@ class TextEmbedder:
             vocab_size=vocab_size,
             pad_token_id=int(tok_meta.get("pad_token_id", 0)),
             truncatable=bool(artifact.manifest.get("truncatable", False)),
+            split_tokens=settings.batch_split_tokens,
         )
         model.warm_up()
         return model
@@ -146,26 +152,19 @@ class TextEmbedder:
     # --- inference ----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, special tokens included, truncated at ``max_tokens``."""
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts))]
-
-    def _pad(self, token_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = np.full((len(token_ids), longest), self._pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": np.zeros_like(input_ids),  # one segment
-        }
+        return token_ids(self._tokenizer, texts)
 
     def embed_tokens(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """One unit vector per token array (ids already checked against the vocabulary)."""
+        """One unit vector per token array (ids already checked against the vocabulary),
+        in length groups: what the dynamic batcher calls."""
         if not token_ids:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        return self._run(self._pad(token_ids))
+        return run_by_length(
+            token_ids,
+            [len(ids) for ids in token_ids],
+            lambda group: self._run(pad(group, self._pad_id)),
+            self._split_tokens,
+        )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One unit vector per text: what the dynamic batcher calls."""

@@ -3,7 +3,8 @@
 Key rules: a request is checked against the server's and the model's limits (inputs,
 characters, tokens, vocabulary, dimensions) before any inference; texts are tokenized off
 the event loop, and concurrent requests share forward passes in the host's batcher, which
-runs token arrays (texts' and clients' alike), padded per batch; errors leave in OpenAI's
+runs token arrays (texts' and clients' alike) in length groups, each padded to its longest;
+errors leave in OpenAI's
 ``{"error": {"message", "type", "param", "code"}}`` shape (``error_style``).
 """
 

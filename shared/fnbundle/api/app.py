@@ -7,6 +7,8 @@ load in a background thread at start-up; ``/readyz`` answers 503 until they have
 (``/v1/jobs``: local worker processes, or a RunPod endpoint when ``FNB_JOBS_RUNPOD_ENDPOINT``
 is set) starts with the app and stops with it, so no local worker outlives the gateway.
 The OpenAPI document lists what the guards answer and the bearer scheme (``api/openapi.py``).
+``GET /metrics``, the request id and ``Server-Timing`` come from ``api/observability.py``,
+whose middleware is the outermost: it sees every request, the guards' refusals included.
 ``GET /`` is the playground page (``fnbundle.playground``); ``GET /v1/tasks`` lists the
 registry's tasks for it.
 """

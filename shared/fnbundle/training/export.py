@@ -182,6 +182,8 @@ def export_with_parity(
     in each record says which graph a file came from)."""
     import torch
 
+    # Sorted by length: each batch pads to its longest text, and the figures are per text.
+    texts = sorted(texts, key=len)
     batches = [encode(texts[i : i + PARITY_BATCH]) for i in range(0, len(texts), PARITY_BATCH)]
     model.eval()
     with torch.inference_mode():

@@ -50,6 +50,22 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def linear_warmup_schedule(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
+    """The learning rate rises linearly to the optimizer's over ``warmup_steps``, then falls
+    linearly to 0 at ``total_steps``: transformers' ``get_linear_schedule_with_warmup``,
+    same formula and same ``LambdaLR`` state. Importing that module (transformers.optimization)
+    imports its trainer utilities and through them PEFT and bitsandbytes: about 3 CPU
+    seconds more at every training process start."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+    return LambdaLR(optimizer, factor)
+
+
 def pick_device(choice: str) -> Any:
     """The torch device to train on; asking for CUDA without one is a clear error."""
     import torch

@@ -43,7 +43,13 @@ from fnbundle.tasks.train_classifier.params import TrainClassifierParams
 from fnbundle.training.control import TrainControl
 from fnbundle.training.data import load_text_dataset, make_splits
 from fnbundle.training.export import default_backend, export_with_parity
-from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
+from fnbundle.training.loop import (
+    LoopResult,
+    TrainLoop,
+    linear_warmup_schedule,
+    pick_device,
+    seed_everything,
+)
 from fnbundle.training.metrics import classification_metrics, plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -139,22 +145,22 @@ class _Trainer:
         import torch
 
         model.eval()
-        losses, preds = [], []
+        # Batches of similar lengths pad far less (reviews run from 2 words to 100); the
+        # predictions go back to the order of ``indices``.
+        by_length = sorted(indices, key=lambda j: len(self.ds.texts[j]))
+        losses, sorted_preds = [], []
         with torch.inference_mode():
-            for batch in self._batches(indices, False, 0):
+            for batch in self._batches(by_length, False, 0):
                 out = model(**batch)
                 losses.append(float(out.loss) * len(batch["labels"]))
-                preds += out.logits.argmax(-1).tolist()
+                sorted_preds += out.logits.argmax(-1).tolist()
         model.train()
-        return sum(losses) / len(indices), preds
+        pred_of = dict(zip(by_length, sorted_preds, strict=True))
+        return sum(losses) / len(indices), [pred_of[j] for j in indices]
 
     def run(self) -> TrainResult:
         import torch
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-            get_linear_schedule_with_warmup,
-        )
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         p, loop = self.p, self.loop
         data_path = resolve_data(p.data, self.settings)  # a dataset id, or a path in the roots
@@ -196,7 +202,7 @@ class _Trainer:
         total = self.steps_per_epoch * p.epochs
         trainable = [w for w in model.parameters() if w.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=p.learning_rate, weight_decay=p.weight_decay)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(total * p.warmup_ratio), total)
+        scheduler = linear_warmup_schedule(optimizer, int(total * p.warmup_ratio), total)
         run = loop.run(
             model,
             optimizer,

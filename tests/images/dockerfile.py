@@ -4,7 +4,8 @@ The Dockerfile is parsed into instructions; ``replay`` walks them in order for o
 each ``COPY`` copies from the repository what the build context would hold (``.dockerignore``
 applied), each ``RUN`` that installs packages runs in ``sh`` with the ``pip`` found first on
 ``PATH``. The unit tests put a stand-in ``pip`` there that records its arguments; the image
-check (tests/images/test_images.py) puts a fresh virtualenv's pip there. Key rule: nothing
+check (tests/images/test_images.py) puts there a ``pip`` that installs into a fresh virtualenv
+(with uv, the same pinned lists). Key rule: nothing
 here knows what the Dockerfile installs; it only runs what the Dockerfile says.
 """
 

@@ -14,13 +14,19 @@ model and base are built in the dev virtualenv; the images only serve or fine-tu
 What differs from the cloud, and why: torch is this machine's CPU build of the locked version
 (the CUDA runtime the GPU images add is gigabytes and needs a GPU); Modal's runtime provides
 the ``modal`` package in its containers, so the locked ``modal`` is added for the Modal images;
-pip uses its cache and skips byte-compiling; the Modal and RunPod clouds are not contacted.
-Installs come from pip's configured indexes; the whole check takes a few minutes.
+the Modal and RunPod clouds are not contacted. uv (the dev virtualenv's, ``uv pip install
+--python``) installs the same fully pinned lists, in the same order, that the images give pip:
+the same packages at the same versions, from pip's configured sources (its index, extra
+indexes and find-links, and its certificate bundle, passed to uv, which reads no pip.conf; like
+pip, the best match across them), linked from uv's cache instead of unzipped anew (pip unpacks
+torch every time), without byte-compiling. ``pip check`` is still pip's. The whole check takes
+a few minutes.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
@@ -49,7 +55,8 @@ pytestmark = [
     pytest.mark.timeout(1800),  # seconds: five virtualenvs, three of them with torch
 ]
 
-INSTALL_TIMEOUT_S = 900  # one pip run: torch from a local wheel on 2 busy cores
+INSTALL_TIMEOUT_S = 900  # one install: torch from a local wheel on 2 busy cores
+UV = Path(sys.executable).with_name("uv")  # the dev virtualenv's (requirements/dev.txt)
 RUN_TIMEOUT_S = 300  # one probe: imports, model load, a one-epoch tiny training
 CUDA_RUNTIME = re.compile(r"^(nvidia-|cuda-|triton==)")
 TEXTS = ["Great value, works perfectly.", "Broke after one day."]
@@ -76,11 +83,39 @@ def new_venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+@functools.cache
+def pip_config() -> tuple[tuple[str, str], ...]:
+    """(option, value) of pip's configuration (``pip config list``: files and ``PIP_*``)."""
+    listed = run([sys.executable, "-m", "pip", "config", "list"], timeout=60, env=fresh_env())
+    found = []
+    for line in listed.stdout.splitlines():
+        key, _, value = line.partition("=")
+        for word in value.strip("'\"").split():
+            found.append((key.rpartition(".")[2], word))
+    return tuple(dict.fromkeys(found))  # the files and PIP_* may say the same
+
+
+def pip_sources() -> list[str]:
+    """pip's package sources as uv options, so uv installs from where pip would."""
+    options = []
+    for option, value in pip_config():
+        if option in {"index-url", "extra-index-url", "find-links"}:
+            options += [f"--{option}", value]
+    return [*options, "--index-strategy", "unsafe-best-match"]  # pip's: best across all
+
+
+def uv_env() -> dict[str, str]:
+    """The environment for uv: pip's certificate bundle (``cert``) as uv's, if it has one."""
+    certs = [value for option, value in pip_config() if option == "cert"]
+    return fresh_env(**({"SSL_CERT_FILE": certs[-1]} if certs else {}))
+
+
 def pip_install(python: Path, *args: str) -> None:
+    """``pip install args`` into ``python``'s virtualenv, done by uv (see the docstring)."""
     run(
-        [str(python), "-m", "pip", "install", "-q", "--no-compile", *args],
+        [str(UV), "pip", "install", "-q", "--python", str(python), *pip_sources(), *args],
         timeout=INSTALL_TIMEOUT_S,
-        env=fresh_env(),
+        env=uv_env(),
     )
 
 
@@ -293,8 +328,9 @@ def test_modal_gpu_image_serves_jobs_and_trains(venvs, project_wheel, train_inpu
 
 # --- RunPod --------------------------------------------------------------------------------
 PIP_SHIM = """#!{python}
-# pip for the replayed Dockerfile: this machine's indexes instead of TORCH_INDEX (torch's CPU
-# build), pip's cache instead of --no-cache-dir, and no byte-compiling.
+# pip for the replayed Dockerfile: `pip install` is uv's, into this virtualenv, from pip's
+# configured sources and certificates instead of TORCH_INDEX (torch's CPU build), with uv's
+# cache instead of --no-cache-dir; any other command (`pip check`) is pip's own.
 import os, sys
 args, rest = [], iter(sys.argv[1:])
 for arg in rest:
@@ -303,7 +339,9 @@ for arg in rest:
     elif arg != "--no-cache-dir":
         args.append(arg)
 if args[:1] == ["install"]:
-    args.insert(1, "--no-compile")
+    uv = [{uv!r}, "pip", "install", "-q", "--python", sys.executable, *{sources!r}]
+    os.environ.update({env!r})
+    os.execv(uv[0], [*uv, *args[1:]])
 os.execv(sys.executable, [sys.executable, "-m", "pip", *args])
 """
 
@@ -316,7 +354,8 @@ def runpod_worker(venvs, handler: str, tmp_path_factory) -> tuple[Path, Path]:
         shim_dir = python.parent.parent / "shim"
         shim_dir.mkdir()
         shim = shim_dir / "pip"
-        shim.write_text(PIP_SHIM.format(python=python))
+        cert = {k: v for k, v in uv_env().items() if k == "SSL_CERT_FILE"}
+        shim.write_text(PIP_SHIM.format(python=python, uv=str(UV), sources=pip_sources(), env=cert))
         shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
         for step in replay(handler, app, shim_dir):
             assert step.returncode == 0, f"{step.args[-1]}\n{step.stdout}\n{step.stderr}"

@@ -209,8 +209,9 @@ def run_by_length(
     run: Callable[[list[Any]], np.ndarray],
     pass_tokens: int,
 ) -> np.ndarray:
-    """``run`` over ``items`` in :func:`length_groups`, the rows back in the items' order
-    (each row exactly what a one-group run gives it: rows never depend on their batch)."""
+    """``run`` over ``items`` in :func:`length_groups`, the rows back in the items' order.
+    A model whose rows do not depend on their batch (an fp32 encoder with an attention
+    mask) gives each row exactly as a one-group run would."""
     groups = length_groups(lengths, pass_tokens)
     if len(groups) == 1:
         return run(list(items))

@@ -66,6 +66,7 @@ options = DeployOptions()
 # Each image's packages, one lock file per layer, in build order. The GPU image installs
 # torch's CUDA build alone first: the largest layer, and the one that changes least.
 LOCKS = REPO / "requirements"
+PLAYGROUND_STATIC = REPO / "shared" / "fnbundle" / "playground" / "static"
 IMAGE_LOCKS = {
     "cpu_image": ("serve.txt",),  # the core dependencies: ONNX Runtime, no torch
     "gpu_image": ("torch-cuda.txt", "train.txt"),  # + the `train` extra
@@ -116,6 +117,8 @@ def with_project(image: modal.Image) -> modal.Image:
     return (
         image.env({**STORE_ENV, **options.env()})
         .add_local_python_source("fnbundle")
+        # The playground's page and scripts: add_local_python_source ships .py files only.
+        .add_local_dir(PLAYGROUND_STATIC, "/root/fnbundle/playground/static")
         .add_local_file(REPO / "deploy" / "endpoints.toml", "/root/deploy/endpoints.toml")
         .add_local_dir(LOCKS, "/root/requirements", ignore=["*.in"])
         .add_local_file(Path(__file__), "/root/functions/images.py")

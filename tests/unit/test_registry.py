@@ -317,6 +317,19 @@ def test_a_modal_app_imports_in_its_container(name, modal_containers):
     assert seen == {"app": "App", "name": endpoint.modal.app}
 
 
+def test_the_modal_containers_carry_the_playground_page(tmp_path):
+    """add_local_python_source ships .py files only: the page's files must be added apart."""
+    from fnbundle.playground import STATIC_DIR
+
+    root = tmp_path / "root"
+    root.mkdir()
+    copy_python_source("fnbundle", root)  # what Modal ships of the package by itself
+    build_container_root(root)
+    shipped = root / "fnbundle" / "playground" / "static"
+    missing = [p.name for p in STATIC_DIR.iterdir() if not (shipped / p.name).is_file()]
+    assert not missing, f"the Modal image lacks the playground's {missing}"
+
+
 def test_unknown_slugs_are_clear_errors():
     with pytest.raises(InvalidRequest, match="known: classify, embed"):
         REGISTRY.serving_task("translate")

@@ -54,6 +54,10 @@ class RequestContext:
     generated_tokens: int | None = None  # a generation's completion tokens, once reported
     generation_s: float | None = None  # the time they took
 
+    def note_generated(self, tokens: int, seconds: float) -> None:
+        """A generation's completion tokens and the time they took, for GET /metrics."""
+        self.generated_tokens, self.generation_s = tokens, seconds
+
     def add_batch_timing(self, queue_s: float, inference_s: float) -> None:
         """One batched call of this request: a request may make several (they add up)."""
         self.queue_s = (self.queue_s or 0.0) + queue_s

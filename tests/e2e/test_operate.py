@@ -155,6 +155,18 @@ def test_metrics_need_the_key_and_show_what_was_served(served):
         assert expected in names, expected
     tokens = [v for (name, _), v in samples.items() if name == "fnbundle_generated_tokens_total"]
     assert sum(tokens) == generated > 0
+    # A stream counts its tokens too, though it did not ask for its usage.
+    streamed = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json={**streamed, "stream": True},
+        headers=AUTH, timeout=60,
+    ) as events:  # fmt: skip
+        chunks = [json.loads(line[6:]) for line in events.iter_lines() if line[6:7] == "{"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # all 4 tokens were made
+    page = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30)
+    after = metric_samples(page.text)
+    total = sum(v for (name, _), v in after.items() if name == "fnbundle_generated_tokens_total")
+    assert total == generated + 4
     loaded = {
         dict(labels)["task"]
         for (name, labels), v in samples.items()

@@ -209,21 +209,8 @@ def note_answer(answer: Any) -> None:
     them against the time the model took."""
     context = current_request()
     tokens = _completion_tokens(getattr(answer, "usage", None))
-    if context is not None and tokens is not None:
-        context.generated_tokens = tokens
-        context.generation_s = context.inference_s
-
-
-def note_chunk(chunk: Any, started: float) -> None:
-    """A streamed chunk: the last one of a stream that asked for its usage counts the
-    stream's tokens against the time since the stream began (``started``, perf_counter)."""
-    if not isinstance(chunk, dict) or chunk.get("usage") is None:
-        return
-    context = current_request()
-    tokens = _completion_tokens(chunk["usage"])
-    if context is not None and tokens is not None:
-        context.generated_tokens = tokens
-        context.generation_s = time.perf_counter() - started
+    if context is not None and tokens is not None and context.inference_s is not None:
+        context.note_generated(tokens, context.inference_s)
 
 
 def route_template(scope: Scope) -> str:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -27,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from fnbundle.api.errors import openai_error_body
-from fnbundle.api.observability import note_answer, note_chunk
+from fnbundle.api.observability import note_answer
 from fnbundle.errors import FnbError, internal_error_body
 from fnbundle.tasks.base import Route, ServingTask
 
@@ -99,10 +98,8 @@ class EventStream(StreamingResponse):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        started = time.perf_counter()
         try:
             async for chunk in self.chunks:
-                note_chunk(chunk, started)  # a last chunk with the usage counts its tokens
                 await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
         except Exception as exc:
             await send({"type": "http.response.body", "body": self._error(exc), "more_body": True})

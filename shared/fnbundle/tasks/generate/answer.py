@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fnbundle.errors import InvalidRequest, LimitExceeded
+from fnbundle.logs import current_request
 from fnbundle.settings import Settings
 from fnbundle.tasks.generate.engine import Delta, Engine, Sampling
 from fnbundle.tasks.generate.responses import (
@@ -211,7 +213,7 @@ async def stream_chunks(
     """OpenAI's chunks: each chat choice's role first, then text as it comes, each
     choice's finish reason, and with ``include_usage`` a last chunk with the usage."""
     writer = ChunkWriter(request)
-    completion_tokens = 0
+    completion_tokens, started = 0, time.perf_counter()
     for index in range(len(streams)):
         first = writer.start(index)
         if first is not None:
@@ -223,5 +225,8 @@ async def stream_chunks(
                 yield writer.text(index, delta.text)
             if delta.finish_reason is not None:
                 yield writer.finish(index, delta.finish_reason)
+    context = current_request()
+    if context is not None:  # counted whether or not the client asked for the usage
+        context.note_generated(completion_tokens, time.perf_counter() - started)
     if writer.include_usage:
         yield writer.usage(prompt_tokens, completion_tokens)

@@ -49,6 +49,10 @@ BOUNDED = settings(
     phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found
     suppress_health_check=list(HealthCheck),
     database=None,
+    # The same examples on every run: schemathesis' negative cases sometimes lose their only
+    # violation on the way out (the bearer key this test adds, a query parameter that does
+    # not serialise), and a run must not pass or fail by the draw.
+    derandomize=True,
 )
 
 

@@ -29,6 +29,20 @@ def fnb_env(store: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def import_llm(store: Path, base: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``fnbundle models import <base> --task generate --name <name>`` into ``store``."""
+    imported = subprocess.run(
+        [*FNBUNDLE, "models", "import", str(base), "--task", "generate", "--name", name],
+        env=fnb_env(store, FNB_DATA_ROOTS=str(base.parent)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    return imported
+
+
 @contextmanager
 def gateway(store: Path, output: list[str] | None = None, **env: str) -> Iterator[str]:
     """Start the gateway, wait until /readyz answers (200 or 503), stop it afterwards.

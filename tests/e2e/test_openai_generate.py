@@ -15,7 +15,6 @@ import asyncio
 import importlib.util
 import json
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,8 +30,8 @@ from fnbundle.api import create_app
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
 
-from tests.conftest import REPO, free_port
-from tests.e2e.conftest import FNBUNDLE, fnb_env
+from tests.conftest import free_port
+from tests.e2e.conftest import import_llm
 
 pytestmark = pytest.mark.e2e
 
@@ -99,15 +98,7 @@ def publish_adapter(store: Store, base: Artifact, folder: Path) -> Artifact:
 @pytest.fixture(scope="module")
 def llm_store(tmp_path_factory: pytest.TempPathFactory, tiny_llm_base: Path) -> Path:
     root = tmp_path_factory.mktemp("llm-store")
-    imported = subprocess.run(
-        [*FNBUNDLE, "models", "import", str(tiny_llm_base), "--task", "generate", "--name", BASE],
-        env=fnb_env(root, FNB_DATA_ROOTS=str(tiny_llm_base.parent)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert imported.returncode == 0, imported.stdout + imported.stderr
+    imported = import_llm(root, tiny_llm_base, BASE)
     assert f"published {BASE}-" in imported.stdout
     store = Store(root)
     base = store.resolve(BASE)

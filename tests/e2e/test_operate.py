@@ -18,7 +18,7 @@ from fnbundle.tasks.predict.serve import PredictTask
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO
-from tests.e2e.conftest import FNBUNDLE, fnb_env, gateway
+from tests.e2e.conftest import FNBUNDLE, fnb_env, gateway, import_llm
 from tests.unit.tiny_onnx import publish_tiny
 
 pytestmark = pytest.mark.e2e
@@ -44,15 +44,7 @@ def store(tmp_path_factory, tiny_llm_base) -> Path:
         timeout=300,
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    imported = subprocess.run(
-        [*FNBUNDLE, "models", "import", str(tiny_llm_base), "--task", "generate", "--name", "llm"],
-        env=fnb_env(root, FNB_DATA_ROOTS=str(tiny_llm_base.parent)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert imported.returncode == 0, imported.stdout + imported.stderr
+    import_llm(root, tiny_llm_base, "llm")
     return root
 
 

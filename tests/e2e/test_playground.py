@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
 import time
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 from fnbundle.store import Store
 
 from tests.conftest import REPO
-from tests.e2e.conftest import FNBUNDLE, fnb_env, gateway
+from tests.e2e.conftest import gateway, import_llm
 from tests.unit.tiny_onnx import publish_tiny_embedder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser and a training job: ~60 s
@@ -55,15 +54,7 @@ def site(
     store = tmp_path_factory.mktemp("playground") / "store"
     shutil.copytree(settings.store_root, store)
     publish_tiny_embedder(Store(store), "tiny-embed")
-    imported = subprocess.run(
-        [*FNBUNDLE, "models", "import", str(tiny_llm_base), "--task", "generate", "--name", "llm"],
-        env=fnb_env(store, FNB_DATA_ROOTS=str(tiny_llm_base.parent)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert imported.returncode == 0, imported.stdout + imported.stderr
+    import_llm(store, tiny_llm_base, "llm")
     # The ONNX models load at start; the Llama (torch) on its first request.
     preload = f"{result.model_id},tiny-embed"
     output: list[str] = []  # the gateway's log, written beside the store for a failed run

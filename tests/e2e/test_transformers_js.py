@@ -71,12 +71,11 @@ def node_modules() -> Path:
     return NODE_DIR / "node_modules"
 
 
-def run_pipeline(node_modules: Path, tmp: Path, **request: Any) -> list[Any]:
-    """``pipeline(task, dir)`` in Node on ``texts``; its answer per text."""
-    path = tmp / f"request-{request['task']}-{request.get('dtype')}.json"
+def run_node(script: str, request: dict[str, Any], path: Path) -> list[Any]:
+    """``node tests/node/<script> <path>`` with ``request`` written to ``path``: its results."""
     path.write_text(json.dumps(request))
     done = subprocess.run(
-        ["node", str(NODE_DIR / "run_pipeline.mjs"), str(path)],
+        ["node", str(NODE_DIR / script), str(path)],
         capture_output=True,
         text=True,
         timeout=NODE_TIMEOUT_S,
@@ -84,6 +83,12 @@ def run_pipeline(node_modules: Path, tmp: Path, **request: Any) -> list[Any]:
     assert done.returncode == 0, done.stderr
     results: list[Any] = json.loads(done.stdout)["results"]
     return results
+
+
+def run_pipeline(node_modules: Path, tmp: Path, **request: Any) -> list[Any]:
+    """``pipeline(task, dir)`` in Node on ``texts``; its answer per text."""
+    path = tmp / f"request-{request['task']}-{request.get('dtype')}.json"
+    return run_node("run_pipeline.mjs", request, path)
 
 
 def export(store: Path, model: str, folder: Path) -> None:
@@ -243,19 +248,9 @@ def padded_inputs(folder: Path, texts: list[str]) -> tuple[dict[str, np.ndarray]
 def run_in_wasm(node_modules: Path, tmp: Path, graphs: list[Path], inputs: dict) -> list[Any]:
     """Each graph's first output from ONNX Runtime Web's WebAssembly backend."""
     feed = {k: v.tolist() for k, v in inputs.items()}
-    path = tmp / "wasm-request.json"
-    path.write_text(json.dumps({"runs": [{"model": str(g), "inputs": feed} for g in graphs]}))
-    done = subprocess.run(
-        ["node", str(NODE_DIR / "run_graph_wasm.mjs"), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=NODE_TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stderr
-    return [
-        np.array(r["data"], dtype=np.float32).reshape(r["dims"])
-        for r in json.loads(done.stdout)["results"]
-    ]
+    request = {"runs": [{"model": str(g), "inputs": feed} for g in graphs]}
+    results = run_node("run_graph_wasm.mjs", request, tmp / "wasm-request.json")
+    return [np.array(r["data"], dtype=np.float32).reshape(r["dims"]) for r in results]
 
 
 def run_in_python(graph: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:

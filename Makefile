@@ -32,11 +32,13 @@ COMPILE = $(BIN)/uv pip compile -q $(UPGRADE) --python-version 3.11 \
 CPU_ONLY = --excludes $(LOCKS)/cuda-runtime.in
 lock: setup
 	$(COMPILE) pyproject.toml --all-extras -c $(LOCKS)/constraints.in $(CPU_ONLY) -o $(LOCKS)/dev.txt
-	$(COMPILE) pyproject.toml -c $(LOCKS)/dev.txt -o $(LOCKS)/serve.txt
+	$(COMPILE) pyproject.toml --extra openvino -c $(LOCKS)/dev.txt -o $(LOCKS)/serve.txt
 	$(COMPILE) pyproject.toml --extra train --extra tabular -c $(LOCKS)/dev.txt $(CPU_ONLY) \
 		-o $(LOCKS)/train.txt
-	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-classify.txt
-	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-embed.txt
+	$(COMPILE) pyproject.toml --extra runpod --extra openvino -c $(LOCKS)/dev.txt \
+		-o $(LOCKS)/runpod-classify.txt
+	$(COMPILE) pyproject.toml --extra runpod --extra openvino -c $(LOCKS)/dev.txt \
+		-o $(LOCKS)/runpod-embed.txt
 	$(COMPILE) pyproject.toml --extra runpod -c $(LOCKS)/dev.txt -o $(LOCKS)/runpod-predict.txt
 	$(COMPILE) pyproject.toml --extra train --extra tabular --extra runpod -c $(LOCKS)/dev.txt \
 		$(CPU_ONLY) -o $(LOCKS)/runpod-train_classifier.txt

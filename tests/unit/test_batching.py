@@ -167,7 +167,6 @@ def test_the_split_cost_setting_is_validated(monkeypatch):
     from pydantic import ValidationError
 
     assert Settings().batch_split_tokens > 0  # splitting is on by default
-    assert Settings().onnx_spinning is False  # spinning is off by default
     monkeypatch.setenv("FNB_BATCH_SPLIT_TOKENS", "0")
     assert Settings().batch_split_tokens == 0
     for bad in ("-1", "many"):

@@ -38,7 +38,7 @@ class TabularModel:
     def load(cls, artifact: Artifact, backend: str, settings: Settings) -> TabularModel:
         import onnxruntime as ort
 
-        from fnbundle.runtime.onnx import corrupt_on_error, inference_threads
+        from fnbundle.runtime.onnx import corrupt_on_error, session_options
 
         manifest = artifact.manifest
         try:
@@ -49,9 +49,7 @@ class TabularModel:
             raise ArtifactCorrupt(
                 f"Model {artifact.id} has no usable feature list: {exc}."
             ) from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = inference_threads(settings)
-        options.inter_op_num_threads = 1
+        options = session_options(settings)  # the gateway's threads and spinning
         with corrupt_on_error(artifact, "its ONNX graph"):
             session = ort.InferenceSession(
                 str(artifact.path / ONNX_FILE), options, providers=["CPUExecutionProvider"]

@@ -20,7 +20,7 @@ KIB = 1024  # bytes
 MIB = 1024 * KIB  # bytes
 HOURS = 3600  # seconds
 
-Backend = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
+Backend = Literal["auto", "onnx-int8", "onnx-fp32", "openvino-bf16", "torch"]
 # Old setting name -> new one: accepted (as FNB_<OLD> or keyword) for one release, with a
 # DeprecationWarning; the new name wins when both are given.
 RENAMED = {"max_tokens": "max_input_tokens", "backend": "classify_backend"}
@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("FNB_CLASSIFY_BACKEND", "classify_backend"),
         description="Backend of classify requests that name none; FNB_BACKEND is its "
         "deprecated name.",
+    )
+    openvino: Literal["auto", "off"] = Field(
+        "auto",
+        description="`auto`: classify and embed models whose default is an ONNX export serve "
+        "with OpenVINO in bf16 where the CPU has AMX (1.6x ONNX Runtime int8 on such a Xeon) "
+        "and the OpenVINO model passes the int8 parity rule against that default at load; "
+        "`off`: never (openvino is not imported).",
     )
     model_cache_mib: float = Field(
         4096,

@@ -22,6 +22,17 @@ pytestmark = pytest.mark.unit
 CLASSIFY = REGISTRY.serving_task("classify")
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_amx(tmp_path, monkeypatch):
+    """These tests follow one ONNX Runtime model through the host: on a CPU with AMX,
+    ``auto`` would load it under the gated key ``auto`` (OpenVINO or ONNX Runtime)."""
+    from fnbundle.runtime import openvino
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n", encoding="utf-8")
+    monkeypatch.setattr(openvino, "CPUINFO", cpuinfo)
+
+
 def footprint(artifact: Artifact) -> int:
     """Bytes the host counts for a tiny classifier: the files its backend reads."""
     files = artifact.manifest["files"]

@@ -57,6 +57,9 @@ def _describe(request: Request, ref: str, latest: set[str]) -> dict[str, Any]:
     except FnbError as exc:  # no task serves it, or no weights its backend can use
         return {**described, "state": "failed", "reason": exc.message}
     described["state"] = host.state(key) or "not_loaded"
+    backend = host.served_backend(key)  # ``auto`` may resolve at load (OpenVINO's gate)
+    if backend is not None:
+        described["backend"] = backend
     reason = host.reason(key)
     if reason is not None:
         described["reason"] = reason

@@ -20,7 +20,7 @@ def predict_classify(
     texts: Annotated[list[str], typer.Argument(help="Texts to classify.")],
     model: Annotated[str, typer.Option(help="Store model name or id.")] = DEMO_NAME,
     backend: Annotated[
-        str | None, typer.Option(help="auto | onnx-int8 | onnx-fp32 | torch")
+        str | None, typer.Option(help="auto | onnx-int8 | onnx-fp32 | openvino-bf16 | torch")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the API response body.")] = False,
 ) -> None:

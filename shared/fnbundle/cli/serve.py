@@ -84,7 +84,7 @@ def serve(
         str | None, typer.Option(help="Models to load at start, comma-separated; '*' = all.")
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="auto | onnx-int8 | onnx-fp32 | torch")
+        str | None, typer.Option(help="auto | onnx-int8 | onnx-fp32 | openvino-bf16 | torch")
     ] = None,
 ) -> None:
     """Serve every model in the store over HTTP (the local gateway)."""

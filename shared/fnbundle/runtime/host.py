@@ -76,6 +76,12 @@ class _Entry:
             return "loading"
         return "failed" if self.error is not None else "ready"
 
+    def backend(self, key_backend: str) -> str:
+        """The backend serving: the model's own ``backend`` where it names one (a key
+        ``auto`` is resolved at load: OpenVINO or ONNX Runtime), else the key's."""
+        served = getattr(self.model, "backend", None)
+        return served if isinstance(served, str) and served else key_backend
+
 
 async def close_model(model: Any) -> None:
     """Stop what a model runs besides its weights (a generation engine's worker): models
@@ -170,12 +176,19 @@ class ModelHost:
         return sum(e.size_bytes for e in self._entries.values() if e.state == "ready")
 
     def loaded_models(self) -> list[tuple[str, str, str, float]]:
-        """``(task, model id, backend, load seconds)`` of each ready model."""
+        """``(task, model id, backend serving, load seconds)`` of each ready model."""
         with self._lock:
             entries = list(self._entries.items())
         return [
-            (e.task, key[0], key[1], e.load_s or 0.0) for key, e in entries if e.state == "ready"
+            (e.task, key[0], e.backend(key[1]), e.load_s or 0.0)
+            for key, e in entries
+            if e.state == "ready"
         ]
+
+    def served_backend(self, key: Key) -> str | None:
+        """The backend serving the ready model ``key``, or None."""
+        entry = self._entries.get(key)
+        return entry.backend(key[1]) if entry is not None and entry.state == "ready" else None
 
     # --- loading ------------------------------------------------------------------------
     def _key(
@@ -215,7 +228,8 @@ class ModelHost:
                 entry.model = load_artifact(artifact, task, key[1], self.settings, self.store)
                 entry.load_s = time.perf_counter() - started
                 if self.observer is not None:
-                    self.observer.model_loaded(task.slug, key[0], key[1], entry.load_s)
+                    backend = entry.backend(key[1])
+                    self.observer.model_loaded(task.slug, key[0], backend, entry.load_s)
             except BaseException as exc:
                 entry.error = exc
                 entry.failed_at = time.monotonic()

@@ -1,7 +1,10 @@
 """The ``classify`` task's model: a tokenizer plus one inference backend, labels from the manifest.
 
 Backends: ``onnx-int8`` (dynamic int8 quantization, the default when its export passed
-the parity check), ``onnx-fp32`` and ``torch``. Every backend tokenizes with the same
+the parity check), ``onnx-fp32``, ``openvino-bf16`` (``model.onnx`` through OpenVINO with
+bf16 matrix products: ``auto`` takes it over the ONNX default on CPUs with AMX when it
+passes the export's int8 parity rule against that default at load,
+:mod:`fnbundle.runtime.openvino`) and ``torch``. Every backend tokenizes with the same
 ``tokenizer.json`` through the ``tokenizers`` library and pads per batch (to the longest
 text in it, never to a fixed length), so the backends see identical inputs. A gathered
 batch whose lengths differ widely runs as a few length groups (``FNB_BATCH_SPLIT_TOKENS``),
@@ -21,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from fnbundle.errors import ArtifactCorrupt
-from fnbundle.runtime import artifacts
-from fnbundle.runtime.artifacts import ONNX_FILES
+from fnbundle.errors import ArtifactCorrupt, InvalidRequest
+from fnbundle.runtime import artifacts, openvino
+from fnbundle.runtime.artifacts import ONNX_FILES, OPENVINO_FILES
 from fnbundle.runtime.batching import run_by_length
 from fnbundle.runtime.onnx import (
     RunFn,
@@ -48,8 +51,32 @@ BACKEND_FILES = {**ONNX_FILES, "torch": "model.safetensors"}
 
 
 def pick_backend(artifact: Artifact, requested: str) -> str:
-    """The classify backend serving ``artifact`` (``auto``: its parity-checked default)."""
-    return artifacts.pick_backend(artifact, requested, BACKEND_FILES)
+    """The classify backend serving ``artifact`` (``auto``: its parity-checked default, or
+    the gated key ``auto`` where OpenVINO may serve it)."""
+    return artifacts.pick_onnx_task_backend(artifact, requested, BACKEND_FILES)
+
+
+def int8_rule(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """The export's int8 parity rule (label agreement, mean probability difference)."""
+    from fnbundle.training.export import parity  # numpy only: no torch, no onnx
+
+    return parity(reference, candidate, "onnx-int8")
+
+
+def runner(artifact: Artifact, backend: str, settings: Settings) -> RunFn:
+    """The forward pass of ``backend`` on ``artifact``'s weights."""
+    if backend == "torch":
+        run, _ = torch_runner(str(artifact.path), settings)
+    elif backend == openvino.BACKEND:
+        if settings.openvino == "off":
+            raise InvalidRequest(
+                f"The {openvino.BACKEND} backend is off on this server (FNB_OPENVINO=off).",
+                field="backend",
+            )
+        run, _ = openvino.openvino_runner(str(artifact.file(openvino.FILE)), settings)
+    else:
+        run, _ = onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
+    return run
 
 
 def torch_runner(folder: str, settings: Settings) -> tuple[RunFn, set[str]]:
@@ -110,13 +137,25 @@ class TextClassifier:
 
     @staticmethod
     def files_for(artifact: Artifact, backend: str) -> list[str]:
-        files = [BACKEND_FILES[backend], TOKENIZER_FILE]
+        if backend == openvino.GATED:  # both candidates: the gate runs them side by side
+            weights = [openvino.FILE, ONNX_FILES[artifacts.onnx_default(artifact)]]
+            return [*dict.fromkeys(weights), TOKENIZER_FILE]
+        files = [{**OPENVINO_FILES, **BACKEND_FILES}[backend], TOKENIZER_FILE]
         if backend == "torch":
             files.append("config.json")
         return files
 
     @classmethod
     def load(cls, artifact: Artifact, backend: str, settings: Settings) -> TextClassifier:
+        if backend == openvino.GATED:
+            return openvino.gated_load(
+                artifact.id,
+                lambda chosen: cls.load(artifact, chosen, settings),
+                artifacts.onnx_default(artifact),
+                lambda model: model.predict_proba(openvino.PROBE_TEXTS),
+                int8_rule,
+                settings,
+            )
         labels = manifest_labels(artifact)
         if (
             not isinstance(labels, list)
@@ -134,11 +173,10 @@ class TextClassifier:
                 artifact.manifest.get("tokenizer", {}),
                 settings.max_input_tokens,
             )
-        with corrupt_on_error(artifact, f"loading {BACKEND_FILES[backend]}"):
-            if backend == "torch":
-                run, _ = torch_runner(str(artifact.path), settings)
-            else:
-                run, _ = onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)
+        with corrupt_on_error(
+            artifact, f"loading {TextClassifier.files_for(artifact, backend)[0]}"
+        ):
+            run = runner(artifact, backend, settings)
         model = cls(
             artifact.id, labels, backend, tokenizer, run, split_tokens=settings.batch_split_tokens
         )

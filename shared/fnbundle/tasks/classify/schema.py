@@ -16,7 +16,7 @@ from fnbundle.errors import InvalidRequest, LimitExceeded
 from fnbundle.loading import encodable
 from fnbundle.settings import Settings
 
-BackendName = Literal["auto", "onnx-int8", "onnx-fp32", "torch"]
+BackendName = Literal["auto", "onnx-int8", "onnx-fp32", "openvino-bf16", "torch"]
 
 
 class ClassifyRequest(BaseModel):

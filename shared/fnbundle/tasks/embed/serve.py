@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fnbundle.runtime.artifacts import pick_backend
+from fnbundle.runtime.artifacts import pick_onnx_task_backend
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
 from fnbundle.tasks.base import Batch, ServingTask
@@ -47,7 +47,7 @@ class EmbedTask(ServingTask[EmbeddingRequest, EmbeddingResponse, TextEmbedder]):
         return import_embedder(ref, name, settings)
 
     def pick_backend(self, artifact: Artifact, requested: str) -> str:
-        return pick_backend(artifact, requested)
+        return pick_onnx_task_backend(artifact, requested)
 
     def files(self, artifact: Artifact, backend: str) -> list[str]:
         return TextEmbedder.files_for(artifact, backend)

@@ -1,0 +1,212 @@
+"""OpenVINO on the CPU in bf16: the runner, the CPU check, and the load-time parity gate.
+
+OpenVINO runs an artifact's fp32 graph (``model.onnx``; it cannot read the fused int8
+graph's ``QAttention``) with bf16 matrix products. On a Xeon with AMX that measured 1.6x
+the served ONNX Runtime int8 session at batches of 32 (docs/BENCHMARKS.md, "Levers", 5); on
+a CPU without AMX OpenVINO falls back to f32, which loses to ONNX Runtime int8 by a third to
+a half. So ``auto`` takes OpenVINO only where it wins, and only after checking it:
+
+* the artifact's parity-checked default is an ONNX export and ``model.onnx`` is listed;
+* ``openvino`` is installed and this CPU has AMX with bf16 (:func:`fast_bf16_cpu`);
+* ``FNB_OPENVINO`` is ``auto`` (``off``: never);
+* the OpenVINO model passes the int8 parity rule of its task against that ONNX Runtime
+  default on :data:`PROBE_TEXTS` (:func:`gated_load`).
+
+Key rules: ``openvino`` is imported when a model is compiled, never at import, and never
+with ``FNB_OPENVINO=off`` (the choice reads ``find_spec`` and ``/proc/cpuinfo`` only); any
+OpenVINO failure while compiling, warming up or checking serves the ONNX Runtime default
+with a warning naming the reason, it never fails the load; the model's ``backend`` names
+what serves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import numpy as np
+
+from fnbundle.runtime.onnx import RunFn, inference_threads
+from fnbundle.settings import Settings
+from fnbundle.store import Artifact
+
+log = logging.getLogger(__name__)
+
+BACKEND = "openvino-bf16"
+FILE = "model.onnx"  # the fp32 graph: OpenVINO has no conversion for the fused int8 ops
+GATED = "auto"  # the backend key of a model whose backend is chosen at load by the gate
+CPUINFO = Path("/proc/cpuinfo")
+Precision = Literal["bf16", "f32"]
+
+# The gate's probe texts: fixed, so the verdict is the same on every load, and of varied
+# lengths (one word to more than 512 tokens, past any encoder's maximum: the truncated
+# text is checked too); varied content and scripts, as served texts are.
+_SENTENCE = (
+    "The committee reviewed the annual budget in detail and agreed to fund the library, "
+    "two new parks and a bicycle lane along the river before the end of the year."
+)
+PROBE_TEXTS: tuple[str, ...] = (
+    "OK",
+    "great product",
+    "terrible service",
+    "not bad at all",
+    "would not buy again",
+    "Arrived early and works great.",
+    "Cold food, rude staff, and a forty-minute wait.",
+    "The quick brown fox jumps over the lazy dog.",
+    "How do I reset my password if I no longer have access to my email account?",
+    "Refunds are processed within 5-7 business days after we receive the item.",
+    "The service was slow, but the food arrived warm and tasted great.",
+    "I would not recommend this laptop: the battery died after two weeks.",
+    "Une phrase en français, avec des accents: café, naïve, où.",
+    "東京は日本の首都です。",
+    "Great product 👍🙂 would buy again!!!",
+    "ERROR 503: upstream connect error or disconnect/reset before headers.",
+    "It was fine, I guess, though nothing about it stood out either way.",
+    " ".join([_SENTENCE] * 2),
+    " ".join([_SENTENCE] * 4),
+    " ".join([_SENTENCE] * 20),
+)
+
+
+class Served(Protocol):
+    backend: str
+
+
+M = TypeVar("M", bound=Served)
+
+
+def installed() -> bool:
+    """Whether ``openvino`` can be imported (without importing it)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor in a ``/proc/cpuinfo`` text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+@cache
+def fast_bf16_cpu(cpuinfo: Path | None = None) -> bool:
+    """Whether this CPU runs bf16 fast: it has AMX tiles for bf16 (``amx_bf16``, Sapphire
+    Rapids and later Xeons). AVX-512 BF16 alone is not enough: there OpenVINO's bf16 did
+    not measure ahead of ONNX Runtime int8. Unreadable ``/proc/cpuinfo`` (not Linux): no."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "amx_bf16" in cpu_flags(text)
+
+
+def auto_candidate(artifact: Artifact, onnx_files: Mapping[str, str]) -> bool:
+    """Whether ``auto`` should try OpenVINO for ``artifact`` at load (the gate decides):
+    its default is one of ``onnx_files``' backends, ``model.onnx`` is listed, openvino is
+    installed and this CPU has AMX. Reads no settings: ``FNB_OPENVINO=off`` is honoured at
+    load, where the settings are."""
+    listed = artifact.manifest.get("files", {})
+    default = artifact.manifest.get("default_backend")
+    return (
+        isinstance(default, str)
+        and default in onnx_files
+        and onnx_files[default] in listed
+        and FILE in listed
+        and installed()
+        and fast_bf16_cpu(CPUINFO)
+    )
+
+
+def compile_config(settings: Settings, precision: Precision = "bf16") -> dict[str, Any]:
+    """OpenVINO's CPU settings: ``precision`` for the matrix products, the gateway's thread
+    count, and one stream tuned for latency (the batcher runs one batch at a time)."""
+    return {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": inference_threads(settings),
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+
+
+def openvino_runner(
+    path: str, settings: Settings, precision: Precision = "bf16"
+) -> tuple[RunFn, set[str]]:
+    """A function running the graph at ``path`` on named int64 inputs (those the graph does
+    not take are dropped) and returning its first output as float32, like
+    :func:`~fnbundle.runtime.onnx.onnx_runner`; and the graph's input names.
+
+    Dynamic batch and sequence axes stay dynamic. One infer request serves every thread,
+    one run at a time (a lock): the batcher has one worker thread, a retired batcher's
+    requests run unbatched from several."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU", compile_config(settings, precision))
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    names = {port.get_any_name() for port in compiled.inputs}
+    lock = threading.Lock()
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: v for k, v in inputs.items() if k in names}
+        with lock:
+            result = request.infer(feed)
+            # copied inside the lock: the next run reuses the request's output memory
+            return np.array(result[output], dtype=np.float32, copy=True)
+
+    return run, names
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def gated_load(
+    model_id: str,
+    load: Callable[[str], M],
+    onnx_backend: str,
+    score: Callable[[M], np.ndarray],
+    rule: Callable[[np.ndarray, np.ndarray], dict[str, Any]],
+    settings: Settings,
+) -> M:
+    """The model ``auto`` serves: OpenVINO (``load(BACKEND)``) when ``FNB_OPENVINO`` is
+    ``auto`` and its ``score`` on :data:`PROBE_TEXTS`' outputs passes ``rule`` (the task's
+    int8 parity rule) against the ONNX Runtime default's (``load(onnx_backend)``), else that
+    default. The default loads first: its own failure fails the load as always; any
+    OpenVINO failure is logged and the default serves."""
+    onnx_model = load(onnx_backend)
+    if settings.openvino == "off":
+        return onnx_model
+    try:
+        candidate = load(BACKEND)
+        record = rule(score(onnx_model), score(candidate))
+    except Exception as exc:
+        reason = f"OpenVINO failed ({_first_line(exc)})"
+        log.warning("model %s: serving %s, not %s: %s", model_id, onnx_backend, BACKEND, reason)
+        return onnx_model
+    figures = {k: v for k, v in record.items() if k not in {"rules", "passed"}}
+    if not record.get("passed"):
+        log.warning(
+            "model %s: serving %s, not %s: it failed the parity gate against %s on %d probe "
+            "texts (%s; rule %s)",
+            model_id,
+            onnx_backend,
+            BACKEND,
+            onnx_backend,
+            len(PROBE_TEXTS),
+            figures,
+            record.get("rules"),
+        )
+        return onnx_model
+    log.info(
+        "model %s: serving %s (parity against %s: %s)", model_id, BACKEND, onnx_backend, figures
+    )
+    return candidate

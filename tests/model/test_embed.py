@@ -65,8 +65,9 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """(settings, artifact): MiniLM imported as an embed model into a fresh store."""
+    # threads: the process's (one per xdist worker, tests/conftest.py), never more
     settings = Settings(
-        store=tmp_path_factory.mktemp("embed-store"), data_roots=[REPO], max_texts=8, threads=2
+        store=tmp_path_factory.mktemp("embed-store"), data_roots=[REPO], max_texts=8
     )
     return settings, import_embedder("builtin:minilm", "minilm", settings)
 
@@ -100,7 +101,8 @@ def test_fp32_is_the_default_because_int8_drifts_on_few_word_texts(imported, ref
     assert not int8["passed"] and int8["min_cosine"] < 0.99
     assert int8["min_cosine_by_length"]["8 tokens or more"] >= 0.99
     assert artifact.manifest["default_backend"] == "onnx-fp32"
-    model = load_embedder("minilm", settings)
+    # ONNX Runtime's auto: without OpenVINO (on a CPU with AMX it may take over, below)
+    model = load_embedder("minilm", settings.model_copy(update={"openvino": "off"}))
     assert model.backend == "onnx-fp32"
     assert np.abs(model.embed(TEXTS) - reference).max() <= 1e-4
 
@@ -115,6 +117,25 @@ def test_int8_on_request_keeps_cosine_099_on_sentences(imported, reference):
     vectors = np.concatenate([model.embed(texts[i : i + 8]) for i in range(0, len(texts), 8)])
     assert cosines(vectors, reference[sentences]).min() >= 0.99
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_openvino_bf16_passes_the_int8_gate_on_every_text_and_auto_takes_it_with_amx(
+    imported, reference
+):
+    from fnbundle.runtime import openvino
+    from fnbundle.tasks.embed.export import int8_parity
+
+    settings, _ = imported
+    model = load_embedder("minilm", settings, backend="openvino-bf16")
+    assert model.backend == "openvino-bf16"
+    vectors = model.embed(TEXTS)  # short ones too, where int8 drifts
+    record = int8_parity(reference, vectors)
+    assert record["passed"], record
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    # auto: OpenVINO where this CPU has AMX (its gate passes, as the vectors above do),
+    # else the ONNX Runtime default
+    amx = openvino.fast_bf16_cpu(openvino.CPUINFO)
+    assert load_embedder("minilm", settings).backend == ("openvino-bf16" if amx else "onnx-fp32")
 
 
 def test_manifest_records_the_export_and_its_parity(imported):

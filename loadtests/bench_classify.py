@@ -92,6 +92,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every system")
     p.add_argument("--backend", default="auto", help="ours: FNB_BACKEND (auto = model default)")
     p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FNB_KEY=VALUE",
+        help="an FNB_ setting for our gateway (repeatable), e.g. FNB_OPENVINO=off",
+    )
+    p.add_argument(
         "--peers",
         help="peer servers, comma-separated: litserve,bentoml (default: every installed "
         "one; none: no peer)",
@@ -113,6 +120,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment without the caller's FNB_ settings (no stray API keys or stores)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
     env.update(extra)
+    return env
+
+
+def ours_env(pairs: list[str]) -> dict[str, str]:
+    """``--env`` pairs as a mapping; only FNB_ settings (the rest of the environment is the
+    caller's, for every system alike)."""
+    env = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+    if len(env) != len(pairs) or not all(k.startswith("FNB_") for k in env):
+        raise SystemExit(f"--env takes FNB_KEY=VALUE pairs, not {pairs}")
     return env
 
 
@@ -199,6 +215,7 @@ class Systems:
                 FNB_THREADS=threads,
                 FNB_PRELOAD=self.args.model,
                 FNB_BACKEND=self.args.backend,
+                **ours_env(self.args.env),
             )
         probe = request_bytes(port, "/v1/classify", self.body("A quick probe review."))
         log = self.logs / f"{name}.log"

@@ -45,7 +45,15 @@ from typing import Any
 
 import peer_report
 from baseline_onnx import OnnxBatchBaseline
-from bench_classify import FNBUNDLE, START_TIMEOUT_S, clean_env, console, ensure_model, machine
+from bench_classify import (
+    FNBUNDLE,
+    START_TIMEOUT_S,
+    clean_env,
+    console,
+    ensure_model,
+    machine,
+    ours_env,
+)
 from loadgen import closed_loop, fetch, free_port, request_bytes, server
 from peers import catalog
 from peers.inprocess import InProcessPeer
@@ -118,6 +126,13 @@ def parse_args() -> argparse.Namespace:
         "--peers",
         help="peers, comma-separated: infinity,fastembed,st-onnx (default: every installed "
         "one; none: no peer)",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FNB_KEY=VALUE",
+        help="an FNB_ setting for our gateway (repeatable), e.g. FNB_OPENVINO=off",
     )
     p.add_argument("--out", type=Path, default=REPO / ".bench" / "embed.json")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke check")
@@ -192,6 +207,7 @@ def start(name: str, args: argparse.Namespace, peer_model: Path):  # -> context 
             FNB_STORE=str(args.store),
             FNB_THREADS=threads,
             FNB_PRELOAD=f"{args.model},{args.classifier}",
+            **ours_env(args.env),
         )
     return server(name, command, env, port, probe, log, START_TIMEOUT_S)
 

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from fnbundle.runtime import openvino
 from fnbundle.store import Store
 
 from tests.e2e.conftest import gateway
@@ -24,7 +25,12 @@ def test_classify_returns_labels_and_probabilities(served):
     r = httpx.post(f"{url}/v1/classify", json={"model": "tiny", "texts": [POSITIVE, NEGATIVE]})
     assert r.status_code == 200
     body = r.json()
-    assert body["model"] == model_id and body["backend"] in {"onnx-int8", "onnx-fp32"}
+    # auto: OpenVINO where this CPU has AMX (the tiny model passes its gate), else the
+    # artifact's parity-checked default; /v1/models names the same
+    one = httpx.get(f"{url}/v1/models/tiny").json()
+    amx = openvino.fast_bf16_cpu(openvino.CPUINFO)
+    expected = "openvino-bf16" if amx else one["default_backend"]
+    assert body["model"] == model_id and body["backend"] == expected == one["backend"]
     assert len(body["predictions"]) == 2
     for p in body["predictions"]:
         assert set(p["scores"]) == {"negative", "positive"}
@@ -36,7 +42,7 @@ def test_classify_returns_labels_and_probabilities(served):
 def test_backends_are_selectable_per_request(served):
     url, _ = served
     scores = {}
-    for backend in ("torch", "onnx-fp32", "onnx-int8"):
+    for backend in ("torch", "onnx-fp32", "onnx-int8", "openvino-bf16"):
         r = httpx.post(
             f"{url}/v1/classify",
             json={"model": "tiny", "texts": [POSITIVE], "backend": backend},
@@ -45,6 +51,7 @@ def test_backends_are_selectable_per_request(served):
         assert r.status_code == 200 and r.json()["backend"] == backend
         scores[backend] = r.json()["predictions"][0]["scores"]["positive"]
     assert abs(scores["torch"] - scores["onnx-fp32"]) < 1e-4
+    assert abs(scores["openvino-bf16"] - scores["onnx-fp32"]) < 0.02  # the int8 rule's mean
 
 
 def test_models_and_probes(served):

@@ -33,8 +33,9 @@ STOP_TIMEOUT_S = 15  # SIGTERM grace before SIGKILL
 
 
 def fnb_worker_env(**fnb: str) -> dict[str, str]:
-    """A worker's environment: this one's, with only the given ``FNB_*`` variables."""
-    env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_")}
+    """A worker's environment: this one's, with only the given ``FNB_*`` variables (and
+    the thread cap of this test process, tests/conftest.py)."""
+    env = {k: v for k, v in worker_env().items() if not k.startswith("FNB_") or k == "FNB_THREADS"}
     return {**env, **fnb}
 
 

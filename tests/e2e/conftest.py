@@ -21,7 +21,9 @@ START_TIMEOUT = 60  # seconds for the gateway to load its models on a busy 2-cor
 
 
 def fnb_env(store: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
+    # no FNB_ setting of this process leaks in, but its thread cap (tests/conftest.py: one
+    # per xdist worker): a gateway on every core would oversubscribe the other worker's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_") or k == "FNB_THREADS"}
     env.update({"FNB_STORE": str(store), "FNB_DATA_ROOTS": str(REPO), "PYTHONUNBUFFERED": "1"})
     # Each gateway's job database beside its store, never the repository's .fnbundle/.
     env.setdefault("FNB_JOBS_DIR", str(Path(store).parent / f"{Path(store).name}-jobs"))

@@ -352,7 +352,7 @@ def test_importing_the_task_loads_no_heavy_library():
 
 
 def cli(*args: str, store) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_") or k == "FNB_THREADS"}
     env.update(FNB_STORE=str(store), FNB_DATA_ROOTS=str(REPO))
     return subprocess.run(
         [sys.executable, "-m", "fnbundle.cli", *args],

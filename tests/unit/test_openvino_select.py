@@ -186,6 +186,29 @@ def test_an_openvino_error_never_fails_the_load(store, amx, caplog):
     assert str(store.root) not in caplog.text.split("OpenVINO failed (", 1)[1]
 
 
+def test_small_passes_run_on_onnx_runtime_and_large_ones_on_openvino():
+    answered: list[str] = []
+
+    def runner(name: str):
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            answered.append(name)
+            return np.zeros((len(inputs["input_ids"]), 2), dtype=np.float32)
+
+        return run
+
+    run = openvino.by_size(runner("onnx"), runner("openvino"), min_tokens=512)
+    for batch, tokens in ((1, 12), (32, 15), (4, 128), (32, 16), (32, 128)):
+        ids = np.ones((batch, tokens), dtype=np.int64)
+        assert run({"input_ids": ids, "attention_mask": ids}).shape == (batch, 2)
+    assert answered == [
+        "onnx",
+        "onnx",
+        "openvino",
+        "openvino",
+        "openvino",
+    ]  # 4 x 128 = 512: the bound
+
+
 # --- explicit requests ----------------------------------------------------------------------
 
 

@@ -155,6 +155,7 @@ class TextClassifier:
                 lambda model: model.predict_proba(openvino.PROBE_TEXTS),
                 int8_rule,
                 settings,
+                combine=cls.small_passes_on,
             )
         labels = manifest_labels(artifact)
         if (
@@ -182,6 +183,12 @@ class TextClassifier:
         )
         model.warm_up()
         return model
+
+    def small_passes_on(self, other: TextClassifier) -> TextClassifier:
+        """This model with its passes under :data:`~fnbundle.runtime.openvino.MIN_TOKENS`
+        padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
+        self._run = openvino.by_size(other._run, self._run)
+        return self
 
     def warm_up(self) -> None:
         """The first run allocates; it also proves the model answers one score per label."""

@@ -115,6 +115,7 @@ class TextEmbedder:
                 lambda model: model.embed(openvino.PROBE_TEXTS),
                 int8_rule,
                 settings,
+                combine=cls.small_passes_on,
             )
         if backend not in BACKEND_FILES:
             raise InvalidRequest(
@@ -158,6 +159,12 @@ class TextEmbedder:
         )
         model.warm_up()
         return model
+
+    def small_passes_on(self, other: TextEmbedder) -> TextEmbedder:
+        """This model with its passes under :data:`~fnbundle.runtime.openvino.MIN_TOKENS`
+        padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
+        self._run = openvino.by_size(other._run, self._run)
+        return self
 
     def warm_up(self) -> None:
         """The first run allocates; it also proves the model gives finite, unit-length

@@ -14,14 +14,15 @@ a half. So ``auto`` takes OpenVINO only where it wins, and only after checking i
 
 Even then a small pass runs on the ONNX Runtime default (:func:`by_size`): OpenVINO's fixed
 cost per run (about 3 ms on 2 threads) makes one short text 1.6x slower than ONNX Runtime
-int8, while batches of 128-token texts run 1.3-1.5x faster; the two cross near
-:data:`MIN_TOKENS` padded tokens. Both sessions stay loaded.
+int8, while batches of 128-token texts run 1.2-1.4x faster through the gateway (2.6x the
+embedder's fp32 default); the two cross near :data:`MIN_TOKENS` padded tokens. Both
+sessions stay loaded, and the model's ``backend`` says ``openvino-bf16``.
 
 Key rules: ``openvino`` is imported when a model is compiled, never at import, and never
 with ``FNB_OPENVINO=off`` (the choice reads ``find_spec`` and ``/proc/cpuinfo`` only); any
 OpenVINO failure while compiling, warming up or checking serves the ONNX Runtime default
 with a warning naming the reason, it never fails the load; the model's ``backend`` names
-what serves.
+what serves (``openvino-bf16`` only once the gate passed).
 """
 
 from __future__ import annotations

@@ -209,6 +209,13 @@ def test_small_passes_run_on_onnx_runtime_and_large_ones_on_openvino():
     ]  # 4 x 128 = 512: the bound
 
 
+def test_openvino_takes_smaller_passes_from_fp32_than_from_int8():
+    # measured crossings: OpenVINO bf16 gains on fp32 from a few dozen tokens, on int8 only
+    # from a few hundred (runtime/openvino.py)
+    assert openvino.min_tokens("onnx-fp32") < openvino.min_tokens("onnx-int8") <= 512
+    assert openvino.min_tokens("something-else") == max(openvino.MIN_TOKENS.values())
+
+
 # --- explicit requests ----------------------------------------------------------------------
 
 

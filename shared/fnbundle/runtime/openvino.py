@@ -15,8 +15,9 @@ a half. So ``auto`` takes OpenVINO only where it wins, and only after checking i
 Even then a small pass runs on the ONNX Runtime default (:func:`by_size`): OpenVINO's fixed
 cost per run (about 3 ms on 2 threads) makes one short text 1.6x slower than ONNX Runtime
 int8, while batches of 128-token texts run 1.2-1.4x faster through the gateway (2.6x the
-embedder's fp32 default); the two cross near :data:`MIN_TOKENS` padded tokens. Both
-sessions stay loaded, and the model's ``backend`` says ``openvino-bf16``.
+embedder's fp32 default); the two cross near :func:`min_tokens` padded tokens (256 against
+int8, 32 against fp32). Both sessions stay loaded, and the model's ``backend`` says
+``openvino-bf16``.
 
 Key rules: ``openvino`` is imported when a model is compiled, never at import, and never
 with ``FNB_OPENVINO=off`` (the choice reads ``find_spec`` and ``/proc/cpuinfo`` only); any
@@ -48,10 +49,20 @@ FILE = "model.onnx"  # the fp32 graph: OpenVINO has no conversion for the fused 
 GATED = "auto"  # the backend key of a model whose backend is chosen at load by the gate
 CPUINFO = Path("/proc/cpuinfo")
 # Padded tokens (batch x longest) from which a pass of an auto-chosen OpenVINO model runs on
-# OpenVINO: in process on 2 threads, one short text took 6.2 ms against 3.2 ms in ONNX
-# Runtime int8, one 128-token text 15 ms against 13 ms, 32 short reviews (~400 tokens) about
-# the same, 32 128-token texts 270 ms against 360 ms.
-MIN_TOKENS = 512
+# OpenVINO, by the ONNX Runtime default it replaces (in process, 2 threads, this AMX Xeon):
+# against int8, one short text took 5.8 ms in OpenVINO bf16 and 3.4 ms in ONNX Runtime, one
+# 128-token text 12.8 against 13.4 ms, 16 short reviews (384 tokens) 30.6 against 36.0 ms,
+# 32 128-token texts 275 against 414 ms; against fp32 they are level at one 12-token text
+# (5.7 against 4.8 ms) and OpenVINO leads from 32 tokens (6.4 against 8.4 ms; 128 tokens:
+# 12.4 against 28.8 ms).
+MIN_TOKENS = {"onnx-int8": 256, "onnx-fp32": 32}
+
+
+def min_tokens(onnx_backend: str) -> int:
+    """The padded tokens from which OpenVINO runs a pass instead of ``onnx_backend``."""
+    return MIN_TOKENS.get(onnx_backend, max(MIN_TOKENS.values()))
+
+
 Precision = Literal["bf16", "f32"]
 
 # The gate's probe texts: fixed, so the verdict is the same on every load, and of varied
@@ -174,7 +185,7 @@ def openvino_runner(
     return run, names
 
 
-def by_size(small: RunFn, large: RunFn, min_tokens: int = MIN_TOKENS) -> RunFn:
+def by_size(small: RunFn, large: RunFn, min_tokens: int) -> RunFn:
     """A runner taking ``large`` for passes of at least ``min_tokens`` padded tokens and
     ``small`` below (both judged alike by the gate, so either may answer)."""
 
@@ -237,7 +248,7 @@ def gated_load(
         BACKEND,
         onnx_backend,
         figures,
-        MIN_TOKENS,
+        min_tokens(onnx_backend),
         onnx_backend,
     )
     return combine(candidate, onnx_model) if combine is not None else candidate

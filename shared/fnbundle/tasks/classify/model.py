@@ -185,9 +185,9 @@ class TextClassifier:
         return model
 
     def small_passes_on(self, other: TextClassifier) -> TextClassifier:
-        """This model with its passes under :data:`~fnbundle.runtime.openvino.MIN_TOKENS`
+        """This model with its passes under :func:`~fnbundle.runtime.openvino.min_tokens`
         padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
-        self._run = openvino.by_size(other._run, self._run)
+        self._run = openvino.by_size(other._run, self._run, openvino.min_tokens(other.backend))
         return self
 
     def warm_up(self) -> None:

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     openvino: Literal["auto", "off"] = Field(
         "auto",
         description="`auto`: classify and embed models whose default is an ONNX export run "
-        "passes of 256 padded tokens and more (32 against an fp32 default) with OpenVINO in "
+        "passes of 512 padded tokens and more (32 against an fp32 default) with OpenVINO in "
         "bf16 where the CPU has AMX "
         "(128-token batches 1.2-2.6x faster on such a Xeon) and the OpenVINO model passes the "
         "int8 parity rule against that default at load; `off`: never (openvino is not "

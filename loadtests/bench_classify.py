@@ -91,13 +91,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=32, help="concurrent clients under load")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for every system")
     p.add_argument("--backend", default="auto", help="ours: FNB_BACKEND (auto = model default)")
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="FNB_KEY=VALUE",
-        help="an FNB_ setting for our gateway (repeatable), e.g. FNB_OPENVINO=off",
-    )
+    add_env_option(p)
     p.add_argument(
         "--peers",
         help="peer servers, comma-separated: litserve,bentoml (default: every installed "
@@ -121,6 +115,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
     env.update(extra)
     return env
+
+
+def add_env_option(parser: argparse.ArgumentParser) -> None:
+    """``--env FNB_KEY=VALUE`` (repeatable): a setting for our gateway only."""
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FNB_KEY=VALUE",
+        help="an FNB_ setting for our gateway (repeatable), e.g. FNB_OPENVINO=off",
+    )
 
 
 def ours_env(pairs: list[str]) -> dict[str, str]:

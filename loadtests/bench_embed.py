@@ -48,6 +48,7 @@ from baseline_onnx import OnnxBatchBaseline
 from bench_classify import (
     FNBUNDLE,
     START_TIMEOUT_S,
+    add_env_option,
     clean_env,
     console,
     ensure_model,
@@ -127,13 +128,7 @@ def parse_args() -> argparse.Namespace:
         help="peers, comma-separated: infinity,fastembed,st-onnx (default: every installed "
         "one; none: no peer)",
     )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="FNB_KEY=VALUE",
-        help="an FNB_ setting for our gateway (repeatable), e.g. FNB_OPENVINO=off",
-    )
+    add_env_option(p)
     p.add_argument("--out", type=Path, default=REPO / ".bench" / "embed.json")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke check")
     args = p.parse_args()

@@ -104,8 +104,11 @@ class Served(Protocol):
 M = TypeVar("M", bound=Served)
 
 
+@cache
 def installed() -> bool:
-    """Whether ``openvino`` can be imported (without importing it)."""
+    """Whether ``openvino`` can be imported (without importing it). Asked on every request's
+    backend choice, so looked up once (about 90 us a lookup): a package installed while the
+    server runs is seen at its next start."""
     return importlib.util.find_spec("openvino") is not None
 
 

@@ -38,6 +38,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
+from fnbundle.errors import InvalidRequest
 from fnbundle.runtime.onnx import RunFn, inference_threads
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
@@ -171,6 +172,10 @@ def openvino_runner(
     Dynamic batch and sequence axes stay dynamic. One infer request serves every thread,
     one run at a time (a lock): the batcher has one worker thread, a retired batcher's
     requests run unbatched from several."""
+    if settings.openvino == "off":
+        raise InvalidRequest(
+            f"The {BACKEND} backend is off on this server (FNB_OPENVINO=off).", field="backend"
+        )
     import openvino as ov
 
     compiled = ov.Core().compile_model(path, "CPU", compile_config(settings, precision))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fnbundle.errors import ArtifactCorrupt, InvalidRequest
+from fnbundle.errors import ArtifactCorrupt
 from fnbundle.runtime import artifacts, openvino
 from fnbundle.runtime.artifacts import ONNX_FILES, OPENVINO_FILES
 from fnbundle.runtime.batching import run_by_length
@@ -67,12 +67,7 @@ def runner(artifact: Artifact, backend: str, settings: Settings) -> RunFn:
     """The forward pass of ``backend`` on ``artifact``'s weights."""
     if backend == "torch":
         run, _ = torch_runner(str(artifact.path), settings)
-    elif backend == openvino.BACKEND:
-        if settings.openvino == "off":
-            raise InvalidRequest(
-                f"The {openvino.BACKEND} backend is off on this server (FNB_OPENVINO=off).",
-                field="backend",
-            )
+    elif backend == openvino.BACKEND:  # a 400 with FNB_OPENVINO=off
         run, _ = openvino.openvino_runner(str(artifact.file(openvino.FILE)), settings)
     else:
         run, _ = onnx_runner(str(artifact.file(BACKEND_FILES[backend])), settings)

@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         "passes of 512 padded tokens and more (32 against an fp32 default) with OpenVINO in "
         "bf16 where the CPU has AMX "
         "(128-token batches 1.2-2.6x faster on such a Xeon) and the OpenVINO model passes the "
-        "int8 parity rule against that default at load; `off`: never (openvino is not "
+        "int8 parity rule against ONNX Runtime fp32 at load; `off`: never (openvino is not "
         "imported).",
     )
     model_cache_mib: float = Field(

@@ -86,6 +86,26 @@ def publish_int8_only_openvino_unreadable(store: Store) -> Artifact:
         )
 
 
+def publish_int8_default_far_from_fp32(store: Store) -> Artifact:
+    """A classifier whose int8 default drifts far from its fp32 graph on sentiment words
+    (as a real int8 export can on texts unlike its parity set)."""
+    with store.staging("drifted") as staged:
+        (staged / "tokenizer.json").write_text(_tokenizer_json(), encoding="utf-8")
+        (staged / "model.onnx").write_bytes(_onnx_model(2))
+        (staged / "model.int8.onnx").write_bytes(_onnx_model(2, weight=-4.0))
+        return store.publish(
+            staged,
+            {
+                "name": "drifted",
+                "task": "classify",
+                "labels": ["negative", "positive"],
+                "tokenizer": {"max_length": 32, "pad_token_id": 0, "pad_token": "[PAD]"},
+                "backends": ["onnx-fp32", "onnx-int8"],
+                "default_backend": "onnx-int8",
+            },
+        )
+
+
 # --- the CPU check ----------------------------------------------------------------------
 
 
@@ -173,6 +193,22 @@ def test_the_real_gate_passes_an_exact_graph(store, amx, caplog):
     assert model.backend == "openvino-bf16"
     assert "serving openvino-bf16 (parity against onnx-fp32" in caplog.text
     assert model.predict(["love the film", "hate it"])[0]["label"] == "positive"
+
+
+def test_the_gate_holds_openvino_to_fp32_not_to_the_int8_default(store, amx, caplog):
+    # The int8 default is itself an approximation: OpenVINO is judged against ONNX Runtime
+    # fp32 on the graph it reads, so int8's own drift does not turn it away.
+    drifted = publish_int8_default_far_from_fp32(store)
+    settings = settings_for(store)
+    int8 = TextClassifier.load(drifted, "onnx-int8", settings).predict_proba(["love it"])
+    fp32 = TextClassifier.load(drifted, "onnx-fp32", settings).predict_proba(["love it"])
+    assert abs(float(int8[0, 1]) - float(fp32[0, 1])) > 0.1  # far outside the int8 rule
+    with caplog.at_level(logging.INFO, logger="fnbundle.runtime.openvino"):
+        model = load_model("drifted", settings, store=store)
+    assert model.backend == "openvino-bf16"
+    assert "serving openvino-bf16 (parity against onnx-fp32" in caplog.text
+    # small passes still run on the int8 default
+    assert np.allclose(model.predict_proba(["love it"]), int8, atol=1e-6)
 
 
 def test_an_openvino_error_never_fails_the_load(store, amx, caplog):

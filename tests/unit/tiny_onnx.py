@@ -28,16 +28,16 @@ def _tokenizer_json() -> str:
     return str(tok.to_str())
 
 
-def _onnx_model(n_outputs: int) -> bytes:
+def _onnx_model(n_outputs: int, weight: float = 4.0) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     table = np.zeros((len(WORDS), n_outputs), dtype=np.float32)
     for i, word in enumerate(WORDS):
         if word in POSITIVE_WORDS:
-            table[i, -1] = 4.0
+            table[i, -1] = weight
         elif word in NEGATIVE_WORDS:
-            table[i, 0] = 4.0
+            table[i, 0] = weight
     graph = helper.make_graph(
         [
             helper.make_node("Gather", ["table", "input_ids"], ["vectors"]),

@@ -3,7 +3,7 @@
 Backends: ``onnx-int8`` (dynamic int8 quantization, the default when its export passed
 the parity check), ``onnx-fp32``, ``openvino-bf16`` (``model.onnx`` through OpenVINO with
 bf16 matrix products: ``auto`` takes it over the ONNX default on CPUs with AMX when it
-passes the export's int8 parity rule against that default at load,
+passes the export's int8 parity rule against ONNX Runtime fp32 at load,
 :mod:`fnbundle.runtime.openvino`) and ``torch``. Every backend tokenizes with the same
 ``tokenizer.json`` through the ``tokenizers`` library and pads per batch (to the longest
 text in it, never to a fixed length), so the backends see identical inputs. A gathered

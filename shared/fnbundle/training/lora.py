@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 import warnings
@@ -41,7 +40,13 @@ from fnbundle.tasks.finetune_lora.estimate import precision_of
 from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams, check_hardware
 from fnbundle.tasks.generate.base_import import import_base
 from fnbundle.training.control import TrainControl
-from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
+from fnbundle.training.loop import (
+    LoopResult,
+    TrainLoop,
+    pick_device,
+    seed_everything,
+    training_threads,
+)
 from fnbundle.training.lora_data import (
     IGNORE,
     Encoded,
@@ -225,7 +230,7 @@ class _Trainer:
         precision = precision_of(p, self.device.type == "cuda")
         seed_everything(p.seed)
         quiet_transformers()
-        torch.set_num_threads(self.settings.threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(training_threads(self.settings))
         tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(
             folder, use_fast=True, trust_remote_code=False
         )

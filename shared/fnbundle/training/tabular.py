@@ -44,6 +44,7 @@ from fnbundle.tabular.schema import TableSchema, Task, check_trainable, detect, 
 from fnbundle.tasks.train_tabular.params import NEURAL, TrainTabularParams
 from fnbundle.training.control import TrainControl
 from fnbundle.training.events import parse_event
+from fnbundle.training.loop import training_threads
 from fnbundle.training.tabular_export import parity, to_onnx
 from fnbundle.training.tabular_models import estimator, models_for, pipeline
 
@@ -194,6 +195,7 @@ class _Run:
                  control: TrainControl):  # fmt: skip
         self.p, self.settings, self.control = p, settings, control
         self.emit = emit
+        self.threads = training_threads(settings)  # n_jobs, OpenMP and torch threads
 
     def event(self, event: dict[str, Any]) -> None:
         parse_event(event)  # the typed vocabulary: a misfit is a bug here
@@ -217,7 +219,11 @@ class _Run:
 
     def fit(self, name: str, x_train: Any, y_train: Any) -> tuple[Any, dict[str, Any] | None]:
         """The fitted pipeline, and how it was trained when that is worth saying."""
-        model = pipeline(self.spec, estimator(name, self.task, self.p, len(x_train)))
+        from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+        model = pipeline(
+            self.spec, estimator(name, self.task, self.p, len(x_train), n_jobs=self.threads)
+        )
         note: dict[str, Any] | None = None
         if name == "svm" and len(x_train) > SVM_MAX_ROWS:
             from sklearn.model_selection import train_test_split
@@ -229,6 +235,8 @@ class _Run:
             )  # fmt: skip
             note = {"rows": SVM_MAX_ROWS, "sampled": "a kernel SVM's cost is quadratic in rows"}
         if name in NEURAL:
+            import torch
+
             from fnbundle.datasets import resolve_data
             from fnbundle.training.tabular_mlp import params_json
 
@@ -242,7 +250,9 @@ class _Run:
                 params_json(self.p.model_dump(mode="json")),
                 resolve_data(self.p.data, self.settings),
             )
-        model.fit(x_train, y_train)
+            torch.set_num_threads(self.threads)
+        with threadpool_limits(limits=self.threads):  # OpenMP and BLAS: boosting, linear fits
+            model.fit(x_train, y_train)
         if name in NEURAL:
             note = model.named_steps["model"].summary()
         return model, note
@@ -258,8 +268,8 @@ class _Run:
             self.p.cv_folds, shuffle=True, random_state=self.p.seed
         )
         scores = cross_val_score(
-            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train))),
-            x_train, y_train, cv=folds, scoring=self.main, n_jobs=-1,
+            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train), n_jobs=self.threads)),
+            x_train, y_train, cv=folds, scoring=self.main, n_jobs=self.threads,
         )  # fmt: skip
         return {
             "mean": round(float(scores.mean()), 4),

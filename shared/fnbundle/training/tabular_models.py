@@ -20,7 +20,7 @@ from fnbundle.tasks.train_tabular.params import NEURAL, TASKS_OF, TrainTabularPa
 HIST_BOOSTING_ROWS = 10_000
 
 
-def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0) -> Any:
+def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0, n_jobs: int = -1) -> Any:
     """Model ``name`` with the hyperparameters of ``p`` it has, for ``rows`` training rows."""
     from sklearn import ensemble, linear_model, naive_bayes, svm, tree
     from sklearn.pipeline import make_pipeline
@@ -70,7 +70,7 @@ def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0) -> An
             n_estimators=p.n_estimators,
             max_depth=p.max_depth,
             min_samples_leaf=p.min_samples_leaf,
-            n_jobs=-1,
+            n_jobs=n_jobs,
             random_state=seed,
         )
     if name == "gradient_boosting" and rows > HIST_BOOSTING_ROWS:

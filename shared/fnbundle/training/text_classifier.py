@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +48,7 @@ from fnbundle.training.loop import (
     linear_warmup_schedule,
     pick_device,
     seed_everything,
+    training_threads,
 )
 from fnbundle.training.metrics import classification_metrics, plot_training_curves
 
@@ -179,7 +179,7 @@ class _Trainer:
         base_dir = resolve_model_dir(p.base, self.settings, field="base")
         seed_everything(p.seed)
         quiet_transformers()
-        torch.set_num_threads(self.settings.threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(training_threads(self.settings))
         self.device = pick_device(p.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             base_dir, use_fast=True, trust_remote_code=False

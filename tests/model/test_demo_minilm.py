@@ -74,7 +74,8 @@ def test_demo_model_is_right_on_short_texts_it_has_never_seen(demo):
     m = served_metrics(settings, SHORT)
     short = m["by_length"]["1-5"]
     assert short["examples"] >= 100
-    # Measured with the shipped defaults: 131 of 134 (0.978); the target is 0.95.
+    # Measured with the shipped defaults: 130 of 134 (0.970) on one thread and on two; the
+    # target is 0.95.
     assert short["accuracy"] >= 0.95 and short["macro_f1"] >= 0.95
     assert m["accuracy"] >= 0.95
 

@@ -32,8 +32,8 @@ class TrainClassifierParams(BaseModel):
         max_length=1024,  # characters: loading.MAX_PATH_CHARS
         description="Base encoder (any model reference).",
     )
-    epochs: int = Field(5, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
-    learning_rate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
+    epochs: int = Field(3, ge=1, le=100, description="Most epochs; early stopping may end sooner.")
+    learning_rate: float = Field(1.5e-4, gt=0, le=1, description="Peak learning rate.")
     batch_size: int = Field(16, ge=1, le=1024, description="Examples per step.")
     max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
     eval_split: float = Field(0.15, gt=0, lt=0.9, description="Fraction held out for validation.")

@@ -49,9 +49,9 @@ BACKEND = "openvino-bf16"
 FILE = "model.onnx"  # the fp32 graph: OpenVINO has no conversion for the fused int8 ops
 GATED = "auto"  # the backend key of a model whose backend is chosen at load by the gate
 # What the gate holds OpenVINO to: ONNX Runtime fp32 on the graph OpenVINO reads, the export's
-# own parity reference. Not the int8 default: int8 is itself an approximation, and on three
+# own parity reference. Not the int8 default: int8 is itself an approximation, and on four
 # freshly trained demo models OpenVINO bf16 was within 0.002 (mean probability) of fp32 while
-# int8 was 0.008-0.056 away, so a gate against int8 turned two of the three away for int8's
+# int8 was 0.007-0.056 away, so a gate against int8 turned two of the four away for int8's
 # error, not OpenVINO's.
 REFERENCE = "onnx-fp32"
 CPUINFO = Path("/proc/cpuinfo")

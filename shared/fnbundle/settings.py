@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     openvino: Literal["auto", "off"] = Field(
         "auto",
         description="`auto`: classify and embed models whose default is an ONNX export run "
-        "passes of 512 padded tokens and more (32 against an fp32 default) with OpenVINO in "
+        "passes of 512 padded tokens and more, or of texts of 64 tokens and more (32 and 32 "
+        "against an fp32 default), with OpenVINO in "
         "bf16 where the CPU has AMX "
         "(128-token batches 1.2-2.6x faster on such a Xeon) and the OpenVINO model passes the "
         "int8 parity rule against ONNX Runtime fp32 at load; `off`: never (openvino is not "

@@ -232,17 +232,19 @@ def test_small_passes_run_on_onnx_runtime_and_large_ones_on_openvino():
 
         return run
 
-    run = openvino.by_size(runner("onnx"), runner("openvino"), min_tokens=512)
-    for batch, tokens in ((1, 12), (32, 15), (4, 128), (32, 16), (32, 128)):
+    run = openvino.by_size(runner("onnx"), runner("openvino"), min_tokens=512, min_row_tokens=64)
+    for batch, tokens in ((1, 12), (32, 15), (4, 128), (32, 16), (32, 128), (1, 64), (7, 63)):
         ids = np.ones((batch, tokens), dtype=np.int64)
         assert run({"input_ids": ids, "attention_mask": ids}).shape == (batch, 2)
     assert answered == [
         "onnx",
         "onnx",
+        "openvino",  # 4 x 128 = 512: the bound
         "openvino",
         "openvino",
-        "openvino",
-    ]  # 4 x 128 = 512: the bound
+        "openvino",  # one text of 64 tokens: all compute, no batch to amortise a run's cost
+        "onnx",  # 441 tokens in rows of 63
+    ]
 
 
 def test_openvino_takes_smaller_passes_from_fp32_than_from_int8():
@@ -250,6 +252,7 @@ def test_openvino_takes_smaller_passes_from_fp32_than_from_int8():
     # from a few hundred (runtime/openvino.py)
     assert openvino.min_tokens("onnx-fp32") < openvino.min_tokens("onnx-int8") <= 512
     assert openvino.min_tokens("something-else") == max(openvino.MIN_TOKENS.values())
+    assert openvino.min_row_tokens("onnx-fp32") <= openvino.min_row_tokens("onnx-int8") < 512
 
 
 # --- explicit requests ----------------------------------------------------------------------

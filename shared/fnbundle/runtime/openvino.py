@@ -16,8 +16,9 @@ Even then a small pass runs on the ONNX Runtime default (:func:`by_size`): OpenV
 cost per run (about 3 ms on 2 threads) makes one short text 1.6x slower than ONNX Runtime
 int8, while batches of 128-token texts run 1.2-1.4x faster through the gateway (2.6x the
 embedder's fp32 default); the two cross near :func:`min_tokens` padded tokens (512 against
-int8, 32 against fp32). Both sessions stay loaded, and the model's ``backend`` says
-``openvino-bf16``.
+int8, 32 against fp32), except that a pass of a few long texts (rows of
+:func:`min_row_tokens`, 64 against int8) is all compute and goes to OpenVINO. Both sessions
+stay loaded, and the model's ``backend`` says ``openvino-bf16``.
 
 Key rules: ``openvino`` is imported when a model is compiled, never at import, and never
 with ``FNB_OPENVINO=off`` (the choice reads ``find_spec`` and ``/proc/cpuinfo`` only); any
@@ -64,11 +65,22 @@ CPUINFO = Path("/proc/cpuinfo")
 # Against fp32 OpenVINO leads from 32 tokens (6.4 against 8.4 ms; 128 tokens: 12.4 against
 # 28.8 ms) and the gateway's embeddings gained at every load.
 MIN_TOKENS = {"onnx-int8": 512, "onnx-fp32": 32}
+# Rows (padded to the pass's longest text) from which a pass of a few long texts runs on
+# OpenVINO however small its total: the 512 bound above is about many short texts, where
+# OpenVINO's fixed cost per run weighs; one long text is all compute. In process, 2 threads,
+# against int8: 1x64 5.3 / 5.7 ms (OpenVINO / ONNX Runtime), 1x128 5.7 / 10.1, 2x128
+# 10.7 / 18.6, but 1x24 3.3 / 2.9. A batch of 8 or more such rows is past 512 anyway.
+MIN_ROW_TOKENS = {"onnx-int8": 64, "onnx-fp32": 32}
 
 
 def min_tokens(onnx_backend: str) -> int:
     """The padded tokens from which OpenVINO runs a pass instead of ``onnx_backend``."""
     return MIN_TOKENS.get(onnx_backend, max(MIN_TOKENS.values()))
+
+
+def min_row_tokens(onnx_backend: str) -> int:
+    """The row length from which OpenVINO runs a pass instead of ``onnx_backend``."""
+    return MIN_ROW_TOKENS.get(onnx_backend, max(MIN_ROW_TOKENS.values()))
 
 
 Precision = Literal["bf16", "f32"]
@@ -200,13 +212,18 @@ def openvino_runner(
     return run, names
 
 
-def by_size(small: RunFn, large: RunFn, min_tokens: int) -> RunFn:
-    """A runner taking ``large`` for passes of at least ``min_tokens`` padded tokens and
-    ``small`` below (both judged alike by the gate, so either may answer)."""
+def by_size(
+    small: RunFn, large: RunFn, min_tokens: int, min_row_tokens: int | None = None
+) -> RunFn:
+    """A runner taking ``large`` for passes of at least ``min_tokens`` padded tokens or of
+    rows at least ``min_row_tokens`` long, and ``small`` otherwise (both judged alike by
+    the gate, so either may answer)."""
+    row_bound = min_tokens if min_row_tokens is None else min_row_tokens
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        size = int(inputs["input_ids"].size)
-        return large(inputs) if size >= min_tokens else small(inputs)
+        ids = inputs["input_ids"]
+        large_pass = int(ids.size) >= min_tokens or int(ids.shape[-1]) >= row_bound
+        return large(inputs) if large_pass else small(inputs)
 
     return run
 

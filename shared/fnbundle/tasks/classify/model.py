@@ -182,7 +182,12 @@ class TextClassifier:
     def small_passes_on(self, other: TextClassifier) -> TextClassifier:
         """This model with its passes under :func:`~fnbundle.runtime.openvino.min_tokens`
         padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
-        self._run = openvino.by_size(other._run, self._run, openvino.min_tokens(other.backend))
+        self._run = openvino.by_size(
+            other._run,
+            self._run,
+            openvino.min_tokens(other.backend),
+            openvino.min_row_tokens(other.backend),
+        )
         return self
 
     def warm_up(self) -> None:

@@ -66,17 +66,17 @@ def settings_for(store: Store, **extra) -> Settings:
     return Settings(store=store.root, threads=1, **extra)
 
 
-def publish_int8_only_openvino_unreadable(store: Store) -> Artifact:
-    """A classifier whose int8 graph is its default and whose fp32 graph OpenVINO cannot
-    read (as published, hashes matching: ONNX Runtime never opens it under ``auto``)."""
-    with store.staging("unreadable") as staged:
+def publish_int8_default(store: Store, name: str, fp32: bytes, int8: bytes) -> Artifact:
+    """A classifier with both graphs as published (hashes matching), the int8 one its
+    default."""
+    with store.staging(name) as staged:
         (staged / "tokenizer.json").write_text(_tokenizer_json(), encoding="utf-8")
-        (staged / "model.int8.onnx").write_bytes(_onnx_model(2))
-        (staged / "model.onnx").write_bytes(b"not an onnx graph")
+        (staged / "model.onnx").write_bytes(fp32)
+        (staged / "model.int8.onnx").write_bytes(int8)
         return store.publish(
             staged,
             {
-                "name": "unreadable",
+                "name": name,
                 "task": "classify",
                 "labels": ["negative", "positive"],
                 "tokenizer": {"max_length": 32, "pad_token_id": 0, "pad_token": "[PAD]"},
@@ -84,26 +84,18 @@ def publish_int8_only_openvino_unreadable(store: Store) -> Artifact:
                 "default_backend": "onnx-int8",
             },
         )
+
+
+def publish_int8_only_openvino_unreadable(store: Store) -> Artifact:
+    """A classifier whose int8 graph is its default and whose fp32 graph OpenVINO cannot
+    read (ONNX Runtime never opens it under ``auto``)."""
+    return publish_int8_default(store, "unreadable", b"not an onnx graph", _onnx_model(2))
 
 
 def publish_int8_default_far_from_fp32(store: Store) -> Artifact:
     """A classifier whose int8 default drifts far from its fp32 graph on sentiment words
     (as a real int8 export can on texts unlike its parity set)."""
-    with store.staging("drifted") as staged:
-        (staged / "tokenizer.json").write_text(_tokenizer_json(), encoding="utf-8")
-        (staged / "model.onnx").write_bytes(_onnx_model(2))
-        (staged / "model.int8.onnx").write_bytes(_onnx_model(2, weight=-4.0))
-        return store.publish(
-            staged,
-            {
-                "name": "drifted",
-                "task": "classify",
-                "labels": ["negative", "positive"],
-                "tokenizer": {"max_length": 32, "pad_token_id": 0, "pad_token": "[PAD]"},
-                "backends": ["onnx-fp32", "onnx-int8"],
-                "default_backend": "onnx-int8",
-            },
-        )
+    return publish_int8_default(store, "drifted", _onnx_model(2), _onnx_model(2, weight=-4.0))
 
 
 # --- the CPU check ----------------------------------------------------------------------

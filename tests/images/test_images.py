@@ -19,7 +19,8 @@ the Modal and RunPod clouds are not contacted. uv (the dev virtualenv's, ``uv pi
 the same packages at the same versions, from pip's configured sources (its index, extra
 indexes and find-links, and its certificate bundle, passed to uv, which reads no pip.conf; like
 pip, the best match across them), linked from uv's cache instead of unzipped anew (pip unpacks
-torch every time), without byte-compiling. ``pip check`` is still pip's. The whole check takes
+torch every time), without byte-compiling at install (a module is compiled, and cached, when a
+process first imports it). ``pip check`` is still pip's. The whole check takes
 a few minutes.
 """
 
@@ -71,9 +72,17 @@ def run(cmd: list[str], *, timeout: float, **kwargs) -> subprocess.CompletedProc
     return done
 
 
+# Not passed on: what points at the dev virtualenv, and PYTHONDONTWRITEBYTECODE (where the
+# machine sets it): an image's pip byte-compiles what it installs, uv here does not, so
+# without it every process in an image's virtualenv compiled torch and transformers from
+# source again (7 s of CPU each on these cores); now the first one writes the cache.
+NOT_PASSED_ON = frozenset({"VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE"})
+
+
 def fresh_env(**extra: str) -> dict[str, str]:
-    """This process's environment minus anything that points at the dev virtualenv."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    """This process's environment minus anything that points at the dev virtualenv or
+    keeps an image's processes from caching their bytecode."""
+    env = {k: v for k, v in os.environ.items() if k not in NOT_PASSED_ON}
     return {**env, **extra}
 
 

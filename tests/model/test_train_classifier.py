@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -149,6 +150,8 @@ def test_cli_summary_shows_accuracy_per_length_and_marks_an_empty_length(tiny_ba
         "FNB_DATA_ROOTS": f"{tmp_path},{tiny_base.parent}",
         "COLUMNS": "120",
         "PATH": "/usr/bin:/bin",
+        # the worker's thread cap (tests/conftest.py): every core would crowd the other worker
+        **{k: os.environ[k] for k in ("FNB_THREADS", "OMP_NUM_THREADS") if k in os.environ},
     }
     args = ["--data", str(data), "--name", "nolong", "--base", str(tiny_base), "--epochs", "1"]
     run = subprocess.run(

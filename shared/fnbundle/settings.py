@@ -174,7 +174,9 @@ class Settings(BaseSettings):
     load_wait_s: float = Field(
         30.0, ge=0, description="How long a request waits for a model still loading."
     )
-    threads: int | None = Field(None, gt=0, description="Inference threads (default: cores).")
+    threads: int | None = Field(
+        None, gt=0, description="Threads to serve and to train with (default: cores)."
+    )
     onnx_spinning: Literal["off", "run", "on"] = Field(
         "run",
         description="When ONNX Runtime's threads spin (busy-wait) for work instead of sleeping: "
@@ -415,6 +417,12 @@ class Settings(BaseSettings):
     @property
     def jobs_root(self) -> Path:
         return Path(self.jobs_dir).expanduser().resolve()
+
+    @property
+    def thread_count(self) -> int:
+        """The threads (or worker processes) a model may use, to serve or to train:
+        ``FNB_THREADS``, else every core this process may use."""
+        return self.threads or len(os.sched_getaffinity(0))
 
 
 @lru_cache(maxsize=1)

@@ -34,11 +34,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def inference_threads(settings: Settings) -> int:
-    """Intra-op threads: ``FNB_THREADS``, else every core this process may use."""
-    return settings.threads or len(os.sched_getaffinity(0))
-
-
 def session_options(settings: Settings) -> Any:
     """The gateway's ``SessionOptions``: ``FNB_THREADS`` intra-op threads, one inter-op
     thread (a request's graph is a chain: more threads only contend with the intra-op
@@ -50,7 +45,7 @@ def session_options(settings: Settings) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = inference_threads(settings)
+    options.intra_op_num_threads = settings.thread_count
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     spinning = "0" if settings.onnx_spinning == "off" else "1"

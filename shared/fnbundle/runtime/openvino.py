@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from fnbundle.errors import InvalidRequest
-from fnbundle.runtime.onnx import RunFn, inference_threads
+from fnbundle.runtime.onnx import RunFn
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact
 
@@ -174,7 +174,7 @@ def compile_config(settings: Settings, precision: Precision = "bf16") -> dict[st
     count, and one stream tuned for latency (the batcher runs one batch at a time)."""
     return {
         "INFERENCE_PRECISION_HINT": precision,
-        "INFERENCE_NUM_THREADS": inference_threads(settings),
+        "INFERENCE_NUM_THREADS": settings.thread_count,
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
     }
@@ -212,17 +212,14 @@ def openvino_runner(
     return run, names
 
 
-def by_size(
-    small: RunFn, large: RunFn, min_tokens: int, min_row_tokens: int | None = None
-) -> RunFn:
+def by_size(small: RunFn, large: RunFn, min_tokens: int, min_row_tokens: int) -> RunFn:
     """A runner taking ``large`` for passes of at least ``min_tokens`` padded tokens or of
     rows at least ``min_row_tokens`` long, and ``small`` otherwise (both judged alike by
     the gate, so either may answer)."""
-    row_bound = min_tokens if min_row_tokens is None else min_row_tokens
 
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
         ids = inputs["input_ids"]
-        large_pass = int(ids.size) >= min_tokens or int(ids.shape[-1]) >= row_bound
+        large_pass = int(ids.size) >= min_tokens or int(ids.shape[-1]) >= min_row_tokens
         return large(inputs) if large_pass else small(inputs)
 
     return run

@@ -66,13 +66,6 @@ def linear_warmup_schedule(optimizer: Any, warmup_steps: int, total_steps: int) 
     return LambdaLR(optimizer, factor)
 
 
-def training_threads(settings: Any) -> int:
-    """The cores a training may use: ``FNB_THREADS``, else every core this process may use.
-    A job's worker, a test's training and a CPU image all keep to it: torch's threads,
-    scikit-learn's ``n_jobs`` and the OpenMP pools of the tabular models."""
-    return int(settings.threads or len(os.sched_getaffinity(0)))
-
-
 def pick_device(choice: str) -> Any:
     """The torch device to train on; asking for CUDA without one is a clear error."""
     import torch

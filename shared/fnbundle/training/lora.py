@@ -45,7 +45,6 @@ from fnbundle.training.loop import (
     TrainLoop,
     pick_device,
     seed_everything,
-    training_threads,
 )
 from fnbundle.training.lora_data import (
     IGNORE,
@@ -230,7 +229,7 @@ class _Trainer:
         precision = precision_of(p, self.device.type == "cuda")
         seed_everything(p.seed)
         quiet_transformers()
-        torch.set_num_threads(training_threads(self.settings))
+        torch.set_num_threads(self.settings.thread_count)
         tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(
             folder, use_fast=True, trust_remote_code=False
         )

@@ -44,7 +44,6 @@ from fnbundle.tabular.schema import TableSchema, Task, check_trainable, detect, 
 from fnbundle.tasks.train_tabular.params import NEURAL, TrainTabularParams
 from fnbundle.training.control import TrainControl
 from fnbundle.training.events import parse_event
-from fnbundle.training.loop import training_threads
 from fnbundle.training.tabular_export import parity, to_onnx
 from fnbundle.training.tabular_models import estimator, models_for, pipeline
 
@@ -195,7 +194,7 @@ class _Run:
                  control: TrainControl):  # fmt: skip
         self.p, self.settings, self.control = p, settings, control
         self.emit = emit
-        self.threads = training_threads(settings)  # n_jobs, OpenMP and torch threads
+        self.threads = settings.thread_count  # n_jobs, OpenMP and torch threads
 
     def event(self, event: dict[str, Any]) -> None:
         parse_event(event)  # the typed vocabulary: a misfit is a bug here
@@ -268,7 +267,7 @@ class _Run:
             self.p.cv_folds, shuffle=True, random_state=self.p.seed
         )
         scores = cross_val_score(
-            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train), n_jobs=self.threads)),
+            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train), self.threads)),
             x_train, y_train, cv=folds, scoring=self.main, n_jobs=self.threads,
         )  # fmt: skip
         return {

@@ -48,7 +48,6 @@ from fnbundle.training.loop import (
     linear_warmup_schedule,
     pick_device,
     seed_everything,
-    training_threads,
 )
 from fnbundle.training.metrics import classification_metrics, plot_training_curves
 
@@ -179,7 +178,7 @@ class _Trainer:
         base_dir = resolve_model_dir(p.base, self.settings, field="base")
         seed_everything(p.seed)
         quiet_transformers()
-        torch.set_num_threads(training_threads(self.settings))
+        torch.set_num_threads(self.settings.thread_count)
         self.device = pick_device(p.device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             base_dir, use_fast=True, trust_remote_code=False

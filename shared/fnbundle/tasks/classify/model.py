@@ -31,7 +31,6 @@ from fnbundle.runtime.batching import run_by_length
 from fnbundle.runtime.onnx import (
     RunFn,
     corrupt_on_error,
-    inference_threads,
     onnx_runner,
     softmax,
 )
@@ -79,7 +78,7 @@ def torch_runner(folder: str, settings: Settings) -> tuple[RunFn, set[str]]:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    torch.set_num_threads(inference_threads(settings))
+    torch.set_num_threads(settings.thread_count)
     model = AutoModelForSequenceClassification.from_pretrained(
         folder, use_safetensors=True, trust_remote_code=False
     )

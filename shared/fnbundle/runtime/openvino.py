@@ -274,12 +274,14 @@ def gated_load(
         )
         return onnx_model
     log.info(
-        "model %s: serving %s (parity against %s: %s; passes under %d padded tokens on %s)",
+        "model %s: serving %s (parity against %s: %s; passes under %d padded tokens with "
+        "rows under %d on %s)",
         model_id,
         BACKEND,
         REFERENCE,
         figures,
         min_tokens(onnx_backend),
+        min_row_tokens(onnx_backend),
         onnx_backend,
     )
     return combine(candidate, onnx_model) if combine is not None else candidate

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -176,6 +177,9 @@ class Store:
         self.models_dir = self.root / "models"
         self.aliases_dir = self.root / "aliases"
         self.staging_dir = self.root / ".staging"
+        # name -> (the alias file's identity, the version id it named): a served request
+        # resolves its model by name, and a stat is cheaper than reading and parsing JSON.
+        self._aliases: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     # --- writing --------------------------------------------------------------------
     def new_id(self, name: str) -> str:
@@ -236,8 +240,18 @@ class Store:
         if (self.models_dir / ref / MANIFEST).is_file():
             return ref
         alias = self.aliases_dir / f"{ref}.json"
-        if alias.is_symlink():
+        try:
+            info = alias.lstat()
+        except FileNotFoundError:
+            raise NotFound(f"Model {ref!r} not found in the store.", field=field) from None
+        except OSError as exc:
+            raise ArtifactCorrupt(f"Alias for model {ref!r} is unreadable: {exc}") from None
+        if stat.S_ISLNK(info.st_mode):
             raise ArtifactCorrupt(f"Alias for model {ref!r} is a symlink; it is refused.")
+        identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._aliases.get(ref)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
         try:
             target = json.loads(alias.read_text())["id"]
         except FileNotFoundError:
@@ -246,6 +260,7 @@ class Store:
             raise ArtifactCorrupt(f"Alias for model {ref!r} is unreadable: {exc}") from None
         if not isinstance(target, str) or not NAME_RE.fullmatch(target):
             raise ArtifactCorrupt(f"Alias for model {ref!r} names no valid version id.")
+        self._aliases[ref] = (identity, target)
         return target
 
     def get(self, artifact_id: str) -> Artifact:

@@ -41,6 +41,33 @@ def test_a_name_serves_its_newest_version(tmp_path):
     assert store.latest_ids() == {"demo": second.id}
 
 
+def test_a_name_is_read_from_its_alias_once_until_the_alias_changes(tmp_path, monkeypatch):
+    """A served request resolves its model by name: one stat while the alias is unchanged;
+    a newer version, or an alias swapped for a symlink, is seen at the next request."""
+    store = Store(tmp_path / "store")
+    first = publish(store, "demo", {"a.onnx": b"1"}, created="2026-01-01T00:00:00+00:00")
+    reads = []
+    read_text = type(store.root).read_text
+    monkeypatch.setattr(
+        type(store.root),
+        "read_text",
+        lambda self, *a, **k: reads.append(self.name) or read_text(self, *a, **k),
+    )
+    assert [store.resolve_id("demo") for _ in range(3)] == [first.id] * 3
+    assert reads == ["demo.json"]
+    second = publish(store, "demo", {"a.onnx": b"2"}, created="2026-02-01T00:00:00+00:00")
+    assert store.resolve_id("demo") == second.id
+    alias = store.aliases_dir / "demo.json"
+    (tmp_path / "elsewhere.json").write_text(alias.read_text())
+    alias.unlink()
+    os.symlink(tmp_path / "elsewhere.json", alias)
+    with pytest.raises(ArtifactCorrupt, match="symlink"):
+        store.resolve_id("demo")
+    alias.unlink()
+    with pytest.raises(NotFound):
+        store.resolve_id("demo")
+
+
 def test_failure_while_writing_leaves_nothing_visible(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(RuntimeError), store.staging("demo") as staged:

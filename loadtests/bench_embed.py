@@ -14,13 +14,18 @@ Systems, side by side in one run:
   tokenizer and 2 threads: infinity-emb's server (its ONNX engine), and in process
   fastembed and sentence-transformers' ONNX backend (one text per call at 1 client,
   batches of 32 under load). Each peer's vector of a probe text is checked against the
-  gateway's before anything is measured.
+  gateway's before anything is measured;
+* ours-lib: fnbundle's own embedder called in process the same way as those libraries
+  (``load_embedder(...).embed(texts)`` in the same kind of worker, ``inprocess_embed.py``),
+  so a user who embeds in their own process compares like with like.
 
 Targets: embeddings of short reviews at 32 clients >= 3x E1 and >= 0.8x E2; 128-token
 embeddings at 32 clients >= 0.5 of :data:`INT8_BOUND` (MiniLM-L6 int8 at 128 tokens on 2
 cores of this CPU class), 128-token classification >= 0.6 of it. Against the best peer of
 each round (``peer_report.py``): at 32 clients >= 1.3x its throughput and at 1 client a
-p50 no worse than its, on short reviews and on 128-token texts.
+p50 no worse than its, on short reviews and on 128-token texts; judged three ways: the
+gateway against the served peers, fnbundle in process against the in-process libraries,
+and the gateway against every peer (an HTTP round trip against a function call).
 
 Key rule: as in ``bench_classify.py``, every figure is a median over at least 5
 interleaved rounds (E1, ours, E2 for each scenario, then the next round) on the same
@@ -60,6 +65,8 @@ from peers import catalog
 from peers.inprocess import InProcessPeer
 from peers.models import embedder_folder
 from review_texts import REPO, long_texts, short_reviews
+
+OURS_LIB = peer_report.OURS_IN_PROCESS
 
 INT8_BOUND = peer_report.INT8_ROOFLINE  # sequences/s: MiniLM-L6 int8, 128 tokens, 2 cores
 MIN_PEER_COSINE = 0.999  # a peer's probe vector against the gateway's: the same model
@@ -129,9 +136,13 @@ def parse_args() -> argparse.Namespace:
         "one; none: no peer)",
     )
     add_env_option(p)
+    p.add_argument("--only", nargs="*", help="scenario keys to run (default: all)")
     p.add_argument("--out", type=Path, default=REPO / ".bench" / "embed.json")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a smoke check")
     args = p.parse_args()
+    unknown = set(args.only or ()) - {sc.key for sc in SCENARIOS}
+    if unknown:
+        p.error(f"--only: no scenario {', '.join(sorted(unknown))}")
     if args.quick:
         args.rounds, args.duration, args.warmup = 2, 2.0, 0.5
     return args
@@ -213,6 +224,16 @@ def start_inprocess(name: str, args: argparse.Namespace, peer_model: Path) -> In
     return InProcessPeer(name, command, clean_env(OMP_NUM_THREADS=str(args.threads)), log)
 
 
+def start_ours_lib(args: argparse.Namespace, artifact: Path) -> InProcessPeer:
+    """fnbundle's embedder in the same kind of worker as the in-process peers, on the
+    artifact folder, with the gateway's settings (``--env``) and threads."""
+    command = [sys.executable, str(REPO / "loadtests" / "peers" / "inprocess_embed.py")]
+    command += ["--library", "fnbundle", "--model-dir", str(artifact)]
+    command += ["--threads", str(args.threads)]
+    env = clean_env(OMP_NUM_THREADS=str(args.threads), **ours_env(args.env))
+    return InProcessPeer(OURS_LIB, command, env, args.out.parent / "logs" / "embed-ours-lib.log")
+
+
 def cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
@@ -274,7 +295,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = ["| scenario | system | texts/s (median) | p50 ms |", "|---|---|--:|--:|"]
     peers = [s for s in dict.fromkeys(r["system"] for r in rows) if s in catalog.PEERS]
     for sc in SCENARIOS:
-        for system in [*sc.systems, *peers]:
+        for system in [*sc.systems, *peers, OURS_LIB]:
             mine = [r for r in rows if r["scenario"] == sc.key and r["system"] == system]
             if mine:
                 tps = statistics.median(r["throughput"] for r in mine)
@@ -303,18 +324,34 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("peer_targets"):
         lines += ["", "Against the best peer (ours / best peer in the same round):", ""]
         lines.append(peer_report.markdown(results["peer_targets"]).rstrip("\n"))
-        keys = [(sc.key, sc.title) for sc in SCENARIOS if sc.peers]
+        run = {r["scenario"] for r in rows}
+        keys = [(sc.key, sc.title) for sc in SCENARIOS if sc.peers and sc.key in run]
         lines += ["", "Each peer apart (median of paired ratios):", ""]
         lines.append(peer_report.per_peer_markdown(rows, keys, peers).rstrip("\n"))
+        inprocess = [p for p in peers if not catalog.PEERS[p].served]
+        if inprocess and any(r["system"] == OURS_LIB for r in rows):
+            lines += ["", "fnbundle in process against the in-process libraries:", ""]
+            table = peer_report.per_peer_markdown(rows, keys, inprocess, OURS_LIB)
+            lines.append(table.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
 def peer_verdicts(rows: list[dict[str, Any]], peers: list[str]) -> list[dict[str, Any]]:
-    """The targets against the best embedding peer of each round (``peer_report``)."""
+    """The targets against the best embedding peer of each round (``peer_report``), like
+    with like first: the gateway against the served peers, fnbundle in process against the
+    in-process libraries; then the gateway against every peer."""
     if not peers:
         return []
     clients = {sc.key: 32 if sc.loaded else 1 for sc in SCENARIOS if sc.peers}
-    targets = peer_report.peer_targets(clients)
+    served = tuple(p for p in peers if catalog.PEERS[p].served)
+    inprocess = tuple(p for p in peers if not catalog.PEERS[p].served)
+    targets = [
+        *peer_report.peer_targets(clients, against=served, label="gateway vs served peers"),
+        *peer_report.peer_targets(
+            clients, ours=OURS_LIB, against=inprocess, label="in process vs in-process peers"
+        ),
+        *peer_report.peer_targets(clients, label="gateway vs every peer"),
+    ]
     return [v for v in peer_report.judge(rows, targets, peers) if v["rounds"]]
 
 
@@ -344,14 +381,18 @@ def main() -> None:
             for p in peers
             if not p.served
         }
+        if inprocess:  # fnbundle in process: compared with the libraries like for like
+            inprocess[OURS_LIB] = stack.enter_context(start_ours_lib(args, embedder))
         ours_vector = served_vector(servers["ours"].port, args)
         vectors = {p.name: served_vector(servers[p.name].port, args) for p in peers if p.served}
         vectors.update({name: w.probe for name, w in inprocess.items()})
         cosines = check_same_model(ours_vector, vectors)
         console.print(f"[bold]probe cosine to the gateway's vector[/] {cosines}")
+        scenarios = [sc for sc in SCENARIOS if not args.only or sc.key in args.only]
         for rnd in range(args.rounds):
-            for sc in SCENARIOS:
+            for sc in scenarios:
                 names = [*sc.systems, *(p.name for p in peers if sc.peers)]
+                names += [OURS_LIB] if sc.peers and OURS_LIB in inprocess else []
                 for name in names:
                     if name == "E2":
                         r = e2.run(texts[sc.long], E2_BATCH, args.duration)

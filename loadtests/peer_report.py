@@ -10,6 +10,9 @@ Key rule: a target is judged on the median of the per-round ratios, and every ro
 ratio and verdict is reported as well, because on a shared 2-core machine one round can
 be an outlier and a ratio taken minutes apart holds where an absolute figure does not.
 A peer with no valid answer in a round (no throughput, no p50) does not count as best.
+A target may judge another of our systems (``ours``: fnbundle's library in process) against
+some of the peers only (``against``: the in-process libraries), so like is compared with
+like; by default it is the gateway against every peer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-OURS = "ours"
+OURS = "ours"  # the gateway
+OURS_IN_PROCESS = "ours-lib"  # fnbundle's library called in the benchmark's worker process
 INT8_ROOFLINE = 127.0  # sequences/s: MiniLM-L6 int8, 128 tokens, 2 cores, AVX2 without VNNI
 
 
@@ -31,6 +35,8 @@ class PeerTarget:
     metric: str  # "throughput" (higher wins) or "p50_ms" (lower wins)
     goal: float  # ours / best peer >= goal for throughput, <= goal for p50
     bound: float | None = None  # compare with this figure instead of a peer (a roofline)
+    ours: str = OURS  # which of our systems is judged
+    against: tuple[str, ...] | None = None  # only these peers (None: every peer given)
 
     @property
     def higher_wins(self) -> bool:
@@ -42,17 +48,27 @@ class PeerTarget:
         return ratio >= self.goal if self.higher_wins else ratio <= self.goal
 
 
-def peer_targets(scenarios: dict[str, int], roofline: str | None = None) -> tuple[PeerTarget, ...]:
+def peer_targets(
+    scenarios: dict[str, int],
+    roofline: str | None = None,
+    *,
+    ours: str = OURS,
+    against: tuple[str, ...] | None = None,
+    label: str = "",
+) -> tuple[PeerTarget, ...]:
     """The issue's targets for ``scenarios`` (key -> its number of clients): >= 1.3x the
     best peer's throughput under load (32 clients), a p50 no worse than the best peer's at
     1 client, and ``roofline`` (a 128-token classification scenario) >= 0.6 of
-    :data:`INT8_ROOFLINE`."""
+    :data:`INT8_ROOFLINE`; for ``ours`` against ``against`` (``label`` says which, in the
+    targets' names)."""
     targets = []
     for key, clients in scenarios.items():
+        name = f"{key}{f' ({label})' if label else ''}"
         if clients > 1:
-            targets.append(PeerTarget(f"{key}: >= 1.3x best peer texts/s", key, "throughput", 1.3))
+            metric, goal, rule = "throughput", 1.3, ">= 1.3x best peer texts/s"
         else:
-            targets.append(PeerTarget(f"{key}: p50 <= best peer's", key, "p50_ms", 1.0))
+            metric, goal, rule = "p50_ms", 1.0, "p50 <= best peer's"
+        targets.append(PeerTarget(f"{name}: {rule}", key, metric, goal, None, ours, against))
     if roofline:
         name = f"{roofline}: >= 0.6 of the int8 roofline ({INT8_ROOFLINE:.0f}/s)"
         targets.append(PeerTarget(name, roofline, "throughput", 0.6, bound=INT8_ROOFLINE))
@@ -85,13 +101,14 @@ def round_ratios(
     out = []
     for rnd in sorted(by_round):
         figures = by_round[rnd]
-        ours = figures.get(OURS)
+        ours = figures.get(target.ours)
         if not _usable(ours):
             continue
         if target.bound is not None:
             against: tuple[str, float] | None = ("roofline", target.bound)
         else:
-            against = best_peer(figures, peers, target.higher_wins)
+            chosen = peers if target.against is None else [p for p in peers if p in target.against]
+            against = best_peer(figures, chosen, target.higher_wins)
         if against is None:
             continue
         ratio = float(ours) / against[1]  # type: ignore[arg-type]
@@ -122,9 +139,9 @@ def judge(
 
 
 def per_peer_ratios(
-    rows: list[dict[str, Any]], scenario: str, metric: str, peers: list[str]
+    rows: list[dict[str, Any]], scenario: str, metric: str, peers: list[str], ours: str = OURS
 ) -> dict[str, float]:
-    """Median over rounds of ours / each peer in ``scenario`` (paired within a round)."""
+    """Median over rounds of ``ours`` / each peer in ``scenario`` (paired within a round)."""
     out = {}
     for peer in peers:
         ratios = []
@@ -134,8 +151,8 @@ def per_peer_ratios(
                 for r in rows
                 if r["round"] == rnd and r["scenario"] == scenario
             }
-            if _usable(got.get(OURS)) and _usable(got.get(peer)):
-                ratios.append(float(got[OURS]) / float(got[peer]))  # type: ignore[arg-type]
+            if _usable(got.get(ours)) and _usable(got.get(peer)):
+                ratios.append(float(got[ours]) / float(got[peer]))  # type: ignore[arg-type]
         out[peer] = statistics.median(ratios) if ratios else math.nan
     return out
 
@@ -162,17 +179,20 @@ def markdown(verdicts: list[dict[str, Any]]) -> str:
 
 
 def per_peer_markdown(
-    rows: list[dict[str, Any]], scenarios: list[tuple[str, str]], peers: list[str]
+    rows: list[dict[str, Any]],
+    scenarios: list[tuple[str, str]],
+    peers: list[str],
+    ours: str = OURS,
 ) -> str:
-    """For each (key, title) scenario: the median paired ratio of ours to every peer, for
-    throughput and p50 (blank where a peer has no such figure)."""
+    """For each (key, title) scenario: the median paired ratio of ``ours`` to every peer,
+    for throughput and p50 (blank where a peer has no such figure)."""
     if not peers:
         return ""
-    head = [f"ours/{p} texts/s" for p in peers] + [f"ours/{p} p50" for p in peers]
+    head = [f"{ours}/{p} texts/s" for p in peers] + [f"{ours}/{p} p50" for p in peers]
     lines = ["| scenario | " + " | ".join(head) + " |", "|---|" + "--:|" * len(head)]
     for key, title in scenarios:
-        tps = per_peer_ratios(rows, key, "throughput", peers)
-        p50 = per_peer_ratios(rows, key, "p50_ms", peers)
+        tps = per_peer_ratios(rows, key, "throughput", peers, ours)
+        p50 = per_peer_ratios(rows, key, "p50_ms", peers, ours)
         cells = [tps[p] for p in peers] + [p50[p] for p in peers]
         text = ["" if math.isnan(c) else f"{c:.2f}" for c in cells]
         lines.append(f"| {title} | " + " | ".join(text) + " |")

@@ -1,8 +1,11 @@
-"""Peers E3 and E4, in process: fastembed and sentence-transformers' ONNX backend.
+"""Embedding libraries in process: fastembed, sentence-transformers' ONNX backend, and
+fnbundle's own embedder (what a user who embeds in their own process would call instead).
 
-Each runs in its own virtualenv (``.peers/fastembed``, ``.peers/st-onnx``; ``make peers``)
-on the peers' copy of the embedder (``models.py``: the gateway's fused fp32 graph before
-its pooling, the gateway's tokenizer), with ``--threads`` ONNX Runtime threads. A library
+The peers run in their own virtualenvs (``.peers/fastembed``, ``.peers/st-onnx``; ``make
+peers``) on the peers' copy of the embedder (``models.py``: the gateway's fused fp32 graph
+before its pooling, the gateway's tokenizer), with ``--threads`` ONNX Runtime threads;
+``fnbundle`` runs in the project's virtualenv on the artifact folder itself
+(``load_embedder`` with the gateway's default backend and ``--threads``). A library
 used in process has no server: the benchmark starts this worker once and drives it over
 a pipe, one JSON command a line on stdin, one JSON answer a line on stdout:
 
@@ -14,7 +17,8 @@ a pipe, one JSON command a line on stdin, one JSON answer a line on stdout:
 
 Key rule: each library is called the way its documentation shows for throughput
 (fastembed: ``TextEmbedding.embed(texts, batch_size)``; sentence-transformers:
-``encode(texts, batch_size)``) and returns normalised mean-pooled vectors like the gateway.
+``encode(texts, batch_size)``; fnbundle: ``TextEmbedder.embed(texts)``) and returns
+normalised mean-pooled vectors like the gateway.
 
 Run: ``.peers/fastembed/bin/python loadtests/peers/inprocess_embed.py --library fastembed
 --model-dir <folder>``.
@@ -80,9 +84,21 @@ def st_onnx_encoder(model_dir: Path, threads: int) -> Encoder:
     return encode
 
 
+def fnbundle_encoder(model_dir: Path, threads: int) -> Encoder:
+    """``model_dir`` is an artifact folder of a store (``<store>/models/<id>``)."""
+    from fnbundle.settings import Settings
+    from fnbundle.store import Store
+    from fnbundle.tasks.embed.model import load_embedder
+
+    store = Store(model_dir.parent.parent)
+    model = load_embedder(store.get(model_dir.name), Settings(store=store.root, threads=threads))
+    return model.embed
+
+
 LIBRARIES = {
     "fastembed": (fastembed_encoder, "fastembed"),
     "st-onnx": (st_onnx_encoder, "sentence-transformers"),
+    "fnbundle": (fnbundle_encoder, "fnbundle"),
 }
 
 
@@ -113,7 +129,12 @@ def run(encode: Encoder, command: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--library", choices=sorted(LIBRARIES), required=True)
-    p.add_argument("--model-dir", type=Path, required=True, help="the peers' embedder folder")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        required=True,
+        help="the peers' embedder folder (fnbundle: the artifact's folder in its store)",
+    )
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     args = p.parse_args()
     build, package = LIBRARIES[args.library]

@@ -180,11 +180,15 @@ def test_a_batchable_apis_list_of_one_answer_is_a_valid_prediction() -> None:
     assert not loadgen._valid(500, b'[{"label": "positive"}]')
 
 
-def test_the_embedding_summary_judges_every_peer_scenario_but_not_classification() -> None:
+def test_the_embedding_summary_judges_like_with_like_and_the_gateway_against_all() -> None:
+    """The gateway against the served peers, fnbundle in process against the in-process
+    libraries, the gateway against every peer; classification is not an embedding peer's."""
     rows = []
     for rnd in range(3):
         rows += [
             row(rnd, "embed-short-1", "ours", throughput=80.0, p50_ms=10.0),
+            row(rnd, "embed-short-1", "ours-lib", throughput=110.0, p50_ms=8.0),
+            row(rnd, "embed-short-1", "infinity", throughput=50.0, p50_ms=20.0),
             row(rnd, "embed-short-1", "fastembed", throughput=90.0, p50_ms=9.0),
             row(rnd, "embed-short-32", "ours", throughput=300.0, p50_ms=100.0),
             row(rnd, "embed-short-32", "infinity", throughput=150.0, p50_ms=200.0),
@@ -192,12 +196,26 @@ def test_the_embedding_summary_judges_every_peer_scenario_but_not_classification
             row(rnd, "classify-long", "ours", throughput=70.0, p50_ms=400.0),
         ]
     verdicts = bench_embed.peer_verdicts(rows, ["infinity", "fastembed"])
-    by_scenario = {v["scenario"]: v for v in verdicts}
-    assert set(by_scenario) == {"embed-short-1", "embed-short-32"}  # the others: no rows
-    assert by_scenario["embed-short-32"]["median"] == pytest.approx(1.5)
-    assert by_scenario["embed-short-32"]["rounds"][0]["best"] == "fastembed"
-    assert not by_scenario["embed-short-1"]["met"]  # 10 ms against fastembed's 9
+    by_name = {v["target"]: v for v in verdicts}
+    assert set(by_name) == {
+        "embed-short-1 (gateway vs served peers): p50 <= best peer's",
+        "embed-short-1 (in process vs in-process peers): p50 <= best peer's",
+        "embed-short-1 (gateway vs every peer): p50 <= best peer's",
+        "embed-short-32 (gateway vs served peers): >= 1.3x best peer texts/s",
+        "embed-short-32 (gateway vs every peer): >= 1.3x best peer texts/s",
+    }  # no ours-lib row under load, no peer row for classification: not judged
+    served = by_name["embed-short-1 (gateway vs served peers): p50 <= best peer's"]
+    assert served["rounds"][0]["best"] == "infinity" and served["met"]  # 10 ms against 20
+    lib = by_name["embed-short-1 (in process vs in-process peers): p50 <= best peer's"]
+    assert lib["rounds"][0]["best"] == "fastembed" and lib["median"] == pytest.approx(8 / 9)
+    across = by_name["embed-short-1 (gateway vs every peer): p50 <= best peer's"]
+    assert not across["met"] and across["rounds"][0]["best"] == "fastembed"  # 10 against 9
+    loaded = by_name["embed-short-32 (gateway vs every peer): >= 1.3x best peer texts/s"]
+    assert loaded["median"] == pytest.approx(1.5) and loaded["rounds"][0]["best"] == "fastembed"
     assert bench_embed.peer_verdicts(rows, []) == []
+    report = bench_embed.markdown({"rows": rows, "round_ratios": [], "peer_targets": verdicts})
+    assert "fnbundle in process against the in-process libraries" in report
+    assert "| embeddings, short reviews, 1 client | ours-lib | 110.0 | 8.0 |" in report
 
 
 def _run(path, feed: dict) -> np.ndarray:

@@ -222,3 +222,36 @@ def test_served_embeddings_in_length_groups_equal_one_by_one(tmp_path):
     for request, answer in zip(requests, answers, strict=True):
         alone = [model.embed([text])[0] for text in request.input]
         np.testing.assert_allclose([d.embedding for d in answer.data], alone, atol=1e-6)
+
+
+def test_a_few_short_texts_are_tokenized_on_the_loop_and_the_rest_in_a_thread(tmp_path):
+    """One short text costs less to tokenize than a hop to a thread; a request of many
+    texts, or of long ones, would stall every other request on the loop, so it hops."""
+    import threading
+
+    from fnbundle.loading import load_model
+    from fnbundle.settings import Settings
+    from fnbundle.store import Store
+    from fnbundle.tasks.embed import serve
+    from fnbundle.tasks.embed.schema import EmbeddingRequest
+
+    from tests.unit.tiny_onnx import publish_tiny_embedder
+
+    publish_tiny_embedder(Store(tmp_path), "tiny-embed", max_tokens=64)
+    settings = Settings(store=tmp_path)
+    model = load_model("tiny-embed", settings, task="embed")
+    tokenize, where = model.tokenize, []
+
+    def recorded(texts):
+        where.append(threading.current_thread() is threading.main_thread())
+        return tokenize(texts)
+
+    model.tokenize = recorded
+    task = serve.EmbedTask()
+    many = ["good"] * (serve.INLINE_TOKENIZE_TEXTS + 1)
+    long = ["good " * (serve.INLINE_TOKENIZE_CHARS // 5 + 1)]
+    for texts in (["a good film"], many, long):
+        request = EmbeddingRequest(model="tiny-embed", input=texts)
+        answer = asyncio.run(task.run(model, request, None, settings))
+        assert len(answer.data) == len(texts)
+    assert where == [True, False, False]  # on the loop (the main thread), then in threads

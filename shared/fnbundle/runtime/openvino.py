@@ -225,6 +225,12 @@ def by_size(small: RunFn, large: RunFn, min_tokens: int, min_row_tokens: int) ->
     return run
 
 
+def by_backend(small: RunFn, large: RunFn, onnx_backend: str) -> RunFn:
+    """:func:`by_size` with the bounds against ``onnx_backend``, the default ``small`` runs
+    (:func:`min_tokens`, :func:`min_row_tokens`)."""
+    return by_size(small, large, min_tokens(onnx_backend), min_row_tokens(onnx_backend))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0][:200] if text else ""

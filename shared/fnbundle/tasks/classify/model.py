@@ -28,12 +28,7 @@ from fnbundle.errors import ArtifactCorrupt
 from fnbundle.runtime import artifacts, openvino
 from fnbundle.runtime.artifacts import ONNX_FILES, OPENVINO_FILES
 from fnbundle.runtime.batching import run_by_length
-from fnbundle.runtime.onnx import (
-    RunFn,
-    corrupt_on_error,
-    onnx_runner,
-    softmax,
-)
+from fnbundle.runtime.onnx import RunFn, corrupt_on_error, onnx_runner, softmax
 from fnbundle.runtime.tokenizer import (
     TOKENIZER_FILE,
     encode,
@@ -180,13 +175,9 @@ class TextClassifier:
 
     def small_passes_on(self, other: TextClassifier) -> TextClassifier:
         """This model with its passes under :func:`~fnbundle.runtime.openvino.min_tokens`
-        padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
-        self._run = openvino.by_size(
-            other._run,
-            self._run,
-            openvino.min_tokens(other.backend),
-            openvino.min_row_tokens(other.backend),
-        )
+        padded tokens and rows under :func:`~fnbundle.runtime.openvino.min_row_tokens` run
+        by ``other`` (OpenVINO's fixed cost per run loses there)."""
+        self._run = openvino.by_backend(other._run, self._run, other.backend)
         return self
 
     def warm_up(self) -> None:

@@ -157,13 +157,9 @@ class TextEmbedder:
 
     def small_passes_on(self, other: TextEmbedder) -> TextEmbedder:
         """This model with its passes under :func:`~fnbundle.runtime.openvino.min_tokens`
-        padded tokens run by ``other`` (OpenVINO's fixed cost per run loses there)."""
-        self._run = openvino.by_size(
-            other._run,
-            self._run,
-            openvino.min_tokens(other.backend),
-            openvino.min_row_tokens(other.backend),
-        )
+        padded tokens and rows under :func:`~fnbundle.runtime.openvino.min_row_tokens` run
+        by ``other`` (OpenVINO's fixed cost per run loses there)."""
+        self._run = openvino.by_backend(other._run, self._run, other.backend)
         return self
 
     def warm_up(self) -> None:

@@ -41,7 +41,7 @@ def fitted(data: Path, model: str) -> tuple[Any, Any, list[str]]:
         x, y, test_size=p.test_split, random_state=p.seed, stratify=y if classes else None
     )
     return (
-        pipeline(spec, estimator(model, task, p, len(x_train))).fit(x_train, y_train),
+        pipeline(spec, estimator(model, task, p, len(x_train), n_jobs=-1)).fit(x_train, y_train),
         spec,
         classes,
     )

@@ -267,7 +267,7 @@ class _Run:
             self.p.cv_folds, shuffle=True, random_state=self.p.seed
         )
         scores = cross_val_score(
-            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train), self.threads)),
+            pipeline(self.spec, estimator(name, self.task, self.p, len(x_train), n_jobs=self.threads)),
             x_train, y_train, cv=folds, scoring=self.main, n_jobs=self.threads,
         )  # fmt: skip
         return {

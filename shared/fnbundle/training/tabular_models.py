@@ -20,7 +20,7 @@ from fnbundle.tasks.train_tabular.params import NEURAL, TASKS_OF, TrainTabularPa
 HIST_BOOSTING_ROWS = 10_000
 
 
-def estimator(name: str, task: Task, p: TrainTabularParams, rows: int = 0, n_jobs: int = -1) -> Any:
+def estimator(name: str, task: Task, p: TrainTabularParams, rows: int, *, n_jobs: int) -> Any:
     """Model ``name`` with the hyperparameters of ``p`` it has, for ``rows`` training rows."""
     from sklearn import ensemble, linear_model, naive_bayes, svm, tree
     from sklearn.pipeline import make_pipeline

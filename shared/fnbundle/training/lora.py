@@ -40,12 +40,7 @@ from fnbundle.tasks.finetune_lora.estimate import precision_of
 from fnbundle.tasks.finetune_lora.params import FinetuneLoraParams, check_hardware
 from fnbundle.tasks.generate.base_import import import_base
 from fnbundle.training.control import TrainControl
-from fnbundle.training.loop import (
-    LoopResult,
-    TrainLoop,
-    pick_device,
-    seed_everything,
-)
+from fnbundle.training.loop import LoopResult, TrainLoop, pick_device, seed_everything
 from fnbundle.training.lora_data import (
     IGNORE,
     Encoded,

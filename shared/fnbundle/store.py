@@ -237,11 +237,13 @@ class Store:
     def resolve_id(self, ref: str, *, field: str = "model") -> str:
         """Map a name (newest version) or a version id to a version id."""
         validate_name(ref, field=field)
-        if (self.models_dir / ref / MANIFEST).is_file():
+        # Plain string paths: this runs on every served request (pathlib's joins cost more
+        # than the two stats).
+        if os.path.isfile(os.path.join(self.models_dir, ref, MANIFEST)):
             return ref
-        alias = self.aliases_dir / f"{ref}.json"
+        alias = os.path.join(self.aliases_dir, f"{ref}.json")
         try:
-            info = alias.lstat()
+            info = os.lstat(alias)
         except FileNotFoundError:
             raise NotFound(f"Model {ref!r} not found in the store.", field=field) from None
         except OSError as exc:
@@ -253,7 +255,7 @@ class Store:
         if cached is not None and cached[0] == identity:
             return cached[1]
         try:
-            target = json.loads(alias.read_text())["id"]
+            target = json.loads(Path(alias).read_text(encoding="utf-8"))["id"]
         except FileNotFoundError:
             raise NotFound(f"Model {ref!r} not found in the store.", field=field) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:

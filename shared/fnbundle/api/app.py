@@ -87,12 +87,14 @@ def create_app(
     app.state.dataset_sync = dataset_sync(settings)  # a RunPod volume to copy datasets to
     app.state.openai_paths = openai_paths(list(REGISTRY.serving.values()))
     install_error_handlers(app)
+    # The inference routes first: a request is matched against the routes in order, and
+    # these take nearly all of the traffic.
+    for serving in REGISTRY.serving.values():
+        app.include_router(task_router(serving))
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(datasets.router)
     app.include_router(tasks.router)
-    for serving in REGISTRY.serving.values():
-        app.include_router(task_router(serving))
     if manager is not None:
         app.include_router(jobs_api.router)
     install_playground(app)  # GET /: the page, its assets under /playground

@@ -21,8 +21,10 @@ one batch). Levers (``--levers``, default all):
 * ``gateway``: ``fnbundle serve`` as it was (``--before``: a ``shared/`` folder of an
   earlier commit, ``git archive <commit> shared | tar -x -C <dir>``) against this tree's,
   and this tree's with length groups off and with ONNX Runtime's spinning on, all serving
-  ``--model`` from ``--store`` at once, one-text ``POST /v1/classify`` requests from a
-  closed loop (short reviews, the mix, 128-token texts at 32 clients; short at 1 client).
+  ``--model`` from ``--store`` at once (``--variants``: a subset), one-text ``POST
+  /v1/classify`` requests from a closed loop (short reviews, the mix, 128-token texts at
+  32 clients; short at 1 client); with ``--embed-model``, one-text ``POST /v1/embeddings``
+  requests of short reviews too (32 clients and 1).
 
 Key rule: a lever's variants run interleaved (A, B, C, then the next round) in one process
 on the same threads, and the verdict is the median over rounds of each variant's ratio to
@@ -68,6 +70,16 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--store", type=Path, help="gateway: the store holding --model")
     p.add_argument("--model", default="sentiment", help="gateway: the store name served")
+    p.add_argument(
+        "--embed-model",
+        help="gateway: an embedding model of --store; its one-text /v1/embeddings requests "
+        "are measured too",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(GATEWAY_VARIANTS),
+        help="gateway: the servers to compare, comma-separated (the first is the reference)",
+    )
     p.add_argument("--out", type=Path, default=REPO / ".bench" / "levers.json")
     return p.parse_args()
 
@@ -508,6 +520,15 @@ GATEWAY_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {  # name: (tree, extr
     "after, spinning on": ("after", {"FNB_ONNX_SPINNING": "true"}),
 }
 GATEWAY_LOADS = (("short", 32), ("mixed", 32), ("128 tokens", 32), ("short", 1))  # (texts, clients)
+EMBED_LOADS = (("short", 32), ("short", 1))  # with --embed-model
+
+
+def gateway_payloads(port: int, route: str, model: str, texts: list[str]) -> list[bytes]:
+    """One-text requests of ``route`` (``classify`` or ``embeddings``) for ``model``."""
+    from loadgen import request_bytes
+
+    field = "texts" if route == "classify" else "input"
+    return [request_bytes(port, f"/v1/{route}", {"model": model, field: [t]}) for t in texts]
 
 
 def gateway_lever(args: argparse.Namespace, inputs: Inputs) -> dict[str, Any]:
@@ -519,6 +540,10 @@ def gateway_lever(args: argparse.Namespace, inputs: Inputs) -> dict[str, Any]:
 
     if args.before is None or args.store is None:
         raise SystemExit("the gateway lever needs --before <shared/ folder> and --store")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(GATEWAY_VARIANTS)
+    if unknown or not variants:
+        raise SystemExit(f"--variants: choose from {', '.join(GATEWAY_VARIANTS)}")
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     texts = {
         "short": inputs.short_texts,
@@ -528,18 +553,23 @@ def gateway_lever(args: argparse.Namespace, inputs: Inputs) -> dict[str, Any]:
             for i, text in enumerate(inputs.short_texts)
         ],
     }
+    loads = [("classify", args.model, load, clients) for load, clients in GATEWAY_LOADS]
+    if args.embed_model:
+        loads += [("embeddings", args.embed_model, load, n) for load, n in EMBED_LOADS]
+    preload = ",".join(filter(None, [args.model, args.embed_model]))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FNB_")}
     rows: dict[str, dict[str, list[float]]] = {}
     with contextlib.ExitStack() as stack:
         servers = {}
-        for name, (tree, extra) in GATEWAY_VARIANTS.items():
+        for name in variants:
+            tree, extra = GATEWAY_VARIANTS[name]
             port = free_port()
             env = {
                 **base_env,
                 "PYTHONPATH": str(trees[tree]),
                 "FNB_STORE": str(args.store),
                 "FNB_THREADS": str(args.threads),
-                "FNB_PRELOAD": args.model,
+                "FNB_PRELOAD": preload,
                 **extra,
             }
             probe = request_bytes(port, "/v1/classify", {"model": args.model, "texts": ["hi"]})
@@ -547,23 +577,20 @@ def gateway_lever(args: argparse.Namespace, inputs: Inputs) -> dict[str, Any]:
             log = args.out.parent / "logs" / f"levers-{name.replace(' ', '_').replace(',', '')}.log"
             servers[name] = stack.enter_context(server(name, command, env, port, probe, log, 300.0))
         for _ in range(args.rounds):
-            for load, clients in GATEWAY_LOADS:
-                key = f"{load}, {clients} clients"
+            for route, model, load, clients in loads:
+                key = f"{route}, {load}, {clients} clients"
                 for name, srv in servers.items():
-                    payloads = [
-                        request_bytes(srv.port, "/v1/classify", {"model": args.model, "texts": [t]})
-                        for t in texts[load]
-                    ]
+                    payloads = gateway_payloads(srv.port, route, model, texts[load])
                     closed_loop(srv.port, payloads, clients, 0.5)  # warm-up, unmeasured
                     result = closed_loop(srv.port, payloads, clients, args.duration)
                     row = rows.setdefault(key, {}).setdefault(name, [])
                     row.append(result.throughput if clients > 1 else result.percentile(50))
     out: dict[str, Any] = {}
     for key, by_name in rows.items():
-        first = by_name["before"]
+        first = by_name[variants[0]]
         metric = "texts/s" if not key.endswith(" 1 clients") else "p50 ms"
         out[key] = {}
-        print(f"\ngateway, {key} ({metric}; ratio to before per round)", flush=True)
+        print(f"\ngateway, {key} ({metric}; ratio to {variants[0]} per round)", flush=True)
         for name, values in by_name.items():
             ratios = [v / f for v, f in zip(values, first, strict=True)]
             out[key][name] = {

@@ -9,8 +9,9 @@
   tokenizer and threads: LitServe and BentoML with their own batching
   (``loadtests/peers/``, installed by ``make peers``; ``--peers`` picks them).
 
-Key rule: every figure is a median over at least 5 interleaved rounds (B1, ours, B2 for
-each scenario, then the next round) on the same machine, and every target is judged on
+Key rule: every figure is a median over at least 5 interleaved rounds (B1, ours, B2 and
+the peers for each scenario, in an order turned by one place each round, then the next
+round) on the same machine, and every target is judged on
 ratios of paired measurements, because on a shared 2-core machine a ratio holds and an
 absolute time does not.
 
@@ -513,7 +514,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         console.print(f"[bold]backends[/] {backends}")
         for rnd in range(args.rounds):
             for sc in scenarios:
-                for name in ("B1", "ours", "B2", *(p.name for p in peers)):
+                names = ["B1", "ours", "B2", *(p.name for p in peers)]
+                for name in peer_report.round_order(names, rnd):
                     if name == "B2":
                         if not sc.b2:
                             continue

@@ -28,8 +28,8 @@ gateway against the served peers, fnbundle in process against the in-process lib
 and the gateway against every peer (an HTTP round trip against a function call).
 
 Key rule: as in ``bench_classify.py``, every figure is a median over at least 5
-interleaved rounds (E1, ours, E2 for each scenario, then the next round) on the same
-machine, targets are judged on ratios of paired measurements, and the report says which
+interleaved rounds (E1, ours, E2 and the peers for each scenario, in an order turned by
+one place each round, then the next round) on the same machine, targets are judged on ratios of paired measurements, and the report says which
 targets each round met.
 
 Run: ``make bench-embed`` (= ``.venv/bin/python loadtests/bench_embed.py``); ``--quick``
@@ -393,7 +393,7 @@ def main() -> None:
             for sc in scenarios:
                 names = [*sc.systems, *(p.name for p in peers if sc.peers)]
                 names += [OURS_LIB] if sc.peers and OURS_LIB in inprocess else []
-                for name in names:
+                for name in peer_report.round_order(names, rnd):
                     if name == "E2":
                         r = e2.run(texts[sc.long], E2_BATCH, args.duration)
                         m: dict[str, Any] = {"throughput": r.throughput}

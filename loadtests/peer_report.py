@@ -12,7 +12,9 @@ be an outlier and a ratio taken minutes apart holds where an absolute figure doe
 A peer with no valid answer in a round (no throughput, no p50) does not count as best.
 A target may judge another of our systems (``ours``: fnbundle's library in process) against
 some of the peers only (``against``: the in-process libraries), so like is compared with
-like; by default it is the gateway against every peer.
+like; by default it is the gateway against every peer. Within a round the systems run
+in an order turned by one place each round (:func:`round_order`), so none always runs
+first or right after the same neighbour.
 """
 
 from __future__ import annotations
@@ -73,6 +75,16 @@ def peer_targets(
         name = f"{roofline}: >= 0.6 of the int8 roofline ({INT8_ROOFLINE:.0f}/s)"
         targets.append(PeerTarget(name, roofline, "throughput", 0.6, bound=INT8_ROOFLINE))
     return tuple(targets)
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """``names`` turned left by ``round_index`` places: every system takes every position
+    in turn, so a position's bias (the first after a pause, the one after a heavy peer
+    whose threads are still winding down) falls on each system alike over the rounds."""
+    if not names:
+        return []
+    k = round_index % len(names)
+    return names[k:] + names[:k]
 
 
 def _usable(value: Any) -> bool:

@@ -245,3 +245,14 @@ def test_a_graph_without_mean_pooling_is_refused(tmp_path) -> None:
     classifier.write_bytes(tiny_onnx._onnx_model(2))
     with pytest.raises(ValueError, match="no mean pooling"):
         models.cut_before_pooling(classifier, tmp_path / "cut.onnx", width=2)
+
+
+def test_every_system_takes_every_position_over_the_rounds() -> None:
+    names = ["ours", "infinity", "fastembed", "ours-lib"]
+    orders = [peer_report.round_order(names, r) for r in range(8)]
+    assert orders[0] == names and orders[1] == ["infinity", "fastembed", "ours-lib", "ours"]
+    assert all(sorted(order) == sorted(names) for order in orders)
+    for position in range(len(names)):  # each system first, second, ... once in 4 rounds
+        assert {order[position] for order in orders[:4]} == set(names)
+    assert orders[4:] == orders[:4]
+    assert peer_report.round_order([], 3) == []

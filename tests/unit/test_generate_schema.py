@@ -361,7 +361,7 @@ def test_a_base_needing_remote_code_pickle_or_not_a_causal_lm_is_refused(tmp_pat
 def test_an_error_after_the_stream_started_is_one_more_event_before_done():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
-    from fnbundle.api.serving import EventStream
+    from fnbundle.api.streaming import EventStream
     from fnbundle.errors import LimitExceeded
 
     async def chunks():

@@ -11,9 +11,8 @@
 
 Key rule: every figure is a median over at least 5 interleaved rounds (B1, ours, B2 and
 the peers for each scenario, in an order turned by one place each round, then the next
-round) on the same machine, and every target is judged on
-ratios of paired measurements, because on a shared 2-core machine a ratio holds and an
-absolute time does not.
+round) on the same machine, and every target is judged on ratios of paired measurements,
+because on a shared 2-core machine a ratio holds and an absolute time does not.
 
 Against the peers (``peer_report.py``): at 32 clients >= 1.3x the best peer's throughput,
 at 1 client a p50 no worse than the best peer's, on short reviews and on 128-token texts;

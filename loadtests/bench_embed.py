@@ -29,8 +29,8 @@ and the gateway against every peer (an HTTP round trip against a function call).
 
 Key rule: as in ``bench_classify.py``, every figure is a median over at least 5
 interleaved rounds (E1, ours, E2 and the peers for each scenario, in an order turned by
-one place each round, then the next round) on the same machine, targets are judged on ratios of paired measurements, and the report says which
-targets each round met.
+one place each round, then the next round) on the same machine, targets are judged on
+ratios of paired measurements, and the report says which targets each round met.
 
 Run: ``make bench-embed`` (= ``.venv/bin/python loadtests/bench_embed.py``); ``--quick``
 for a smoke check. Raw numbers go to ``.bench/embed.json``, Markdown next to it.

@@ -55,6 +55,7 @@ def fastembed_path(
     tokenizer.enable_truncation(256)
 
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        # fastembed's own mean pooling and normalising, as its TextEmbedding does them
         hidden = session.run(None, feed)[0]
         weights = feed["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)

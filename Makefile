@@ -8,7 +8,7 @@ LOCKS  := requirements
 # wheel folder); the lock then finds it installed and pulls no multi-gigabyte CUDA build.
 TORCH  ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCKS)/dev.txt)
 
-.PHONY: setup lock run test lint format browser bench bench-embed bench-generate peers peers-lock clean
+.PHONY: setup lock run test lint format browser bench bench-classify bench-embed bench-generate peers peers-lock clean
 
 setup: $(VENV)/.installed
 
@@ -81,12 +81,16 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup
+# The whole comparison in one command: the peers installed (once), then classification
+# (the gateway against B1, B2, LitServe and BentoML) and embeddings (against E1, E2,
+# infinity-emb, fastembed and sentence-transformers' ONNX backend), each report with its
+# targets per round (docs/BENCHMARKS.md). `bench-classify` and `bench-embed` run one.
+bench: bench-classify bench-embed
+
+bench-classify: setup peers
 	$(BIN)/python loadtests/bench_classify.py
 
-# Embeddings against a naive SentenceTransformer endpoint and in-process ONNX Runtime, and
-# 128-token throughput against this CPU's int8 bound (docs/BENCHMARKS.md).
-bench-embed: setup
+bench-embed: setup peers
 	$(BIN)/python loadtests/bench_embed.py
 
 bench-generate: setup
@@ -95,7 +99,7 @@ bench-generate: setup
 # The peer servers the benchmarks compare with, each in its own virtualenv .peers/<name>
 # (their pins conflict with ours and with each other's), installed from its pinned list
 # loadtests/peers/<name>.txt; torch first where the list needs it, from pip's configured
-# local CPU wheel. `make bench` and `make bench-embed` use every peer installed here.
+# local CPU wheel. `make bench` installs them first; the benchmarks use every peer installed.
 PEERS ?= litserve bentoml infinity fastembed st-onnx
 peers: $(PEERS:%=.peers/%/.installed)
 

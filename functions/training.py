@@ -26,10 +26,9 @@ import modal
 from fnbundle.contract import parse
 from fnbundle.endpoints import ModalSpec
 from fnbundle.errors import FnbError, NotFound
-from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.modal_backend import DictState, ModalJobs
 from fnbundle.jobs.modal_run import run_modal_job
-from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, JobStatus, JobSubmit, new_job_id
 from fnbundle.logs import configure_logging
 from fnbundle.runpod_worker import require_cuda
 from fnbundle.settings import Settings

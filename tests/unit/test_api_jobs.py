@@ -16,9 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from fnbundle.api import create_app
 from fnbundle.api import jobs as jobs_api
-from fnbundle.jobs.db import new_job_id
 from fnbundle.jobs.manager import JobManager
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, new_job_id
 from fnbundle.settings import Settings
 
 from tests.conftest import REPO, REVIEWS

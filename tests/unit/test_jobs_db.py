@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from fnbundle.errors import Conflict, InvalidRequest, NotFound, QueueFull, ValidationFailed
-from fnbundle.jobs.db import JobDB, new_job_id
+from fnbundle.jobs.db import JobDB
 from fnbundle.jobs.manager import JobManager
-from fnbundle.jobs.schema import TERMINAL, TRANSITIONS, Job, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, TRANSITIONS, Job, JobStatus, JobSubmit, new_job_id
 from fnbundle.jobs.worker import settings_env
 from fnbundle.settings import Settings
 

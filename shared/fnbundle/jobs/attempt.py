@@ -11,7 +11,7 @@ Key rules:
   most every :data:`POLL_S`), ``timed_out`` (the deadline, counting execution time of
   earlier attempts) or ``stopped_budget`` (cost of all attempts,
   :class:`~fnbundle.platforms.estimates.BudgetTracker`); the trainer saves a checkpoint and raises
-  TrainingStopped. A store raises :class:`~fnbundle.jobs.db.LostJob` when the job is no
+  TrainingStopped. A store raises :class:`~fnbundle.jobs.schema.LostJob` when the job is no
   longer this attempt's; the attempt then ends without writing anything more.
 * A resumed attempt repeats the steps since its checkpoint; their events are not written
   again, so a job's ``step`` (and epoch, checkpoint) never goes backwards in its events.
@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fnbundle.errors import FnbError, TrainingStopped, error_body
-from fnbundle.jobs.db import JobRow, LostJob
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus, Progress
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus, LostJob, Progress
 from fnbundle.settings import Settings
 
 log = logging.getLogger("fnbundle.jobs.attempt")

@@ -5,7 +5,7 @@ a launcher per runtime: the local manager (:class:`~fnbundle.jobs.manager.JobMan
 SQLite, worker processes), :class:`~fnbundle.jobs.modal_backend.ModalJobs` (a
 ``modal.Dict``, spawned Modal functions) and :class:`~fnbundle.jobs.runpod_backend.RunPodJobs`
 (the gateway's ledger, a RunPod endpoint's job API). Key rules: job ids come from
-:func:`~fnbundle.jobs.db.new_job_id` (the routes refuse any other shape); failures are
+:func:`~fnbundle.jobs.schema.new_job_id` (the routes refuse any other shape); failures are
 :class:`~fnbundle.errors.FnbError` subclasses (404 unknown job, 409 for a move the state
 machine refuses, 422 naming ``params.<field>``); ``follow`` ends after the terminal
 ``state`` event. Importing this module imports nothing heavy.

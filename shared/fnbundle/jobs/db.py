@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 from fnbundle.errors import Conflict, NotFound, QueueFull
 from fnbundle.jobs import state
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, queued_event
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobRow, JobStatus, LostJob, queued_event
 
 DB_NAME = "jobs.sqlite3"
 BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for the lock before giving up
@@ -114,28 +113,6 @@ _ADDED_COLUMNS = (("request_id", "TEXT"),)
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def new_job_id() -> str:
-    """``job-<UTC stamp>-<random>``: sorts by creation time, safe in URLs and paths."""
-    return f"job-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
-
-
-class LostJob(Exception):
-    """The job is no longer this worker's (it ended or was handed to another process)."""
-
-
-class JobRow(Job):
-    """A job with the bookkeeping only the runtime reads."""
-
-    run_s: float = 0.0
-    retry_base: int = 0
-    worker_pid: int | None = None
-    cancel_requested_at: float | None = None
-    deadline: float | None = None
-
-    def public(self) -> Job:
-        return Job.model_validate(self.model_dump(include=set(Job.model_fields)))
 
 
 def _encode(column: str, value: Any) -> Any:

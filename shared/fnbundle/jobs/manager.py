@@ -37,8 +37,8 @@ from pathlib import Path
 
 from fnbundle.errors import Conflict
 from fnbundle.jobs import state
-from fnbundle.jobs.db import JobDB, JobRow
-from fnbundle.jobs.schema import Job, JobStatus, JobSubmit
+from fnbundle.jobs.db import JobDB
+from fnbundle.jobs.schema import Job, JobRow, JobStatus, JobSubmit
 from fnbundle.jobs.service import JobService
 from fnbundle.jobs.stores import SqliteStore
 from fnbundle.jobs.submit import new_job

@@ -45,8 +45,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from fnbundle.errors import InvalidRequest
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import TERMINAL, Job, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, Job, JobRow, JobStatus, JobSubmit
 from fnbundle.jobs.service import JobService, LaunchFailed, route_of
 from fnbundle.jobs.stores import DICT_NAME, DictState, DictStore, KeyValue, default_state
 from fnbundle.jobs.submit import anchor_data, new_job

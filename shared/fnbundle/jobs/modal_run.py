@@ -24,10 +24,9 @@ from typing import Any
 
 from fnbundle.jobs import state
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
-from fnbundle.jobs.db import JobRow, LostJob
 from fnbundle.jobs.modal_backend import PLATFORM, DictState, KeyValue
 from fnbundle.jobs.runpod_run import refuse_unfit
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus, JobSubmit, LostJob
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 

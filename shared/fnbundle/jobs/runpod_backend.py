@@ -48,8 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import httpx
 
 from fnbundle.errors import FnbError, QueueFull
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit, Progress
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobRow, JobStatus, JobSubmit, Progress
 from fnbundle.jobs.service import JobService, route_of
 from fnbundle.jobs.stores import LedgerStore
 from fnbundle.jobs.submit import new_job

@@ -39,8 +39,16 @@ from fnbundle.contract import parse
 from fnbundle.errors import FnbError, InvalidRequest
 from fnbundle.jobs import state
 from fnbundle.jobs.attempt import Attempt, AttemptStore, deliver_webhook
-from fnbundle.jobs.db import JobRow, LostJob
-from fnbundle.jobs.schema import RETRYABLE, TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import (
+    RETRYABLE,
+    TERMINAL,
+    Job,
+    JobEvent,
+    JobRow,
+    JobStatus,
+    JobSubmit,
+    LostJob,
+)
 from fnbundle.jobs.submit import anchor_data, new_job
 from fnbundle.settings import Settings
 

@@ -10,7 +10,8 @@ change again (a retry is a new attempt of the same job, see :data:`RETRYABLE`); 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+import secrets
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,9 +59,15 @@ else:  # the training tasks of the registry, an enum in the OpenAPI document
 
     Task = Literal[tuple(sorted(REGISTRY.training))]
 
-# The shape of the ids jobs get (``job-<UTC stamp>-<8 hex>``, see jobs.db.new_job_id); the
+# The shape of the ids jobs get (``job-<UTC stamp>-<8 hex>``, see new_job_id); the
 # routes answer any other id 404 without a lookup, and a worker refuses it as a folder name.
 JOB_ID = re.compile(r"job-[0-9]{14}-[0-9a-f]{8}")
+
+
+def new_job_id() -> str:
+    """``job-<UTC stamp>-<random>``: sorts by creation time, safe in URLs and paths."""
+    return f"job-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
 
 # Event types a job streams (``JobEvent.type``):
 #   state       {"status", "reason"?}                 every status change
@@ -185,3 +192,21 @@ def queued_event(job: Job) -> dict[str, Any]:
     if job.request_id is not None:
         data["request_id"] = job.request_id
     return data
+
+
+class LostJob(Exception):
+    """The job is no longer this worker's (it ended or was handed to another process)."""
+
+
+class JobRow(Job):
+    """A job with the bookkeeping only the runtime reads: every job store (SQLite, a Modal
+    Dict, RunPod's ledger) keeps these fields; the API answers with :meth:`public`."""
+
+    run_s: float = 0.0
+    retry_base: int = 0
+    worker_pid: int | None = None
+    cancel_requested_at: float | None = None
+    deadline: float | None = None
+
+    def public(self) -> Job:
+        return Job.model_validate(self.model_dump(include=set(Job.model_fields)))

@@ -39,8 +39,7 @@ from typing import Any, ClassVar, Protocol
 from fnbundle.errors import Conflict, FnbError, QueueFull
 from fnbundle.jobs import state
 from fnbundle.jobs.attempt import deliver_webhook
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobStatus, JobSubmit
+from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobRow, JobStatus, JobSubmit
 from fnbundle.jobs.stores import JobStore
 from fnbundle.settings import Settings
 

@@ -25,8 +25,7 @@ from pydantic import ValidationError
 
 from fnbundle.contract import validation_failure
 from fnbundle.errors import InvalidRequest
-from fnbundle.jobs.db import new_job_id
-from fnbundle.jobs.schema import Job, JobStatus, JobSubmit
+from fnbundle.jobs.schema import Job, JobStatus, JobSubmit, new_job_id
 from fnbundle.logs import current_request_id
 from fnbundle.settings import Settings
 

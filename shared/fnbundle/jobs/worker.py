@@ -37,8 +37,8 @@ from pydantic_settings import NoDecode
 
 from fnbundle.errors import Conflict
 from fnbundle.jobs.attempt import Attempt, deliver_webhook
-from fnbundle.jobs.db import JobDB, LostJob
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.db import JobDB
+from fnbundle.jobs.schema import Job, JobEvent, JobStatus, LostJob
 from fnbundle.logs import configure_logging
 from fnbundle.settings import Settings
 

@@ -7,8 +7,7 @@ import itertools
 from collections.abc import Collection, Iterator
 from typing import Protocol
 
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus
 from fnbundle.jobs.state import Move
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fnbundle.errors import Conflict, NotFound
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus, queued_event
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus, queued_event
 from fnbundle.jobs.state import Move
 from fnbundle.jobs.stores.base import select
 

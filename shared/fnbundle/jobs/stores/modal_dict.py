@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from fnbundle.errors import Conflict, NotFound
-from fnbundle.jobs.db import JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus, queued_event
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus, queued_event
 from fnbundle.jobs.state import Move
 from fnbundle.jobs.stores.base import select
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import builtins
 from collections.abc import Collection
 
-from fnbundle.jobs.db import JobDB, JobRow
-from fnbundle.jobs.schema import Job, JobEvent, JobStatus
+from fnbundle.jobs.db import JobDB
+from fnbundle.jobs.schema import Job, JobEvent, JobRow, JobStatus
 from fnbundle.jobs.state import Move
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,117 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from fnbundle.errors import Conflict, NotFound, QueueFull
-from fnbundle.jobs import state
+from fnbundle.jobs import state, tables
 from fnbundle.jobs.schema import TERMINAL, Job, JobEvent, JobRow, JobStatus, LostJob, queued_event
 
-DB_NAME = "jobs.sqlite3"
-BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for the lock before giving up
 QUEUE_WAIT_DEFAULT_S = 30.0  # Retry-After when nothing running tells us better
 QUEUE_WAIT_MAX_S = 3600.0  # seconds; a client should come back within the hour anyway
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order: oldest first, newest first
-    id TEXT NOT NULL UNIQUE,
-    task TEXT NOT NULL,
-    status TEXT NOT NULL,
-    params TEXT NOT NULL,                   -- JSON
-    idempotency_key TEXT UNIQUE,
-    budget_usd REAL,
-    gpu TEXT,
-    webhook_url TEXT,
-    timeout_s REAL,
-    estimate TEXT,                          -- JSON
-    progress TEXT NOT NULL DEFAULT '{}',    -- JSON (schema.Progress)
-    metrics TEXT NOT NULL DEFAULT '{}',     -- JSON
-    cost_usd REAL NOT NULL DEFAULT 0,       -- all attempts together
-    run_s REAL NOT NULL DEFAULT 0,          -- execution time counted against timeout_s
-    model_id TEXT,
-    error TEXT,                             -- JSON {"type", "message", ...}
-    attempts INTEGER NOT NULL DEFAULT 0,
-    retry_base INTEGER NOT NULL DEFAULT 0,  -- attempts when it was last retried
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    last_checkpoint_step INTEGER,
-    worker_pid INTEGER,                     -- the process running it now, if any
-    cancel_requested REAL,                  -- unix time of the request, NULL when none
-    deadline REAL,                          -- unix time the running attempt must end by
-    request_id TEXT                         -- X-Request-ID of the submitting request
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    at TEXT NOT NULL,
-    data TEXT NOT NULL,                     -- JSON
-    PRIMARY KEY (job_id, seq)
-) WITHOUT ROWID;
-"""
-
-_JSON_COLUMNS = frozenset({"params", "estimate", "progress", "metrics", "error"})
-# Columns a caller may set; ``status`` is not among them (see transition()).
-_COLUMNS = frozenset(
-    {
-        "budget_usd",
-        "gpu",
-        "webhook_url",
-        "timeout_s",
-        "estimate",
-        "progress",
-        "metrics",
-        "cost_usd",
-        "run_s",
-        "model_id",
-        "error",
-        "attempts",
-        "retry_base",
-        "started_at",
-        "finished_at",
-        "last_checkpoint_step",
-        "worker_pid",
-        "cancel_requested",
-        "deadline",
-    }
-)
-_CREATE_ONLY = frozenset({"params", "idempotency_key", "created_at", "request_id"})
-# Columns added after the first release: (name, type), added to an older file on open.
-_ADDED_COLUMNS = (("request_id", "TEXT"),)
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _encode(column: str, value: Any) -> Any:
-    if column in _JSON_COLUMNS and value is not None:
-        return json.dumps(value.model_dump(mode="json") if hasattr(value, "model_dump") else value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def _as_columns(fields: dict[str, Any]) -> dict[str, Any]:
-    """Job fields as columns: the ``cancel_requested`` column holds the request's time."""
-    out = dict(fields)
-    out.pop("cancel_requested", None)
-    if "cancel_requested_at" in out:
-        out["cancel_requested"] = out.pop("cancel_requested_at")
-    return out
-
-
-def _row_to_job(row: sqlite3.Row) -> JobRow:
-    data: dict[str, Any] = dict(row)
-    for column in _JSON_COLUMNS:
-        if data.get(column) is not None:
-            data[column] = json.loads(data[column])
-    data["metrics"] = data.get("metrics") or {}
-    data["progress"] = data.get("progress") or {}
-    data["cancel_requested_at"] = data.pop("cancel_requested")
-    data["cancel_requested"] = data["cancel_requested_at"] is not None
-    data.pop("seq", None)
-    return JobRow.model_validate(data)
 
 
 class JobDB:
@@ -153,7 +50,7 @@ class JobDB:
 
     def __init__(self, jobs_dir: Path):
         self.dir = Path(jobs_dir)
-        self.path = self.dir / DB_NAME
+        self.path = self.dir / tables.DB_NAME
         self._local = threading.local()
         self._init_lock = threading.Lock()
         self._ready = False
@@ -174,33 +71,11 @@ class JobDB:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints, safe in WAL
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
+        return tables.connect(self.path)
 
     def _create(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        conn = self._open()
-        try:
-            # WAL is a property of the file: set once, every later connection uses it.
-            _ensure_wal(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-            for name, type_ in _ADDED_COLUMNS:
-                if name not in present:
-                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {type_}")
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        tables.create(self.path)
         self._ready = True
 
     def close(self) -> None:
@@ -228,7 +103,7 @@ class JobDB:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"No job {job_id[:80]!r}.", field="id")
-        return _row_to_job(row)
+        return tables.row_to_job(row)
 
     def get(self, job_id: str) -> JobRow:
         return self._get(self._conn(), job_id)
@@ -260,7 +135,7 @@ class JobDB:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        return [_row_to_job(r) for r in conn.execute(sql, [*args, max(0, limit)])]
+        return [tables.row_to_job(r) for r in conn.execute(sql, [*args, max(0, limit)])]
 
     def find_by_key(self, idempotency_key: str) -> JobRow | None:
         row = (
@@ -268,7 +143,7 @@ class JobDB:
             .execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
             .fetchone()
         )
-        return None if row is None else _row_to_job(row)
+        return None if row is None else tables.row_to_job(row)
 
     def queue_wait_s(self) -> float:
         """Seconds until a queued job is likely to start (a Retry-After for a full queue)."""
@@ -316,12 +191,12 @@ class JobDB:
 
     @staticmethod
     def _set_clause(fields: dict[str, Any]) -> tuple[str, list[Any]]:
-        unknown = set(fields) - _COLUMNS
+        unknown = set(fields) - tables.SETTABLE
         if unknown:
             raise ValueError(f"not settable job columns: {sorted(unknown)}")
         return (
             ", ".join(f"{column} = ?" for column in fields),
-            [_encode(column, value) for column, value in fields.items()],
+            [tables.encode(column, value) for column, value in fields.items()],
         )
 
     def create(self, job: Job, *, max_queued: int | None = None) -> tuple[JobRow, bool]:
@@ -336,7 +211,7 @@ class JobDB:
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    return _row_to_job(row), False
+                    return tables.row_to_job(row), False
             if max_queued is not None:
                 queued = conn.execute(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'queued'"
@@ -349,8 +224,8 @@ class JobDB:
                     )
             data = job.model_dump(mode="json", exclude={"cancel_requested"})
             data["status"] = JobStatus.queued.value
-            columns = [c for c in data if c in _COLUMNS | _CREATE_ONLY]
-            values = [_encode(c, data[c]) for c in columns]
+            columns = [c for c in data if c in tables.SETTABLE | tables.CREATE_ONLY]
+            values = [tables.encode(c, data[c]) for c in columns]
             conn.execute(
                 f"INSERT INTO jobs (id, task, status, {', '.join(columns)}) "
                 f"VALUES (?, ?, ?, {', '.join('?' * len(columns))}) "
@@ -404,7 +279,7 @@ class JobDB:
             resets = state.QUEUE_RESETS
         else:
             resets = {}
-        for name, value in _as_columns(resets).items():
+        for name, value in tables.as_columns(resets).items():
             fields.setdefault(name, value)
         sets, args = self._set_clause(fields)
         where = f"id = ? AND status IN ({', '.join('?' * len(sources)) or 'NULL'})"
@@ -439,7 +314,7 @@ class JobDB:
         ``attempt``, when given): a compare-and-set of its fields and its events in one
         transaction. Conflict when the job moved meanwhile (the caller reads it again and
         decides anew)."""
-        fields = _as_columns({k: v for k, v in move.fields.items() if k != "status"})
+        fields = tables.as_columns({k: v for k, v in move.fields.items() if k != "status"})
         to = move.status or expect
         sets, args = self._set_clause(fields)
         where, where_args = "id = ? AND status = ?", [job_id, expect.value]
@@ -528,19 +403,3 @@ class JobDB:
                 raise Conflict(f"Job {job_id} is {current.status.value}.", field="status")
             for type_, data in events:
                 self._append(conn, job_id, type_, data)
-
-
-def _ensure_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
-    """Switch the file to WAL unless it already is. Changing the journal mode needs the
-    file to itself, and SQLite answers "locked" at once instead of waiting on the busy
-    timeout, so many processes opening a new database together retry here."""
-    for attempt in range(attempts):
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                return
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * (1 + attempt % 10))

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from fnbundle.settings import Settings
-from fnbundle.tasks.embed.export import FP32_MAX_ABS_DIFF, INT8_MIN_COSINE, compare_rows
+from fnbundle.tasks.embed.parity import FP32_MAX_ABS_DIFF, INT8_MIN_COSINE, compare_rows
 from fnbundle.training.export import parity
 
 from tests.conftest import REPO, SHIPPED_REVIEWS

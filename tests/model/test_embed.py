@@ -19,8 +19,9 @@ from fnbundle.errors import InvalidRequest, LimitExceeded
 from fnbundle.loading import builtin_dir
 from fnbundle.settings import Settings
 from fnbundle.store import Store, sha256_file
-from fnbundle.tasks.embed.export import PARITY_TEXTS, import_embedder
+from fnbundle.tasks.embed.export import import_embedder
 from fnbundle.tasks.embed.model import load_embedder
+from fnbundle.tasks.embed.parity import PARITY_TEXTS
 from fnbundle.tasks.embed.schema import EmbeddingRequest, check_request
 from pydantic import ValidationError
 
@@ -123,7 +124,7 @@ def test_openvino_bf16_passes_the_int8_gate_on_every_text_and_auto_takes_it_with
     imported, reference
 ):
     from fnbundle.runtime import openvino
-    from fnbundle.tasks.embed.export import int8_parity
+    from fnbundle.tasks.embed.parity import int8_parity
 
     settings, _ = imported
     model = load_embedder("minilm", settings, backend="openvino-bf16")
@@ -344,7 +345,7 @@ def test_a_base_with_a_head_it_cannot_export_is_refused(imported, tmp_path):
 def test_importing_the_task_loads_no_heavy_library():
     code = (
         "import sys, fnbundle.tasks.embed.model, fnbundle.tasks.embed.schema, "
-        "fnbundle.tasks.embed.export; "
+        "fnbundle.tasks.embed.parity, fnbundle.tasks.embed.export; "
         "print([m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

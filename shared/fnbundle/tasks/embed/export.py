@@ -40,65 +40,22 @@ from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store, validate_name
 from fnbundle.tasks.embed import TASK
 from fnbundle.tasks.embed.model import TextEmbedder
+from fnbundle.tasks.embed.parity import (
+    FP32_MAX_ABS_DIFF,
+    PARITY_TEXTS,
+    fp32_parity,
+    int8_parity,
+    min_cosine_by_length,
+)
 from fnbundle.training import fusion
 
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
-FP32_MAX_ABS_DIFF = 1e-4  # per vector component, against the reference
-INT8_MIN_COSINE = 0.99  # lowest cosine of any parity text to its reference vector
 PARITY_BATCH = 8  # texts per forward pass: mixed lengths, so per-batch padding is exercised
 # The feed-forward block's second linear (BERT naming): int8 there cost the most accuracy.
 FFN_OUTPUT_MATMUL = re.compile(r"layer\.\d+/output/dense/MatMul$")
 POOLINGS = ("mean", "cls")
-SHORT_TOKENS = 8  # tokens, special ones included: the parity record splits int8 here
-
-# Fixed, varied texts: one-word and few-word queries (where int8 drifts most: pooling over
-# three tokens averages no noise away), sentences, paragraphs, punctuation, numbers, casing,
-# accents, other scripts, emoji, and one past 256 tokens so truncation is compared too.
-PARITY_TEXTS: tuple[str, ...] = (
-    "Hello world!",
-    "a",
-    "OK",
-    "no",
-    "ok thanks",
-    "sourdough bread recipe",
-    "cheap flights to Rome",
-    "The quick brown fox jumps over the lazy dog.",
-    "How do I reset my password if I no longer have access to my email account?",
-    "Refunds are processed within 5-7 business days after we receive the item.",
-    "The service was slow, but the food arrived warm and tasted great.",
-    "I would not recommend this laptop: the battery died after two weeks.",
-    "Machine learning models need careful evaluation on held-out data before deployment.",
-    "Paris is the capital and most populous city of France.",
-    "Une phrase en français, avec des accents: café, naïve, où.",
-    "Ein kurzer deutscher Satz über das Wetter in München.",
-    "東京は日本の首都です。",
-    "Great product 👍🙂 would buy again!!!",
-    "ERROR 503: upstream connect error or disconnect/reset before headers.",
-    "def add(a, b):\n    return a + b",
-    "What is 12 * 7? It is 84.",
-    "   leading and trailing spaces   ",
-    "UPPERCASE TEXT SHOULD EMBED LIKE LOWERCASE TEXT FOR AN UNCASED MODEL",
-    " ".join(
-        [
-            "Our team shipped a new release yesterday evening after fixing several bugs in "
-            "the parser, and the weather tomorrow looks rainy with strong winds near the coast."
-        ]
-        * 4
-    ),
-    " ".join(
-        [
-            "The committee reviewed the annual budget in detail and agreed to fund the "
-            "library, two new parks and a bicycle lane along the river before the end of the year."
-        ]
-        * 4
-    ),
-    " ".join(["tokens beyond the model's maximum length are cut off"] * 40),
-    "Short.",
-    "Is this the real life? Is this just fantasy?",
-    "Customer says the package was left at the wrong address and wants a replacement.",
-)
 
 
 @dataclass(frozen=True)
@@ -349,49 +306,6 @@ def served_vectors(
     )
 
 
-def compare_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """The cosine of each candidate vector to its reference."""
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
-    return np.asarray((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-12))
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    if reference.shape != candidate.shape:
-        return {"passed": False, "shape": list(candidate.shape), "expected": list(reference.shape)}
-    cosine = compare_rows(reference, candidate)
-    return {
-        "max_abs_diff": float(f"{np.abs(reference - candidate).max():.3e}"),
-        "min_cosine": round(float(cosine.min()), 5),
-        "mean_cosine": round(float(cosine.mean()), 5),
-        "examples": len(reference),
-    }
-
-
-def fp32_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    record = compare(reference, candidate)
-    record.setdefault("passed", record.get("max_abs_diff", 1.0) <= FP32_MAX_ABS_DIFF)
-    return {**record, "rules": {"max_abs_diff": FP32_MAX_ABS_DIFF}}
-
-
-def int8_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    record = compare(reference, candidate)
-    record.setdefault("passed", record.get("min_cosine", 0.0) >= INT8_MIN_COSINE)
-    return {**record, "rules": {"min_cosine": INT8_MIN_COSINE}}
-
-
-def _min_cosine_by_length(
-    reference: np.ndarray, candidate: np.ndarray, tokens: list[int]
-) -> dict[str, float]:
-    """Where int8 drifts: few-token texts pool over little and average no noise away."""
-    cosine = compare_rows(reference, candidate)
-    lengths = np.asarray(tokens)
-    groups = {
-        f"under {SHORT_TOKENS} tokens": lengths < SHORT_TOKENS,
-        f"{SHORT_TOKENS} tokens or more": lengths >= SHORT_TOKENS,
-    }
-    return {k: round(float(cosine[m].min()), 5) for k, m in groups.items() if m.any()}
-
-
 # --- the import -----------------------------------------------------------------------------
 def _export_fp32(
     info: BaseInfo,
@@ -464,7 +378,7 @@ def import_embedder(
         quantization = quantize_int8(fp32_path, staged / "model.int8.onnx")
         int8_vectors = served_vectors(staged / "model.int8.onnx", tokenizer, info, texts, settings)
         int8_record = int8_parity(reference, int8_vectors)
-        int8_record["min_cosine_by_length"] = _min_cosine_by_length(
+        int8_record["min_cosine_by_length"] = min_cosine_by_length(
             reference, int8_vectors, [len(e.ids) for e in tokenizer.encode_batch(texts)]
         )
         tokenizer.save(str(staged / "tokenizer.json"))

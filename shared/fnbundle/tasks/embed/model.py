@@ -35,6 +35,7 @@ from fnbundle.runtime.tokenizer import TOKENIZER_FILE, pad, token_ids
 from fnbundle.settings import Settings
 from fnbundle.store import Artifact, Store
 from fnbundle.tasks.embed import TASK
+from fnbundle.tasks.embed.parity import int8_parity
 from fnbundle.tasks.embed.schema import (
     CheckedRequest,
     EmbeddingRequest,
@@ -51,8 +52,6 @@ BACKEND_FILES = {**OPENVINO_FILES, **ONNX_FILES}
 
 def int8_rule(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
     """The export's int8 gate: every vector's cosine to its reference at least 0.99."""
-    from fnbundle.tasks.embed.export import int8_parity  # no torch at its import
-
     return int8_parity(reference, candidate)
 
 

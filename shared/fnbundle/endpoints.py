@@ -32,7 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from fnbundle.errors import FnbError, InvalidRequest, NotFound
-from fnbundle.platforms.catalogue import MODAL_ALIASES, modal_gpu_types, runpod_gpu_pools
+from fnbundle.platforms.catalogue import (
+    MODAL_ALIASES,
+    MODAL_MAX_GPUS,
+    MODAL_MAX_GPUS_A10,
+    RUNPOD_CPU_INSTANCES,
+    RUNPOD_CUDA_VERSIONS,
+    modal_gpu_types,
+    runpod_gpu_pools,
+)
 
 if TYPE_CHECKING:
     from fnbundle.tasks.generate.sizing import ServingMemory
@@ -49,45 +57,8 @@ HOURS = 60 * MINUTES  # seconds
 # (matched case-insensitively, as Modal does) and RunPod serverless GPU pools (an endpoint
 # lists pools in order of preference).
 MODAL_GPUS = modal_gpu_types()
-MODAL_MAX_GPUS = 8  # per container
-MODAL_MAX_GPUS_A10 = 4  # per container: A10 hosts are smaller
 
 RUNPOD_GPU_POOLS = runpod_gpu_pools()
-# RunPod serverless CPU instance ids, <flavor>-<vCPUs>-<GB of RAM>: c = compute-optimised,
-# g = general purpose (more memory per vCPU). Source: RunPod's "CPU types" reference,
-# https://docs.runpod.io/flash/configuration/cpu-types (runpod/docs,
-# flash/configuration/cpu-types.mdx), read 2026-11-28. cpu5c is stocked in EU-RO-1 only.
-RUNPOD_CPU_INSTANCES: dict[str, str] = {
-    "cpu3c-1-2": "3rd gen compute-optimised, 1 vCPU, 2 GB",
-    "cpu3c-2-4": "3rd gen compute-optimised, 2 vCPU, 4 GB",
-    "cpu3c-4-8": "3rd gen compute-optimised, 4 vCPU, 8 GB",
-    "cpu3c-8-16": "3rd gen compute-optimised, 8 vCPU, 16 GB",
-    "cpu3g-1-4": "3rd gen general purpose, 1 vCPU, 4 GB",
-    "cpu3g-2-8": "3rd gen general purpose, 2 vCPU, 8 GB",
-    "cpu3g-4-16": "3rd gen general purpose, 4 vCPU, 16 GB",
-    "cpu3g-8-32": "3rd gen general purpose, 8 vCPU, 32 GB",
-    "cpu5c-1-2": "5th gen compute-optimised, 1 vCPU, 2 GB",
-    "cpu5c-2-4": "5th gen compute-optimised, 2 vCPU, 4 GB",
-    "cpu5c-4-8": "5th gen compute-optimised, 4 vCPU, 8 GB",
-    "cpu5c-8-16": "5th gen compute-optimised, 8 vCPU, 16 GB",
-}
-# CUDA versions a RunPod endpoint can require of its hosts' drivers (``allowedCudaVersions``).
-# Source: the CudaVersion enum of RunPod's REST API (also the console's list), read 2026-11-28.
-RUNPOD_CUDA_VERSIONS = (
-    "11.8",
-    "12.0",
-    "12.1",
-    "12.2",
-    "12.3",
-    "12.4",
-    "12.5",
-    "12.6",
-    "12.7",
-    "12.8",
-    "12.9",
-    "13.0",
-)
-
 # Modal keys a training app does not apply, and why.
 MODAL_KEYS_NOT_FOR_TRAINING = {
     "max_inputs": "it runs one job per container (no @modal.concurrent)",

@@ -7,14 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fnbundle.endpoints import (
-    DEFAULT_PATH,
-    RUNPOD_CPU_INSTANCES,
-    RUNPOD_CUDA_VERSIONS,
-    get_endpoint,
-    load_endpoints,
-)
+from fnbundle.endpoints import DEFAULT_PATH, get_endpoint, load_endpoints
 from fnbundle.errors import InvalidRequest, NotFound
+from fnbundle.platforms.catalogue import RUNPOD_CPU_INSTANCES, RUNPOD_CUDA_VERSIONS
 
 pytestmark = pytest.mark.unit
 

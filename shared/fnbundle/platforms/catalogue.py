@@ -2,10 +2,11 @@
 
 Key rule: a GPU name or price is written here and nowhere else. The cost estimates price
 jobs from it, the job API accepts its names, and :mod:`fnbundle.endpoints` validates
-deployments against it (Modal GPU types, RunPod GPU pools), so updating a price or adding
-a GPU is one edit. Every price carries its source page, the month it was read and how sure
-it is; a GPU the platform accepts but whose price was never read is deployable and never
-chosen by an estimate.
+deployments against it (Modal GPU types and how many a container takes, RunPod GPU pools,
+CPU instances and CUDA versions), so updating a price or adding a GPU is one edit. Every
+price carries its source page, the month it was read and how sure it is; a GPU the
+platform accepts but whose price was never read is deployable and never chosen by an
+estimate.
 """
 
 from __future__ import annotations
@@ -115,6 +116,44 @@ CATALOGUE: dict[str, dict[str, Gpu]] = {
 MODAL_ALIASES = {"A10": "A10G", "A100": "A100-40GB", "H100!": "H100", "B200+": "B200"}
 # Modal GPU types that deploy but have no price here yet: an estimate never picks them.
 MODAL_UNPRICED = frozenset({"RTX-PRO-6000"})
+
+MODAL_MAX_GPUS = 8  # per container
+MODAL_MAX_GPUS_A10 = 4  # per container: A10 hosts are smaller
+
+# RunPod serverless CPU instance ids, <flavor>-<vCPUs>-<GB of RAM>: c = compute-optimised,
+# g = general purpose (more memory per vCPU). Source: RunPod's "CPU types" reference,
+# https://docs.runpod.io/flash/configuration/cpu-types (runpod/docs,
+# flash/configuration/cpu-types.mdx), read 2026-11-28. cpu5c is stocked in EU-RO-1 only.
+RUNPOD_CPU_INSTANCES: dict[str, str] = {
+    "cpu3c-1-2": "3rd gen compute-optimised, 1 vCPU, 2 GB",
+    "cpu3c-2-4": "3rd gen compute-optimised, 2 vCPU, 4 GB",
+    "cpu3c-4-8": "3rd gen compute-optimised, 4 vCPU, 8 GB",
+    "cpu3c-8-16": "3rd gen compute-optimised, 8 vCPU, 16 GB",
+    "cpu3g-1-4": "3rd gen general purpose, 1 vCPU, 4 GB",
+    "cpu3g-2-8": "3rd gen general purpose, 2 vCPU, 8 GB",
+    "cpu3g-4-16": "3rd gen general purpose, 4 vCPU, 16 GB",
+    "cpu3g-8-32": "3rd gen general purpose, 8 vCPU, 32 GB",
+    "cpu5c-1-2": "5th gen compute-optimised, 1 vCPU, 2 GB",
+    "cpu5c-2-4": "5th gen compute-optimised, 2 vCPU, 4 GB",
+    "cpu5c-4-8": "5th gen compute-optimised, 4 vCPU, 8 GB",
+    "cpu5c-8-16": "5th gen compute-optimised, 8 vCPU, 16 GB",
+}
+# CUDA versions a RunPod endpoint can require of its hosts' drivers (``allowedCudaVersions``).
+# Source: the CudaVersion enum of RunPod's REST API (also the console's list), read 2026-11-28.
+RUNPOD_CUDA_VERSIONS = (
+    "11.8",
+    "12.0",
+    "12.1",
+    "12.2",
+    "12.3",
+    "12.4",
+    "12.5",
+    "12.6",
+    "12.7",
+    "12.8",
+    "12.9",
+    "13.0",
+)
 
 
 def modal_gpu_types() -> frozenset[str]:

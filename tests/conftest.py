@@ -17,7 +17,7 @@ __all__ = ["REPO", "REVIEWS", "SHIPPED_REVIEWS", "free_port"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Several xdist workers (`make test` runs them on as many cores): each one's torch and ONNX
+# Several xdist workers (`make test` runs three on two cores): each one's torch and ONNX
 # Runtime, and the servers and training workers it starts (they inherit this environment),
 # use one thread. With every process taking every core, the workers' trainings thrash each
 # other's threads: the demo training took 3x its time alone. Settings.threads reads

@@ -59,6 +59,36 @@ _OPENAI_TYPES = {
 }
 
 
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every route."""
+
+    error: ErrorDetail
+
+
+def error_responses(
+    *codes: int, ok: dict[str, Any] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of a JSON route: the error body for each code, and the 200 when
+    it differs from the route's own."""
+    responses: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in codes}
+    if ok is not None:
+        responses[200] = ok
+    return responses
+
+
+def stream_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """Errors of the event stream: a ``model`` would be documented in the route's media type,
+    so these name the JSON schema the other routes register."""
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    return {code: {"content": {"application/json": {"schema": ref}}} for code in codes}
+
+
 class OpenAIErrorDetail(BaseModel):
     message: str
     type: str = Field(description="OpenAI's error class: invalid_request_error, server_error, ...")

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, StringConstraints
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from fnbundle.api.errors import error_responses, stream_error_responses
 from fnbundle.errors import InvalidRequest, NotFound
 from fnbundle.jobs.schema import JOB_ID, Job, JobEvent, JobStatus, JobSubmit, Task
 
@@ -41,18 +42,6 @@ RECONNECT_MS = 1000  # milliseconds a client waits before resuming a stream that
 MAX_LIST = 200  # jobs per page of GET /v1/jobs
 
 router = APIRouter(tags=["jobs"])
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """The one error shape of every route."""
-
-    error: ErrorDetail
 
 
 class JobAccepted(BaseModel):
@@ -78,27 +67,11 @@ class JobEstimate(BaseModel):
     within_budget: bool | None = None  # None without a budget or a cost figure
 
 
-def _errors(*codes: int, ok: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` of a JSON route: the error body for each code, and the 200 when
-    it differs from the route's own."""
-    responses: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in codes}
-    if ok is not None:
-        responses[200] = ok
-    return responses
-
-
 class JobEventStream(EventSourceResponse):
     """sse-starlette's response, with its media type on the class so OpenAPI lists the
     stream as ``text/event-stream`` (each event's ``data`` is a :class:`JobEvent`)."""
 
     media_type = "text/event-stream"
-
-
-def _stream_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """Errors of the event stream: a ``model`` would be documented in the route's media type,
-    so these name the JSON schema the other routes register."""
-    ref = {"$ref": "#/components/schemas/ErrorBody"}
-    return {code: {"content": {"application/json": {"schema": ref}}} for code in codes}
 
 
 def _manager(request: Request) -> JobBackend:
@@ -146,7 +119,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
     "/v1/jobs",
     status_code=202,
     response_model=JobAccepted,
-    responses=_errors(
+    responses=error_responses(
         400,
         401,
         404,
@@ -171,7 +144,9 @@ def submit_job(body: JobSubmit, request: Request, response: Response) -> JobAcce
 
 
 @router.post(
-    "/v1/jobs/estimate", response_model=JobEstimate, responses=_errors(400, 401, 404, 413, 422)
+    "/v1/jobs/estimate",
+    response_model=JobEstimate,
+    responses=error_responses(400, 401, 404, 413, 422),
 )
 def estimate_job(body: JobSubmit, request: Request) -> JobEstimate:
     """The cost and time estimate and the hardware a ``POST /v1/jobs`` of the same body
@@ -196,7 +171,7 @@ def estimate_job(body: JobSubmit, request: Request) -> JobEstimate:
     )
 
 
-@router.get("/v1/jobs", response_model=JobList, responses=_errors(400, 401, 404, 422))
+@router.get("/v1/jobs", response_model=JobList, responses=error_responses(400, 401, 404, 422))
 def list_jobs(
     request: Request,
     status: Annotated[
@@ -224,13 +199,15 @@ def list_jobs(
     return JobList(jobs=jobs)
 
 
-@router.get("/v1/jobs/{job_id}", response_model=Job, responses=_errors(401, 404, 422))
+@router.get("/v1/jobs/{job_id}", response_model=Job, responses=error_responses(401, 404, 422))
 def get_job(job_id: str, request: Request) -> Job:
     """One job: status, progress, metrics, cost, the published model id or the error."""
     return _manager(request).get(_checked_id(job_id))
 
 
-@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses=_errors(401, 404, 409, 422))
+@router.post(
+    "/v1/jobs/{job_id}/cancel", response_model=Job, responses=error_responses(401, 404, 409, 422)
+)
 def cancel_job(job_id: str, request: Request) -> Job:
     """Stop a queued or running job (a running one keeps its last checkpoint). Cancelling a
     cancelled job answers it again; any other finished job is a 409."""
@@ -241,7 +218,7 @@ def cancel_job(job_id: str, request: Request) -> Job:
     "/v1/jobs/{job_id}/retry",
     status_code=202,
     response_model=Job,
-    responses=_errors(401, 404, 409, 422, 429),
+    responses=error_responses(401, 404, 409, 422, 429),
 )
 def retry_job(job_id: str, request: Request, response: Response) -> Job:
     """Queue a failed or timed-out job again; it resumes from its last checkpoint."""
@@ -254,7 +231,7 @@ def retry_job(job_id: str, request: Request, response: Response) -> Job:
     "/v1/jobs/{job_id}/events",
     response_class=JobEventStream,
     responses={
-        **_stream_errors(400, 401, 404, 422),
+        **stream_error_responses(400, 401, 404, 422),
         200: {
             "model": JobEvent,
             "description": "Server-sent events: `id: <seq>`, `event: <type>`, "

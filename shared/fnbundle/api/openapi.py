@@ -15,8 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from fnbundle.api.errors import OpenAIErrorBody
-from fnbundle.api.jobs import ErrorBody
+from fnbundle.api.errors import ErrorBody, OpenAIErrorBody
 from fnbundle.api.middleware import PROTECTED_PREFIX
 from fnbundle.api.serving import openai_paths
 from fnbundle.settings import Settings

@@ -1,10 +1,11 @@
 """The local job store's SQLite file: its tables, the columns a caller may set, how a row
 becomes a :class:`~fnbundle.jobs.schema.JobRow`, and opening the file.
 
-Key rule: a file is created, switched to WAL and given any column added since it was
-written exactly once per process (:func:`create`); every connection then waits on the
-write lock for :data:`BUSY_TIMEOUT_MS` instead of failing (:func:`connect`). The store's
-logic, transactions and status moves are :class:`~fnbundle.jobs.db.JobDB`'s.
+Key rule: before its first connection a store object creates the tables, switches the
+file to WAL and adds any column added since the file was written (:func:`create`, safe
+when many processes do it at once); every connection then waits on the write lock for
+:data:`BUSY_TIMEOUT_MS` instead of failing (:func:`connect`). The store's logic,
+transactions and status moves are :class:`~fnbundle.jobs.db.JobDB`'s.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ one batch). Levers (``--levers``, default all):
 * ``gateway``: ``fnbundle serve`` as it was (``--before``: a ``shared/`` folder of an
   earlier commit, ``git archive <commit> shared | tar -x -C <dir>``) against this tree's,
   and this tree's with length groups off and with ONNX Runtime's spinning on, all serving
-  ``--model`` from ``--store`` at once (``--variants``: a subset), one-text ``POST
-  /v1/classify`` requests from a closed loop (short reviews, the mix, 128-token texts at
-  32 clients; short at 1 client); with ``--embed-model``, one-text ``POST /v1/embeddings``
-  requests of short reviews too (32 clients and 1).
+  ``--model`` from ``--store`` at once (``--variants``: a comma-separated subset),
+  one-text ``POST /v1/classify`` requests from a closed loop (short reviews, the mix,
+  128-token texts at 32 clients; short at 1 client); with ``--embed-model``, one-text
+  ``POST /v1/embeddings`` requests of short reviews too (32 clients and 1).
 
 Key rule: a lever's variants run interleaved (A, B, C, then the next round) in one process
 on the same threads, and the verdict is the median over rounds of each variant's ratio to
@@ -516,11 +516,19 @@ def openvino_lever(args: argparse.Namespace, inputs: Inputs, parity: Parity) -> 
 GATEWAY_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {  # name: (tree, extra env)
     "before": ("before", {}),
     "after": ("after", {}),
-    "after, length groups off": ("after", {"FNB_BATCH_SPLIT_TOKENS": "0"}),
-    "after, spinning on": ("after", {"FNB_ONNX_SPINNING": "true"}),
+    "after: length groups off": ("after", {"FNB_BATCH_SPLIT_TOKENS": "0"}),
+    "after: spinning on": ("after", {"FNB_ONNX_SPINNING": "on"}),
 }
 GATEWAY_LOADS = (("short", 32), ("mixed", 32), ("128 tokens", 32), ("short", 1))  # (texts, clients)
 EMBED_LOADS = (("short", 32), ("short", 1))  # with --embed-model
+
+
+def chosen_variants(text: str) -> list[str]:
+    """The gateway variants a comma-separated ``--variants`` names, in its order."""
+    variants = [v.strip() for v in text.split(",") if v.strip()]
+    if set(variants) - set(GATEWAY_VARIANTS) or not variants:
+        raise SystemExit(f"--variants: choose from {', '.join(GATEWAY_VARIANTS)}")
+    return variants
 
 
 def gateway_payloads(port: int, route: str, model: str, texts: list[str]) -> list[bytes]:
@@ -540,10 +548,7 @@ def gateway_lever(args: argparse.Namespace, inputs: Inputs) -> dict[str, Any]:
 
     if args.before is None or args.store is None:
         raise SystemExit("the gateway lever needs --before <shared/ folder> and --store")
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - set(GATEWAY_VARIANTS)
-    if unknown or not variants:
-        raise SystemExit(f"--variants: choose from {', '.join(GATEWAY_VARIANTS)}")
+    variants = chosen_variants(args.variants)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     texts = {
         "short": inputs.short_texts,

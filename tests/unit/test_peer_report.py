@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "loadtests"))
 
 import bench_classify  # noqa: E402
 import bench_embed  # noqa: E402
+import bench_levers  # noqa: E402
 import loadgen  # noqa: E402
 import numpy as np  # noqa: E402
 import peer_report  # noqa: E402
@@ -256,3 +257,19 @@ def test_every_system_takes_every_position_over_the_rounds() -> None:
         assert {order[position] for order in orders[:4]} == set(names)
     assert orders[4:] == orders[:4]
     assert peer_report.round_order([], 3) == []
+
+
+def test_every_gateway_lever_variant_can_be_chosen_and_its_settings_are_valid(monkeypatch):
+    from fnbundle.settings import Settings
+
+    names = list(bench_levers.GATEWAY_VARIANTS)
+    assert bench_levers.chosen_variants(",".join(names)) == names  # the default: all of them
+    assert bench_levers.chosen_variants(" after , before") == ["after", "before"]
+    with pytest.raises(SystemExit, match="choose from"):
+        bench_levers.chosen_variants("after,unknown")
+    for _tree, env in bench_levers.GATEWAY_VARIANTS.values():
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        Settings()  # each variant's environment is one the gateway accepts
+        for key in env:
+            monkeypatch.delenv(key)

@@ -58,6 +58,35 @@ def test_a_lone_request_is_dispatched_alone():
     assert rows[:, 0].tolist() == [4] and batches == 1
 
 
+def test_requests_that_queued_during_a_pass_start_the_next_one_at_once():
+    import threading
+
+    release, started = threading.Event(), []
+
+    def held(texts):  # the first pass holds its thread until the test lets it go
+        started.append(list(texts))
+        if len(started) == 1:
+            release.wait(timeout=5)
+        return lengths(texts)
+
+    async def main():
+        # a company wait far longer than the test: only the new rule can dispatch in time
+        batcher = DynamicBatcher(held, max_size=64, max_wait_s=30)
+        first = [asyncio.ensure_future(batcher.submit([t])) for t in ("a", "bb")]
+        while not started:
+            await asyncio.sleep(0.001)
+        queued = [asyncio.ensure_future(batcher.submit([t])) for t in ("ccc", "dddd")]
+        await asyncio.sleep(0.01)  # both are queued behind the running pass
+        release.set()
+        rows = await asyncio.wait_for(asyncio.gather(*first, *queued), timeout=5)
+        await batcher.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [r[:, 0].tolist() for r in rows] == [[1], [2], [3], [4]]
+    assert started == [["a", "bb"], ["ccc", "dddd"]]  # one pass each, no wait between
+
+
 def picky(texts):
     """A stand-in model that cannot compute any text containing "bad"."""
     if any("bad" in t for t in texts):

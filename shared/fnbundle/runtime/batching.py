@@ -2,9 +2,11 @@
 
 Key rule: a lone request never waits. A batch is dispatched as soon as the model is free;
 only while requests are arriving concurrently (the previous batch held more than one
-request) does a small batch wait up to ``max_wait_s`` for company. Under load the queue
-fills while the model is busy, so batches form by themselves; at one client the latency
-is one forward pass.
+request) and none queued during the last pass does a small batch wait up to
+``max_wait_s`` for company. Under load the queue fills while the model is busy, so batches
+form by themselves and the next pass starts the moment the last one ends, before the event
+loop answers the last batch (the loop's work then overlaps a pass instead of leaving a core
+idle); at one client the latency is one forward pass.
 
 An item is whatever the model's batch function takes (a text, a token array); a request
 is a sequence of items and gets one row per item back.
@@ -94,6 +96,9 @@ class DynamicBatcher:
         loop.call_soon_threadsafe(self._queue.put_nowait, _RETIRE)
 
     async def _gather(self) -> list[_Pending]:
+        # Requests that queued while the last pass ran go at once: waiting for company
+        # would let the loop answer the last batch first, with a core idle meanwhile.
+        piled_up = not self._queue.empty()
         batch = [await self._queue.get()]
         if batch[0] is _RETIRE:
             return batch
@@ -104,7 +109,7 @@ class DynamicBatcher:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - asyncio.get_running_loop().time()
-                if not self._busy or remaining <= 0:
+                if not self._busy or piled_up or remaining <= 0:
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), remaining)

@@ -161,7 +161,10 @@ class Settings(BaseSettings):
     )
     batch_max_size: int = Field(64, gt=0, description="Texts per forward pass.")
     batch_max_wait_ms: float = Field(
-        1.0, ge=0, description="How long a small batch waits for company (milliseconds)."
+        1.0,
+        ge=0,
+        description="How long a small batch waits for company (milliseconds) while requests "
+        "arrive together; requests that queued during the last pass never wait.",
     )
     batch_split_tokens: int = Field(
         64,
